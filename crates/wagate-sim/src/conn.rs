@@ -1,0 +1,537 @@
+//! One client connection: handshake, then either a pairing (QR refs or pairing code, ending
+//! in the 515 restart) or a login, then stanzas until either side closes. Each connection is
+//! its own task; the control API reaches it through its command channel.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use buffa::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use wacore_binary::builder::NodeBuilder;
+use wacore_binary::{Jid, Node};
+use waproto::buffa;
+use waproto::whatsapp::{ClientPayload, DeviceProps};
+
+use crate::accounts::{SignalKeys, SignedPreKey};
+use crate::clock::unix_now;
+use crate::iq::{self, IqContext};
+use crate::jid::{lid_jid_string, DeviceAddr};
+use crate::nodes::{attr, child, iq_error, iq_result, stream_error_code, stream_error_conflict};
+use crate::noise::{respond_to_hello, Established, HelloOutcome};
+use crate::pair_code::{self, PhoneHalf};
+use crate::pairing::{self, PairSuccess};
+use crate::state::{ConnId, LiveConn, PendingCode, PendingRef, SimState};
+use crate::wire::{frame, FrameReader, Transport, WireError};
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The outcome of a pairing, reported to the control call that started it.
+pub type PairReply = oneshot::Sender<Result<DeviceAddr, String>>;
+
+/// What the control API (or another connection) can ask of a connection.
+pub enum ConnCommand {
+    Send(Node),
+    /// Send the node, if any, then close the socket.
+    Close(Option<Node>),
+    /// Close the TCP connection without a word.
+    Drop,
+    /// Answer nothing, send nothing, for this long.
+    Silence(Duration),
+    /// The phone scanned this connection's QR: send `pair-success` and check the answer.
+    PairSuccess {
+        success: Box<PairSuccess>,
+        addr: DeviceAddr,
+        reply: PairReply,
+    },
+    /// The user typed the pairing code on the phone: send `primary_hello`, then finish when
+    /// the client's `companion_finish` arrives.
+    PrimaryHello {
+        node: Box<Node>,
+        half: Box<PhoneHalf>,
+        addr: DeviceAddr,
+        reply: PairReply,
+    },
+}
+
+/// What a pairing connection is waiting for.
+enum Pairing {
+    Idle,
+    AwaitingFinish { half: Box<PhoneHalf>, addr: DeviceAddr, reply: PairReply },
+    AwaitingSign { success: Box<PairSuccess>, addr: DeviceAddr, reply: PairReply },
+}
+
+struct Conn {
+    id: ConnId,
+    state: Arc<SimState>,
+    socket: WebSocket,
+    reader: FrameReader,
+    transport: Option<Transport>,
+    device: Option<DeviceAddr>,
+    pairing: Pairing,
+    silent_until: Option<Instant>,
+    offline_sent: bool,
+}
+
+/// Why a connection ended; logged.
+enum End {
+    ClientClosed,
+    ServerClosed(&'static str),
+    Error(String),
+}
+
+pub async fn serve(socket: WebSocket, state: Arc<SimState>) {
+    let (commands, mut inbox) = mpsc::unbounded_channel();
+    let id = {
+        let mut inner = state.lock();
+        let id = inner.new_conn_id();
+        inner.conns.insert(id, LiveConn { commands, device: None, client_static: None, registration: None });
+        inner.stats.totals.connections += 1;
+        id
+    };
+    debug!(conn = id, "connection opened");
+    let mut conn = Conn {
+        id,
+        state: state.clone(),
+        socket,
+        reader: FrameReader::default(),
+        transport: None,
+        device: None,
+        pairing: Pairing::Idle,
+        silent_until: None,
+        offline_sent: false,
+    };
+    let end = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.handshake()).await {
+        Err(_) => End::Error("no handshake within 20 s".into()),
+        Ok(Err(end)) => end,
+        Ok(Ok(established)) => match conn.start(*established).await {
+            Err(end) => end,
+            Ok(()) => conn.run(&mut inbox).await,
+        },
+    };
+    conn.finish(end).await;
+}
+
+impl Conn {
+    async fn handshake(&mut self) -> Result<Box<Established>, End> {
+        let first = self.next_raw_frame().await?;
+        let prologue = *self.reader.prologue().expect("a frame is only read after the intro");
+        let result = respond_to_hello(&self.state.keys, &prologue, &first);
+        let (hello, outcome) = result.map_err(|e| {
+            self.state.lock().stats.totals.handshake_failures += 1;
+            End::Error(format!("bad client hello: {e}"))
+        })?;
+        self.send_raw(frame(&hello)).await?;
+        let established = match outcome {
+            HelloOutcome::Established(done) => done,
+            HelloOutcome::AwaitingFinish(pending) => {
+                let finish = self.next_raw_frame().await?;
+                Box::new(pending.finish(&finish).map_err(|e| {
+                    self.state.lock().stats.totals.handshake_failures += 1;
+                    End::Error(format!("bad client finish: {e}"))
+                })?)
+            }
+        };
+        debug!(conn = self.id, pattern = ?established.pattern, "handshake done");
+        Ok(established)
+    }
+
+    /// After the handshake: hand out QR refs to a new client, or log a known one in.
+    async fn start(&mut self, established: Established) -> Result<(), End> {
+        let Established { read, write, client_static, payload, .. } = established;
+        self.transport = Some(Transport::new(read, write));
+        {
+            let mut inner = self.state.lock();
+            inner.stats.totals.handshakes += 1;
+            if let Some(live) = inner.conns.get_mut(&self.id) {
+                live.client_static = Some(client_static);
+            }
+        }
+        match payload.username {
+            Some(phone) if !payload.device_pairing_data.is_set() || payload.passive == Some(true) => {
+                let device = payload.device.and_then(|d| u16::try_from(d).ok()).unwrap_or(0);
+                self.login(DeviceAddr { phone, device }, client_static).await
+            }
+            _ => self.offer_pairing(&payload, client_static).await,
+        }
+    }
+
+    async fn offer_pairing(&mut self, payload: &ClientPayload, client_static: [u8; 32]) -> Result<(), End> {
+        let registration = registration_from(payload, client_static);
+        let refs = pairing::new_refs();
+        {
+            let mut inner = self.state.lock();
+            inner.stats.totals.pairing_connections += 1;
+            if let Some(live) = inner.conns.get_mut(&self.id) {
+                live.registration = Some(registration);
+            }
+            let issued = Instant::now();
+            let config = &self.state.config;
+            for (index, pairing_ref) in refs.iter().enumerate() {
+                let ttl = config.first_ref_ttl + config.next_ref_ttl * index as u32;
+                inner.refs.insert(pairing_ref.clone(), PendingRef { conn: self.id, expires_at: issued + ttl });
+            }
+        }
+        info!(conn = self.id, "new client waiting to be linked; sent {} QR refs", refs.len());
+        self.send_node(&pairing::pair_device_iq(&refs)).await
+    }
+
+    async fn login(&mut self, addr: DeviceAddr, client_static: [u8; 32]) -> Result<(), End> {
+        let outcome = {
+            let mut inner = self.state.lock();
+            let stats = inner.stats.device(addr);
+            stats.connections += 1;
+            stats.handshakes += 1;
+            let failure = inner.failures.remove(&addr);
+            let check = inner.accounts.check_login(addr, &client_static);
+            match (failure, check) {
+                (Some(failure), _) => Err((failure.reason, failure.expire_secs)),
+                (None, Err(_)) => Err((401, None)),
+                (None, Ok(())) => {
+                    let previous = inner.conn_of(addr).map(|(id, _)| id);
+                    if let Some(previous) = previous {
+                        // The same credentials connected again: the older socket loses.
+                        inner.command(previous, ConnCommand::Close(Some(stream_error_conflict("replaced"))));
+                    }
+                    if let Some(live) = inner.conns.get_mut(&self.id) {
+                        live.device = Some(addr);
+                    }
+                    inner.stats.totals.logins += 1;
+                    inner.stats.device(addr).logins += 1;
+                    let lid = inner.accounts.get(addr.phone).map(|a| a.lid).unwrap_or_default();
+                    Ok(lid)
+                }
+            }
+        };
+        match outcome {
+            Ok(lid) => {
+                self.device = Some(addr);
+                info!(conn = self.id, device = %addr, "device logged in");
+                let success = NodeBuilder::new("success")
+                    .attr("t", unix_now().to_string())
+                    .attr("lid", Jid::lid_device(lid.to_string(), addr.device))
+                    .attr("location", "sim")
+                    .attr("creation", unix_now().to_string())
+                    .build();
+                self.send_node(&success).await
+            }
+            Err((reason, expire)) => {
+                {
+                    let mut inner = self.state.lock();
+                    inner.stats.totals.login_failures += 1;
+                    inner.stats.device(addr).login_failures += 1;
+                }
+                info!(conn = self.id, device = %addr, reason, "login refused");
+                let mut failure =
+                    NodeBuilder::new("failure").attr("reason", reason.to_string()).attr("location", "sim");
+                if let Some(expire) = expire {
+                    failure = failure.attr("expire", expire.to_string());
+                }
+                self.send_node(&failure.build()).await?;
+                Err(End::ServerClosed("login refused"))
+            }
+        }
+    }
+
+    async fn run(&mut self, inbox: &mut mpsc::UnboundedReceiver<ConnCommand>) -> End {
+        loop {
+            let step = tokio::select! {
+                message = self.socket.recv() => self.on_socket(message).await,
+                Some(command) = inbox.recv() => self.on_command(command).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn on_socket(&mut self, message: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        match message {
+            None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
+            Some(Err(e)) => Err(End::Error(format!("socket error: {e}"))),
+            Some(Ok(Message::Binary(bytes))) => {
+                self.reader.push(&bytes);
+                while let Some(raw) = self.reader.next_frame().map_err(wire_end)? {
+                    let transport = self.transport.as_mut().expect("running connections have a transport");
+                    let node = transport.decrypt_node(raw).map_err(wire_end)?;
+                    if self.is_silent() {
+                        continue;
+                    }
+                    self.on_node(node).await?;
+                }
+                Ok(())
+            }
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn on_command(&mut self, command: ConnCommand) -> Result<(), End> {
+        match command {
+            ConnCommand::Send(node) if !self.is_silent() => self.send_node(&node).await,
+            ConnCommand::Send(_) => Ok(()),
+            ConnCommand::Close(node) => {
+                if let Some(node) = node {
+                    self.send_node(&node).await?;
+                }
+                let _ = self.socket.send(Message::Close(None)).await;
+                Err(End::ServerClosed("closed by the simulator"))
+            }
+            ConnCommand::Drop => Err(End::ServerClosed("dropped without a word (fault)")),
+            ConnCommand::Silence(duration) => {
+                info!(conn = self.id, secs = duration.as_secs_f32(), "going silent (fault)");
+                self.silent_until = Some(Instant::now() + duration);
+                Ok(())
+            }
+            ConnCommand::PairSuccess { success, addr, reply } => {
+                self.send_node(&success.node).await?;
+                self.pairing = Pairing::AwaitingSign { success, addr, reply };
+                Ok(())
+            }
+            ConnCommand::PrimaryHello { node, half, addr, reply } => {
+                self.send_node(&node).await?;
+                self.pairing = Pairing::AwaitingFinish { half, addr, reply };
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_node(&mut self, node: Node) -> Result<(), End> {
+        debug!(conn = self.id, tag = %node.tag, "received {}", brief(&node));
+        if let Pairing::AwaitingSign { success, .. } = &self.pairing {
+            if pairing::is_answer_to(&node, success) {
+                return self.on_pair_device_sign(&node).await;
+            }
+        }
+        if node.tag != "iq" {
+            return Ok(());
+        }
+        let kind = attr(&node, "type").unwrap_or_default();
+        if kind == "result" || kind == "error" {
+            return Ok(());
+        }
+        let xmlns = attr(&node, "xmlns").unwrap_or_default();
+        if xmlns == "md" {
+            if let Some(reg) = child(&node, "link_code_companion_reg") {
+                return self.on_link_code(&node, reg).await;
+            }
+        }
+        let context = IqContext { state: &self.state, device: self.device };
+        let answer = iq::answer(&context, &node);
+        for reply in answer.replies {
+            self.send_node(&reply).await?;
+        }
+        if answer.went_active && !self.offline_sent {
+            // whatsapp-rust waits for this after `<active/>` (PROTOCOL.md 9); with nothing
+            // queued for the device the count is 0.
+            self.offline_sent = true;
+            self.send_node(&iq::offline_marker(0)).await?;
+        }
+        if answer.close_as_removed {
+            self.send_node(&stream_error_conflict("device_removed")).await?;
+            return Err(End::ServerClosed("device removed itself"));
+        }
+        Ok(())
+    }
+
+    async fn on_pair_device_sign(&mut self, node: &Node) -> Result<(), End> {
+        let Pairing::AwaitingSign { success, addr, reply } = std::mem::replace(&mut self.pairing, Pairing::Idle) else {
+            return Ok(());
+        };
+        match pairing::verify_pair_device_sign(node, &success) {
+            Ok(()) => {
+                {
+                    let mut inner = self.state.lock();
+                    inner.accounts.confirm(addr);
+                    inner.stats.totals.pairings += 1;
+                    let stats = inner.stats.device(addr);
+                    stats.pairings += 1;
+                    stats.connections += 1;
+                    stats.handshakes += 1;
+                    if let Some(live) = inner.conns.get_mut(&self.id) {
+                        live.device = Some(addr);
+                    }
+                }
+                info!(conn = self.id, device = %addr, "device linked; sending 515 (restart required)");
+                let _ = reply.send(Ok(addr));
+                self.send_node(&stream_error_code(515)).await?;
+                let _ = self.socket.send(Message::Close(None)).await;
+                Err(End::ServerClosed("pairing done (515)"))
+            }
+            Err(e) => {
+                warn!(conn = self.id, device = %addr, "pairing failed: {e}");
+                self.state.lock().accounts.remove(addr);
+                let _ = reply.send(Err(e.to_string()));
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_link_code(&mut self, request: &Node, reg: &Node) -> Result<(), End> {
+        match attr(reg, "stage").as_deref() {
+            Some("companion_hello") => match pair_code::parse_companion_hello(reg) {
+                Ok(hello) => {
+                    let pairing_ref = format!("2@{}", hex::encode(crate::crypto::random_bytes::<12>())).into_bytes();
+                    self.state.lock().codes.insert(
+                        hello.phone,
+                        PendingCode {
+                            conn: self.id,
+                            wrapped_companion_ephemeral: hello.wrapped_ephemeral,
+                            pairing_ref: pairing_ref.clone(),
+                            expires_at: Instant::now() + self.state.config.pair_code_ttl,
+                        },
+                    );
+                    info!(conn = self.id, phone = hello.phone, "client asked to link by pairing code");
+                    self.send_node(&pair_code::companion_hello_answer(request, &pairing_ref)).await
+                }
+                Err(e) => {
+                    warn!(conn = self.id, "{e}");
+                    self.send_node(&iq_error(request, 400, "bad-request")).await
+                }
+            },
+            Some("companion_finish") => self.on_companion_finish(request, reg).await,
+            _ => self.send_node(&iq_result(request, vec![])).await,
+        }
+    }
+
+    async fn on_companion_finish(&mut self, request: &Node, reg: &Node) -> Result<(), End> {
+        let Pairing::AwaitingFinish { half, addr, reply } = std::mem::replace(&mut self.pairing, Pairing::Idle) else {
+            return self.send_node(&iq_error(request, 400, "bad-request")).await;
+        };
+        let built = {
+            let inner = self.state.lock();
+            let account = inner.accounts.get(addr.phone);
+            let device = inner.accounts.device(addr);
+            match (account, device) {
+                (Some(account), Some(device)) => pair_code::companion_finish(reg, &half, &account.identity)
+                    .map(|done| pairing::pair_success(account, device, done.companion_identity, &done.adv_secret))
+                    .map_err(|e| e.to_string()),
+                _ => Err("the reserved device is gone".to_string()),
+            }
+        };
+        match built {
+            Ok(success) => {
+                self.send_node(&iq_result(request, vec![])).await?;
+                self.send_node(&success.node).await?;
+                self.pairing = Pairing::AwaitingSign { success: Box::new(success), addr, reply };
+                Ok(())
+            }
+            Err(e) => {
+                warn!(conn = self.id, device = %addr, "pairing by code failed: {e}");
+                self.state.lock().accounts.remove(addr);
+                let _ = reply.send(Err(e));
+                self.send_node(&iq_error(request, 401, "not-authorized")).await
+            }
+        }
+    }
+
+    async fn finish(mut self, end: End) {
+        match &end {
+            End::ClientClosed => debug!(conn = self.id, "client closed the connection"),
+            End::ServerClosed(why) => debug!(conn = self.id, "connection closed: {why}"),
+            End::Error(why) => info!(conn = self.id, "closing connection: {why}"),
+        }
+        let pending = std::mem::replace(&mut self.pairing, Pairing::Idle);
+        let mut inner = self.state.lock();
+        match pending {
+            Pairing::AwaitingFinish { addr, reply, .. } | Pairing::AwaitingSign { addr, reply, .. } => {
+                inner.accounts.remove(addr);
+                let _ = reply.send(Err("the client disconnected before pairing finished".into()));
+            }
+            Pairing::Idle => {}
+        }
+        inner.forget_conn(self.id);
+    }
+
+    fn is_silent(&mut self) -> bool {
+        match self.silent_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                self.silent_until = None;
+                info!(conn = self.id, "silence over");
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn next_raw_frame(&mut self) -> Result<Vec<u8>, End> {
+        loop {
+            if let Some(frame) = self.reader.next_frame().map_err(wire_end)? {
+                return Ok(frame);
+            }
+            match self.socket.recv().await {
+                None | Some(Ok(Message::Close(_))) => return Err(End::ClientClosed),
+                Some(Err(e)) => return Err(End::Error(format!("socket error: {e}"))),
+                Some(Ok(Message::Binary(bytes))) => self.reader.push(&bytes),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn send_node(&mut self, node: &Node) -> Result<(), End> {
+        debug!(conn = self.id, tag = %node.tag, "sending {}", brief(node));
+        let transport = self.transport.as_mut().expect("nodes are only sent after the handshake");
+        let bytes = transport.encrypt_node(node).map_err(wire_end)?;
+        self.send_raw(bytes).await
+    }
+
+    async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<(), End> {
+        self.socket.send(Message::Binary(bytes.into())).await.map_err(|e| End::Error(format!("send failed: {e}")))
+    }
+}
+
+fn wire_end(e: WireError) -> End {
+    End::Error(e.to_string())
+}
+
+/// A one-line description of a node for logs: tag, attributes, child tags.
+fn brief(node: &Node) -> String {
+    let attrs: Vec<String> = node.attrs.iter().map(|(k, v)| format!("{k}={}", v.as_str())).collect();
+    let kids: Vec<&str> = node.children().unwrap_or_default().iter().map(|c| c.tag.as_ref()).collect();
+    format!("<{} {}> [{}]", node.tag, attrs.join(" "), kids.join(","))
+}
+
+/// What a pairing client registers: its Noise key, Signal identity and signed prekey.
+pub struct Registration {
+    pub noise_key: [u8; 32],
+    pub platform: String,
+    pub signal: SignalKeys,
+}
+
+fn registration_from(payload: &ClientPayload, noise_key: [u8; 32]) -> Registration {
+    let data = payload.device_pairing_data.as_option();
+    let be_u32 =
+        |bytes: Option<&[u8]>| bytes.map(|b| b.iter().fold(0u32, |acc, x| acc << 8 | u32::from(*x))).unwrap_or(0);
+    let signal = SignalKeys {
+        registration_id: be_u32(data.and_then(|d| d.e_regid.as_deref())),
+        identity: data.and_then(|d| d.e_ident.clone()).unwrap_or_default(),
+        signed_prekey: data.and_then(|d| {
+            Some(SignedPreKey {
+                id: be_u32(d.e_skey_id.as_deref()),
+                public: d.e_skey_val.clone()?,
+                signature: d.e_skey_sig.clone()?,
+            })
+        }),
+        prekeys: Vec::new(),
+    };
+    let os = data
+        .and_then(|d| d.device_props.as_deref())
+        .and_then(|bytes| DeviceProps::decode_from_slice(bytes).ok())
+        .and_then(|props| props.os);
+    let platform = os.unwrap_or_else(|| {
+        payload
+            .user_agent
+            .as_option()
+            .and_then(|ua| ua.platform)
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "unknown".into())
+    });
+    Registration { noise_key, platform, signal }
+}
+
+/// For the control API's answers.
+pub fn linked_jids(addr: DeviceAddr, lid: u64) -> (String, String) {
+    (addr.to_string(), lid_jid_string(lid, addr.device))
+}

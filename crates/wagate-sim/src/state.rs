@@ -1,0 +1,172 @@
+//! Everything the simulator shares between connections and the control API, behind one
+//! lock that is never held across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::accounts::Accounts;
+use crate::conn::ConnCommand;
+use crate::jid::DeviceAddr;
+use crate::keys::ServerKeys;
+
+pub type ConnId = u64;
+
+/// Tunables; the defaults are WhatsApp's.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// How long the first QR ref stays valid (clients show it for 60 s).
+    pub first_ref_ttl: Duration,
+    /// How long each later ref stays valid (clients show each for 20 s).
+    pub next_ref_ttl: Duration,
+    /// How long a phone-number pairing code may be typed in after it was requested.
+    pub pair_code_ttl: Duration,
+    /// How long a control call waits for the client to finish pairing.
+    pub pairing_timeout: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            first_ref_ttl: Duration::from_secs(60),
+            next_ref_ttl: Duration::from_secs(20),
+            pair_code_ttl: Duration::from_secs(180),
+            pairing_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A live socket and what it is.
+pub struct LiveConn {
+    pub commands: mpsc::UnboundedSender<ConnCommand>,
+    /// Set once the connection logged in (or finished pairing) as this device.
+    pub device: Option<DeviceAddr>,
+    /// The client's Noise static key, known after the handshake.
+    pub client_static: Option<[u8; 32]>,
+    /// For a client waiting to be linked: the keys it will register.
+    pub registration: Option<crate::conn::Registration>,
+}
+
+/// A QR ref handed to a pairing connection.
+pub struct PendingRef {
+    pub conn: ConnId,
+    pub expires_at: Instant,
+}
+
+/// A phone-number pairing request (`companion_hello`) waiting for the code to be typed.
+pub struct PendingCode {
+    pub conn: ConnId,
+    pub wrapped_companion_ephemeral: Vec<u8>,
+    pub pairing_ref: Vec<u8>,
+    pub expires_at: Instant,
+}
+
+/// A fault to apply the next time a device logs in.
+#[derive(Debug, Clone)]
+pub struct PendingFailure {
+    pub reason: u16,
+    pub expire_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// WebSocket connections accepted.
+    pub connections: u64,
+    /// Noise handshakes completed.
+    pub handshakes: u64,
+    pub handshake_failures: u64,
+    /// Handshakes by unregistered clients (waiting for a QR scan or a code).
+    pub pairing_connections: u64,
+    pub pairings: u64,
+    pub logins: u64,
+    pub login_failures: u64,
+}
+
+/// Per device JID. A socket counts for a device once its handshake says who it is (for a
+/// pairing socket: once it has paired).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeviceStats {
+    pub connections: u64,
+    pub handshakes: u64,
+    pub logins: u64,
+    pub login_failures: u64,
+    pub pairings: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub totals: Totals,
+    pub devices: BTreeMap<String, DeviceStats>,
+}
+
+impl Stats {
+    pub fn device(&mut self, addr: DeviceAddr) -> &mut DeviceStats {
+        self.devices.entry(addr.to_string()).or_default()
+    }
+}
+
+/// An iq the simulator answered with a plain empty result because it has no handler for it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnknownIq {
+    pub xmlns: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub child: String,
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub accounts: Accounts,
+    pub conns: HashMap<ConnId, LiveConn>,
+    pub refs: HashMap<String, PendingRef>,
+    /// By phone number, as the phone routes `primary_hello` by number.
+    pub codes: HashMap<u64, PendingCode>,
+    pub failures: HashMap<DeviceAddr, PendingFailure>,
+    pub stats: Stats,
+    pub unknown_iqs: BTreeMap<UnknownIq, u64>,
+    next_conn: ConnId,
+}
+
+impl Inner {
+    pub fn new_conn_id(&mut self) -> ConnId {
+        self.next_conn += 1;
+        self.next_conn
+    }
+
+    /// The live connection logged in as `addr`, if any.
+    pub fn conn_of(&self, addr: DeviceAddr) -> Option<(ConnId, &LiveConn)> {
+        self.conns.iter().find(|(_, c)| c.device == Some(addr)).map(|(id, c)| (*id, c))
+    }
+
+    /// Tells a connection to do something; false when it is gone.
+    pub fn command(&self, conn: ConnId, command: ConnCommand) -> bool {
+        self.conns.get(&conn).map(|c| c.commands.send(command).is_ok()).unwrap_or(false)
+    }
+
+    /// Drops every trace of a closed connection.
+    pub fn forget_conn(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.refs.retain(|_, r| r.conn != conn);
+        self.codes.retain(|_, c| c.conn != conn);
+    }
+}
+
+pub struct SimState {
+    pub keys: ServerKeys,
+    pub config: SimConfig,
+    inner: Mutex<Inner>,
+}
+
+impl SimState {
+    pub fn new(keys: ServerKeys, config: SimConfig) -> Arc<Self> {
+        Arc::new(Self { keys, config, inner: Mutex::new(Inner::default()) })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock must not take the whole simulator down with it.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

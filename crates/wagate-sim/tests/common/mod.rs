@@ -1,0 +1,154 @@
+//! Shared by the simulator's integration tests: start a simulator, call its control API,
+//! run a whatsapp-rust client against it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use wagate_sim::{ServerKeys, SimConfig, Simulator};
+use whatsapp_rust::prelude::*;
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub async fn start_sim() -> Simulator {
+    start_sim_with(SimConfig::default()).await
+}
+
+pub async fn start_sim_with(config: SimConfig) -> Simulator {
+    Simulator::start("127.0.0.1:0".parse().unwrap(), ServerKeys::generate(), config).await.expect("simulator starts")
+}
+
+pub struct Control {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Control {
+    pub fn new(sim: &Simulator) -> Self {
+        Self { base: sim.endpoints.control_url.clone(), http: reqwest::Client::new() }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response =
+            self.http.post(format!("{}{path}", self.base)).json(&body).send().await.expect("control API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("control API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.base)).send().await.expect("control API answers").json().await.unwrap()
+    }
+
+    /// Polls `/control/stats` until `check` holds (or the wait runs out).
+    pub async fn wait_stats(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let stats = self.get("/control/stats").await;
+            if check(&stats) {
+                return stats;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; stats: {stats}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What the test client reports, in order.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    Qr(String),
+    PairCode(String),
+    PairSuccess,
+    Connected,
+    Disconnected,
+    LoggedOut(String),
+    Other(String),
+}
+
+pub struct TestClient {
+    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    pub handle: BotHandle,
+    pub _dir: tempfile::TempDir,
+}
+
+impl TestClient {
+    /// A whatsapp-rust client with its own SQLite store in a temp dir. `pair_phone` asks it
+    /// to link by phone-number code instead of QR.
+    pub async fn start(ws_url: &str, pair_phone: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(ws_url, pair_phone, dir).await
+    }
+
+    pub async fn start_in(ws_url: &str, pair_phone: Option<&str>, dir: tempfile::TempDir) -> Self {
+        let db = dir.path().join("client.db");
+        let (tx, events) = mpsc::unbounded_channel();
+        let tx = Arc::new(tx);
+        let mut builder = Bot::builder()
+            .with_backend(SqliteStore::new(db.to_str().unwrap()).await.expect("sqlite store"))
+            .with_transport_factory(TokioWebSocketTransportFactory::new().with_url(ws_url.to_string()))
+            .with_version((2, 3000, 1_000_000_000))
+            .on_event(move |event, _client| {
+                let tx = tx.clone();
+                async move {
+                    let mapped = match &*event {
+                        Event::PairingQrCode(qr) => ClientEvent::Qr(qr.code.clone()),
+                        Event::PairingCode(code) => ClientEvent::PairCode(code.code.clone()),
+                        Event::PairSuccess(_) => ClientEvent::PairSuccess,
+                        Event::Connected(_) => ClientEvent::Connected,
+                        Event::Disconnected(_) => ClientEvent::Disconnected,
+                        Event::LoggedOut(reason) => ClientEvent::LoggedOut(format!("{reason:?}")),
+                        other => ClientEvent::Other(format!("{other:?}").chars().take(80).collect()),
+                    };
+                    let _ = tx.send(mapped);
+                }
+            });
+        if let Some(phone) = pair_phone {
+            builder = builder.with_pair_code(whatsapp_rust::pair_code::PairCodeOptions {
+                phone_number: phone.to_string(),
+                ..Default::default()
+            });
+        }
+        let bot = builder.build().await.expect("client builds");
+        let handle = bot.spawn();
+        Self { events, handle, _dir: dir }
+    }
+
+    /// Waits for the first event `pick` accepts, skipping others.
+    pub async fn wait_for<T>(&mut self, what: &str, pick: impl Fn(&ClientEvent) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .unwrap_or_else(|| panic!("client stopped before {what}"));
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    }
+
+    pub async fn wait_connected(&mut self) {
+        self.wait_for("Connected", |e| matches!(e, ClientEvent::Connected).then_some(())).await
+    }
+
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.handle.shutdown().await;
+        self._dir
+    }
+}
