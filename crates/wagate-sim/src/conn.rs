@@ -22,7 +22,7 @@ use crate::nodes::{attr, child, iq_error, iq_result, stream_error_code, stream_e
 use crate::noise::{respond_to_hello, Established, HelloOutcome};
 use crate::pair_code::{self, PhoneHalf};
 use crate::pairing::{self, PairSuccess};
-use crate::state::{ConnId, LiveConn, PendingCode, PendingRef, SimState};
+use crate::state::{ConnId, LiveConn, PendingCode, PendingFailure, PendingRef, SimState};
 use crate::wire::{frame, FrameReader, Transport, WireError};
 
 /// A client that has not finished its handshake by then is dropped.
@@ -187,8 +187,8 @@ impl Conn {
             let failure = inner.failures.remove(&addr);
             let check = inner.accounts.check_login(addr, &client_static);
             match (failure, check) {
-                (Some(failure), _) => Err((failure.reason, failure.expire_secs)),
-                (None, Err(_)) => Err((401, None)),
+                (Some(failure), _) => Err(failure),
+                (None, Err(_)) => Err(PendingFailure { reason: 401, expire_secs: None, ban_code: None }),
                 (None, Ok(())) => {
                     let previous = inner.conn_of(addr).map(|(id, _)| id);
                     if let Some(previous) = previous {
@@ -217,7 +217,7 @@ impl Conn {
                     .build();
                 self.send_node(&success).await
             }
-            Err((reason, expire)) => {
+            Err(PendingFailure { reason, expire_secs, ban_code }) => {
                 {
                     let mut inner = self.state.lock();
                     inner.stats.totals.login_failures += 1;
@@ -226,8 +226,11 @@ impl Conn {
                 info!(conn = self.id, device = %addr, reason, "login refused");
                 let mut failure =
                     NodeBuilder::new("failure").attr("reason", reason.to_string()).attr("location", "sim");
-                if let Some(expire) = expire {
+                if let Some(expire) = expire_secs {
                     failure = failure.attr("expire", expire.to_string());
+                }
+                if let Some(code) = ban_code {
+                    failure = failure.attr("code", code.to_string());
                 }
                 self.send_node(&failure.build()).await?;
                 Err(End::ServerClosed("login refused"))

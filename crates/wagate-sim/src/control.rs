@@ -256,6 +256,11 @@ struct FaultRequest {
     expire: Option<u64>,
 }
 
+/// A temporary ban without `expire` lasts an hour; its default reason code 101 is WhatsApp's
+/// "sent to too many people".
+const DEFAULT_BAN_SECS: u64 = 3600;
+const DEFAULT_BAN_CODE: u16 = 101;
+
 /// Reasons a login `<failure>` can carry here (PROTOCOL.md 8).
 const FAILURE_REASONS: [u16; 5] = [401, 402, 403, 405, 406];
 
@@ -279,7 +284,14 @@ async fn fault(State(state): State<Arc<SimState>>, Body(request): Body<FaultRequ
             let reason = request.reason.filter(|r| FAILURE_REASONS.contains(r)).ok_or_else(|| {
                 ControlError::bad_request(format!("failure needs a reason, one of {FAILURE_REASONS:?}"))
             })?;
-            state.lock().failures.insert(addr, PendingFailure { reason, expire_secs: request.expire });
+            // Clients only report a ban with both its length and its reason code.
+            let (expire_secs, ban_code) = match reason {
+                402 => {
+                    (Some(request.expire.unwrap_or(DEFAULT_BAN_SECS)), Some(request.code.unwrap_or(DEFAULT_BAN_CODE)))
+                }
+                _ => (request.expire, None),
+            };
+            state.lock().failures.insert(addr, PendingFailure { reason, expire_secs, ban_code });
             info!(device = %addr, reason, "the next login of the device will fail");
             return Ok(Json(json!({ "jid": addr.to_string(), "kind": "failure", "applies": "at the next login" })));
         }

@@ -68,7 +68,9 @@ pub struct PendingCode {
 #[derive(Debug, Clone)]
 pub struct PendingFailure {
     pub reason: u16,
+    /// For a temporary ban (402): how long it lasts and why (WhatsApp's ban reason code).
     pub expire_secs: Option<u64>,
+    pub ban_code: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -57,7 +57,11 @@ impl Control {
 
     /// Polls `/control/stats` until `check` holds (or the wait runs out).
     pub async fn wait_stats(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_stats_for(what, WAIT, check).await
+    }
+
+    pub async fn wait_stats_for(&self, what: &str, wait: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let stats = self.get("/control/stats").await;
             if check(&stats) {
@@ -150,5 +154,53 @@ impl TestClient {
     pub async fn stop(self) -> tempfile::TempDir {
         self.handle.shutdown().await;
         self._dir
+    }
+}
+
+/// Starts a whatsapp-rust client, scans its QR as `phone`, and waits until the simulator
+/// sees the new device logged in (the client's own `Connected` may come later).
+pub async fn link_client(sim: &Simulator, control: &Control, phone: &str) -> (TestClient, String) {
+    let mut client = TestClient::start(&sim.endpoints.ws_url, None).await;
+    let qr = client.wait_for("a QR code", qr_of).await;
+    let (status, linked) = control.post("/control/scan", serde_json::json!({ "qr": qr, "phone": phone })).await;
+    assert_eq!(status, 200, "scan answer: {linked}");
+    let jid = linked["jid"].as_str().unwrap().to_string();
+    control.wait_logins(&jid, 1).await;
+    (client, jid)
+}
+
+pub fn qr_of(event: &ClientEvent) -> Option<String> {
+    match event {
+        ClientEvent::Qr(code) => Some(code.clone()),
+        _ => None,
+    }
+}
+
+/// The name of an event the test client does not map itself (e.g. "StreamReplaced").
+pub fn other_named(name: &'static str) -> impl Fn(&ClientEvent) -> Option<()> {
+    move |event| matches!(event, ClientEvent::Other(other) if other.starts_with(name)).then_some(())
+}
+
+impl Control {
+    /// Waits until the device has logged in at least `count` times.
+    pub async fn wait_logins(&self, jid: &str, count: u64) -> Value {
+        self.wait_stats(&format!("{count} logins of {jid}"), |s| {
+            s["devices"][jid]["logins"].as_u64().unwrap_or(0) >= count
+        })
+        .await
+    }
+
+    /// Whether the simulator currently has a live login for `jid`.
+    pub async fn is_connected(&self, jid: &str) -> bool {
+        let devices = self.get("/control/devices").await;
+        devices.as_array().unwrap().iter().any(|d| d["jid"] == jid && d["connected"] == true)
+    }
+
+    pub async fn wait_disconnected(&self, jid: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.is_connected(jid).await {
+            assert!(tokio::time::Instant::now() < deadline, "{jid} stayed connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
