@@ -1,11 +1,13 @@
 //! Accounts and their devices: who may log in, with which keys, and the 4-companion limit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use wacore_libsignal::protocol::KeyPair;
 
 use crate::crypto::{generate_key_pair, random_u32};
 use crate::jid::{AnyDeviceJid, DeviceAddr};
+use crate::phone::{PhoneSignal, Recipient};
 
 /// WhatsApp links at most four companion devices to one phone.
 pub const MAX_COMPANIONS: usize = 4;
@@ -43,6 +45,8 @@ pub struct Device {
     pub signal: SignalKeys,
     /// False between the scan and the client's valid `pair-device-sign`.
     pub confirmed: bool,
+    /// Whether the phone has shared its app-state key with this device yet.
+    pub key_shared: bool,
 }
 
 pub struct Account {
@@ -55,16 +59,20 @@ pub struct Account {
     next_device: u16,
     next_key_index: u32,
     pub devices: BTreeMap<u16, Device>,
+    /// The phone's Signal sessions with its companions; async because libsignal's stores are.
+    pub phone_signal: Arc<tokio::sync::Mutex<PhoneSignal>>,
 }
 
 impl Account {
     fn new(phone: u64) -> Self {
+        let identity = generate_key_pair();
         Self {
+            phone_signal: Arc::new(tokio::sync::Mutex::new(PhoneSignal::new(&identity, random_u32() & 0x3fff))),
             phone,
             // LIDs are opaque numbers unrelated to the phone number; derive a stable one so
             // logs are readable, with a prefix that cannot collide with real numbers here.
             lid: 100_000_000_000_000 + phone % 100_000_000_000_000,
-            identity: generate_key_pair(),
+            identity,
             raw_id: random_u32(),
             next_device: 1,
             next_key_index: 1,
@@ -78,6 +86,17 @@ impl Account {
 
     pub fn addr(&self, device: u16) -> DeviceAddr {
         DeviceAddr { phone: self.phone, device }
+    }
+
+    /// What the phone needs to encrypt to one of its companions.
+    pub fn recipient(&self, device: &Device) -> Recipient {
+        Recipient {
+            phone: self.phone,
+            device: device.id,
+            raw_id: self.raw_id,
+            key_index: device.key_index,
+            keys: device.signal.clone(),
+        }
     }
 }
 
@@ -154,7 +173,9 @@ impl Accounts {
         account.next_device += 1;
         let key_index = account.next_key_index;
         account.next_key_index += 1;
-        account.devices.insert(id, Device { id, noise_key, key_index, platform, signal, confirmed: false });
+        account
+            .devices
+            .insert(id, Device { id, noise_key, key_index, platform, signal, confirmed: false, key_shared: false });
         Ok(account.addr(id))
     }
 

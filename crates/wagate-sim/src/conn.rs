@@ -22,6 +22,7 @@ use crate::nodes::{attr, child, iq_error, iq_result, stream_error_code, stream_e
 use crate::noise::{respond_to_hello, Established, HelloOutcome};
 use crate::pair_code::{self, PhoneHalf};
 use crate::pairing::{self, PairSuccess};
+use crate::phone;
 use crate::state::{ConnId, LiveConn, PendingCode, PendingFailure, PendingRef, SimState};
 use crate::wire::{frame, FrameReader, Transport, WireError};
 
@@ -73,6 +74,8 @@ struct Conn {
     pairing: Pairing,
     silent_until: Option<Instant>,
     offline_sent: bool,
+    /// The id of the app-state key share sent on this connection, until its receipt comes.
+    key_share_id: Option<String>,
 }
 
 /// Why a connection ended; logged.
@@ -102,6 +105,7 @@ pub async fn serve(socket: WebSocket, state: Arc<SimState>) {
         pairing: Pairing::Idle,
         silent_until: None,
         offline_sent: false,
+        key_share_id: None,
     };
     let end = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.handshake()).await {
         Err(_) => End::Error("no handshake within 20 s".into()),
@@ -307,6 +311,10 @@ impl Conn {
                 return self.on_pair_device_sign(&node).await;
             }
         }
+        if node.tag == "receipt" {
+            self.on_receipt(&node);
+            return Ok(());
+        }
         if node.tag != "iq" {
             return Ok(());
         }
@@ -326,16 +334,68 @@ impl Conn {
             self.send_node(&reply).await?;
         }
         if answer.went_active && !self.offline_sent {
-            // whatsapp-rust waits for this after `<active/>` (PROTOCOL.md 9); with nothing
-            // queued for the device the count is 0.
             self.offline_sent = true;
-            self.send_node(&iq::offline_marker(0)).await?;
+            self.flush_offline().await?;
         }
         if answer.close_as_removed {
             self.send_node(&stream_error_conflict("device_removed")).await?;
             return Err(End::ServerClosed("device removed itself"));
         }
         Ok(())
+    }
+
+    fn on_receipt(&mut self, receipt: &Node) {
+        let (Some(addr), Some(id)) = (self.device, attr(receipt, "id")) else { return };
+        if self.key_share_id.as_deref() != Some(id.as_str()) {
+            return;
+        }
+        self.key_share_id = None;
+        let retry = attr(receipt, "type").as_deref() == Some("retry");
+        let mut inner = self.state.lock();
+        let stats = inner.stats.device(addr);
+        if retry {
+            stats.key_share_retries += 1;
+            warn!(conn = self.id, device = %addr, "the device could not decrypt the phone's app-state key share");
+        } else {
+            stats.key_shares_received += 1;
+        }
+    }
+
+    /// Delivers what waited for the device, then `<ib><offline count=N/>`, which
+    /// whatsapp-rust waits for after `<active/>` (PROTOCOL.md 9). The only thing that waits
+    /// so far is the phone's app-state key share for a newly linked device.
+    async fn flush_offline(&mut self) -> Result<(), End> {
+        let mut delivered = 0;
+        if let Some(share) = self.pending_key_share().await {
+            self.key_share_id = attr(&share, "id");
+            self.send_node(&share).await?;
+            delivered += 1;
+        }
+        self.send_node(&iq::offline_marker(delivered)).await
+    }
+
+    async fn pending_key_share(&mut self) -> Option<Node> {
+        let addr = self.device?;
+        let (phone_signal, recipient) = {
+            let inner = self.state.lock();
+            let account = inner.accounts.get(addr.phone)?;
+            let device = account.devices.get(&addr.device).filter(|d| !d.key_shared)?;
+            (account.phone_signal.clone(), account.recipient(device))
+        };
+        let mut phone = phone_signal.lock().await;
+        match phone::app_state_key_share(&mut phone, &recipient).await {
+            Ok(node) => {
+                if let Some(device) = self.state.lock().accounts.device_mut(addr) {
+                    device.key_shared = true;
+                }
+                debug!(conn = self.id, device = %addr, "phone shares its app-state key");
+                Some(node)
+            }
+            Err(e) => {
+                warn!(conn = self.id, device = %addr, "the phone could not share its app-state key: {e}");
+                None
+            }
+        }
     }
 
     async fn on_pair_device_sign(&mut self, node: &Node) -> Result<(), End> {

@@ -19,6 +19,7 @@ mod nodes;
 mod noise;
 mod pair_code;
 mod pairing;
+mod phone;
 mod server;
 mod state;
 mod wire;

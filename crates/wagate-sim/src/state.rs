@@ -96,6 +96,10 @@ pub struct DeviceStats {
     pub logins: u64,
     pub login_failures: u64,
     pub pairings: u64,
+    /// The phone's app-state key shares the device confirmed with a receipt (it could
+    /// decrypt them), and those it asked to be re-sent (it could not).
+    pub key_shares_received: u64,
+    pub key_share_retries: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

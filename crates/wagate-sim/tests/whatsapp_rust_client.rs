@@ -25,6 +25,11 @@ async fn links_by_qr_restarts_on_515_and_logs_in() {
 
     client.wait_for("PairSuccess", |e| matches!(e, ClientEvent::PairSuccess).then_some(())).await;
     client.wait_connected().await;
+    control
+        .wait_stats("the client to confirm the phone's app-state key share", |s| {
+            s["devices"]["15551234567:1@s.whatsapp.net"]["key_shares_received"] == 1
+        })
+        .await;
 
     let stats = control.get("/control/stats").await;
     let device = &stats["devices"]["15551234567:1@s.whatsapp.net"];

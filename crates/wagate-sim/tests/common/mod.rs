@@ -18,6 +18,11 @@ pub async fn start_sim() -> Simulator {
 }
 
 pub async fn start_sim_with(config: SimConfig) -> Simulator {
+    // RUST_LOG=wagate_sim=debug shows every stanza of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     Simulator::start("127.0.0.1:0".parse().unwrap(), ServerKeys::generate(), config).await.expect("simulator starts")
 }
 
