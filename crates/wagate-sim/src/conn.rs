@@ -19,7 +19,7 @@ use crate::clock::unix_now;
 use crate::iq::{self, IqContext};
 use crate::jid::{lid_jid_string, DeviceAddr};
 use crate::nodes::{attr, child, iq_error, iq_result, stream_error_code, stream_error_conflict};
-use crate::noise::{respond_to_hello, Established, HelloOutcome};
+use crate::noise::{respond_to_hello, Established, HelloOutcome, Pattern};
 use crate::pair_code::{self, PhoneHalf};
 use crate::pairing::{self, PairSuccess};
 use crate::phone;
@@ -144,11 +144,17 @@ impl Conn {
 
     /// After the handshake: hand out QR refs to a new client, or log a known one in.
     async fn start(&mut self, established: Established) -> Result<(), End> {
-        let Established { read, write, client_static, payload, .. } = established;
+        let Established { read, write, client_static, payload, pattern } = established;
         self.transport = Some(Transport::new(read, write));
         {
             let mut inner = self.state.lock();
-            inner.stats.totals.handshakes += 1;
+            let totals = &mut inner.stats.totals;
+            totals.handshakes += 1;
+            match pattern {
+                Pattern::Ik => totals.ik_handshakes += 1,
+                Pattern::XxFallback => totals.xx_fallback_handshakes += 1,
+                Pattern::Xx => {}
+            }
             if let Some(live) = inner.conns.get_mut(&self.id) {
                 live.client_static = Some(client_static);
             }

@@ -138,3 +138,57 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use buffa::Message;
+    use waproto::whatsapp::cert_chain::noise_certificate::Details;
+
+    use super::*;
+    use crate::crypto::verify;
+
+    /// The checks whatsmeow makes on a server's chain (PROTOCOL.md 3).
+    #[test]
+    fn the_chain_passes_whatsmeows_checks() {
+        let keys = ServerKeys::generate();
+        let root_public = hex::decode(keys.root_public_hex()).unwrap();
+        let chain = CertChain::decode_from_slice(&keys.cert_chain).unwrap();
+        let intermediate = chain.intermediate.as_option().unwrap();
+        let leaf = chain.leaf.as_option().unwrap();
+        let intermediate_details = Details::decode_from_slice(intermediate.details.as_deref().unwrap()).unwrap();
+        let leaf_details = Details::decode_from_slice(leaf.details.as_deref().unwrap()).unwrap();
+
+        assert!(verify(
+            &root_public,
+            intermediate.details.as_deref().unwrap(),
+            intermediate.signature.as_deref().unwrap()
+        ));
+        assert_eq!(intermediate_details.issuer_serial, Some(0));
+        let intermediate_key = intermediate_details.key.as_deref().unwrap();
+        assert!(verify(intermediate_key, leaf.details.as_deref().unwrap(), leaf.signature.as_deref().unwrap()));
+        assert_eq!(leaf_details.issuer_serial, intermediate_details.serial);
+        assert_eq!(leaf_details.key.as_deref(), Some(public_bytes(&keys.noise_static)));
+        let now = crate::clock::unix_now();
+        for details in [&intermediate_details, &leaf_details] {
+            assert!(details.not_before.unwrap() < now && now < details.not_after.unwrap());
+        }
+        // And a signature by another key does not pass.
+        assert!(!verify(
+            public_bytes(&keys.noise_static),
+            intermediate.details.as_deref().unwrap(),
+            intermediate.signature.as_deref().unwrap()
+        ));
+    }
+
+    #[test]
+    fn a_root_key_file_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.json");
+        let first = ServerKeys::load_or_create(&path).unwrap();
+        let again = ServerKeys::load_or_create(&path).unwrap();
+        assert_eq!(first.root_public_hex(), again.root_public_hex());
+
+        std::fs::write(&path, r#"{"public": "00", "private": "zz"}"#).unwrap();
+        assert!(matches!(ServerKeys::load_or_create(&path), Err(SimError::RootKey(_))));
+    }
+}

@@ -77,8 +77,11 @@ pub struct PendingFailure {
 pub struct Totals {
     /// WebSocket connections accepted.
     pub connections: u64,
-    /// Noise handshakes completed.
+    /// Noise handshakes completed, and how many of them were IK (resumed with a cached
+    /// server key) or XXfallback (the client's cached key was stale).
     pub handshakes: u64,
+    pub ik_handshakes: u64,
+    pub xx_fallback_handshakes: u64,
     pub handshake_failures: u64,
     /// Handshakes by unregistered clients (waiting for a QR scan or a code).
     pub pairing_connections: u64,

@@ -165,3 +165,39 @@ mod tests {
         assert!(matches!(reader.next_frame(), Err(WireError::BadIntro(_))));
     }
 }
+
+#[cfg(test)]
+mod transport_tests {
+    use wacore_binary::builder::NodeBuilder;
+
+    use super::*;
+
+    /// A zlib stream of one stored (uncompressed) block: enough to exercise the flag.
+    fn zlib_stored(data: &[u8]) -> Vec<u8> {
+        let len = data.len() as u16;
+        let mut out = vec![0x78, 0x01, 0x01];
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(data);
+        let (mut a, mut b) = (1u32, 0u32);
+        for byte in data {
+            a = (a + u32::from(*byte)) % 65521;
+            b = (b + a) % 65521;
+        }
+        out.extend_from_slice(&(b << 16 | a).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn compressed_frames_are_inflated() {
+        let key = [9u8; 32];
+        let mut server = Transport::new(NoiseCipher::new(&key).unwrap(), NoiseCipher::new(&[1; 32]).unwrap());
+        let client_write = NoiseCipher::new(&key).unwrap();
+        let node = NodeBuilder::new("iq").attr("id", "1").attr("type", "get").build();
+        let marshalled = marshal(&node).unwrap();
+        let mut payload = vec![2u8];
+        payload.extend(zlib_stored(&marshalled[1..]));
+        let encrypted = client_write.encrypt_with_counter(0, &payload).unwrap();
+        assert_eq!(server.decrypt_node(encrypted).unwrap(), node);
+    }
+}

@@ -47,6 +47,7 @@ async fn links_by_qr_restarts_on_515_and_logs_in() {
     let stats = control.get("/control/stats").await;
     assert_eq!(stats["devices"]["15551234567:1@s.whatsapp.net"]["logins"], 2, "stats: {stats}");
     assert_eq!(stats["totals"]["pairing_connections"], 1, "no new pairing: {stats}");
+    assert_eq!(stats["totals"]["ik_handshakes"], 1, "the restarted client resumed with Noise IK: {stats}");
     let unknown = control.get("/control/unknown-iqs").await;
     eprintln!("iqs without a handler: {unknown}");
     again.stop().await;
@@ -70,6 +71,30 @@ async fn links_by_phone_number_code() {
     assert_eq!(status, 200, "pair-code answer: {linked}");
     assert_eq!(linked["jid"], "15557654321:1@s.whatsapp.net");
     client.wait_connected().await;
+    client.stop().await;
+    sim.stop().await;
+}
+
+/// A client that cached the static key of a simulator that has since restarted with new
+/// keys (and forgotten its devices) falls back from IK to XX, then learns it is logged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_server_key_falls_back_to_xx() {
+    let sim = start_sim().await;
+    let control = Control::new(&sim);
+    let (client, jid) = common::link_client(&sim, &control, "15551239999").await;
+    let dir = client.stop().await;
+    let addr: std::net::SocketAddr = sim.endpoints.control_url.trim_start_matches("http://").parse().unwrap();
+    sim.stop().await;
+
+    let sim = wagate_sim::Simulator::start(addr, wagate_sim::ServerKeys::generate(), Default::default())
+        .await
+        .expect("a new simulator on the same port");
+    let control = Control::new(&sim);
+    let mut client = TestClient::start_in(&sim.endpoints.ws_url, None, dir).await;
+    client.wait_for("LoggedOut", |e| matches!(e, ClientEvent::LoggedOut(_)).then_some(())).await;
+    let stats = control.get("/control/stats").await;
+    assert!(stats["totals"]["xx_fallback_handshakes"].as_u64().unwrap() >= 1, "stats: {stats}");
+    assert_eq!(stats["devices"][&jid]["login_failures"], 1, "stats: {stats}");
     client.stop().await;
     sim.stop().await;
 }
