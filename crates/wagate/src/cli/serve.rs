@@ -1,0 +1,76 @@
+//! `wagate serve`: the gateway in the foreground, as `bench start` (honcho) and the
+//! compat scripts run it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use tracing::info;
+
+use crate::config::Config;
+use crate::server::Gateway;
+use crate::session::SessionConfig;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WAGATE_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Data directory (SQLite database and the sessions' keys).
+    #[arg(long, env = "WAGATE_DATA_DIR", default_value = "./sessions")]
+    data_dir: PathBuf,
+    /// Log file (appended; logs also go to stderr).
+    #[arg(long, env = "WAGATE_LOG_FILE", default_value = "whatsapp-service.log")]
+    log_file: PathBuf,
+    /// WebSocket URL of a WhatsApp-compatible server such as wagate-sim (sandbox builds only).
+    #[arg(long, env = "WAGATE_WA_URL")]
+    wa_url: Option<String>,
+    /// API key required from callers that are not on this machine.
+    #[arg(long, env = "WAGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// QR cycles to offer before a session gives up waiting for a scan.
+    #[arg(long, env = "WAGATE_QR_CYCLES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    qr_cycles: u32,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    super::logging::init(&args.log_file)?;
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        wa_url: args.wa_url,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        sessions: SessionConfig { qr_cycles: args.qr_cycles, ..SessionConfig::default() },
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let gateway = Gateway::start(config).await?;
+        let line = format!(
+            "wagate listening on http://{} ({} linked session{} restored)",
+            gateway.addr,
+            gateway.restored,
+            if gateway.restored == 1 { "" } else { "s" }
+        );
+        println!("{line}");
+        info!("{line}");
+        shutdown_signal().await;
+        info!("shutting down: closing WhatsApp connections");
+        gateway.stop().await;
+        info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,43 @@
+//! What `wagate serve` runs with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::session::SessionConfig;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// WebSocket URL of a server other than WhatsApp (the simulator). Only sandbox builds
+    /// accept it: see [`check_wa_url`].
+    pub wa_url: Option<String>,
+    /// Required from non-loopback callers of `/v1`.
+    pub api_key: Option<String>,
+    pub sessions: SessionConfig,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "--wa-url / WAGATE_WA_URL points wagate at a server other than WhatsApp, which only a sandbox build \
+         allows (cargo build --features sandbox); this build talks to WhatsApp only"
+    )]
+    WaUrlNeedsSandbox,
+    #[error("--wa-url must be a ws:// or wss:// URL, got '{0}'")]
+    WaUrlScheme(String),
+}
+
+/// Sandbox builds skip the check of WhatsApp's certificate chain, so only they may connect
+/// anywhere else; a production build refuses, instead of silently trusting any server.
+pub fn check_wa_url(url: Option<&str>) -> Result<(), ConfigError> {
+    let Some(url) = url else { return Ok(()) };
+    if !cfg!(feature = "sandbox") {
+        return Err(ConfigError::WaUrlNeedsSandbox);
+    }
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        Ok(())
+    } else {
+        Err(ConfigError::WaUrlScheme(url.to_string()))
+    }
+}

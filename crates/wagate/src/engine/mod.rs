@@ -1,0 +1,130 @@
+//! The engine: the only part of wagate that knows the WhatsApp client library. The rest of
+//! the gateway sees this small trait and wagate's own event and reason types.
+
+mod whatsapp;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+pub use whatsapp::WhatsAppEngine;
+
+/// Who a linked session is on WhatsApp.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Me {
+    /// Phone-number JID of this device, e.g. `15551234567:1@s.whatsapp.net`.
+    pub jid: Option<String>,
+    pub lid: Option<String>,
+    /// The phone number, digits only.
+    pub phone: Option<String>,
+    pub push_name: Option<String>,
+}
+
+/// Why a connection ended, in protocol terms (PROTOCOL.md section 8). The session
+/// supervisor decides what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// `<stream:error code="515">`: normal after pairing; reconnect at once.
+    RestartRequired,
+    /// Another connection with the same credentials took over (`conflict type=replaced`).
+    Replaced,
+    /// Unlinked from the phone or refused as unknown (401, 403, 406, device_removed).
+    LoggedOut { code: u16 },
+    /// A temporary ban (402) until `expire` from now.
+    TempBanned { expire: Duration },
+    /// The client version is too old (405).
+    Outdated,
+    /// The account's devices disagree (411).
+    MultiDeviceMismatch,
+    /// Every QR ref of this connection expired unscanned.
+    QrRefsExhausted,
+    /// Another `<stream:error>` code (500, 503, ...).
+    StreamError { code: u16 },
+    /// A login `<failure>` with a reason not covered above.
+    LoginFailure { code: u16 },
+    /// The socket dropped, timed out or could not be opened.
+    ConnectionLost { detail: String },
+    /// The gateway closed it.
+    ClosedByUs,
+}
+
+/// What a connection reports, in order. After `Closed` nothing more comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A QR code to show; valid for `valid_for`.
+    Qr {
+        code: String,
+        valid_for: Duration,
+    },
+    /// The phone accepted the link: credentials are being stored, a 515 restart follows.
+    Paired {
+        me: Me,
+    },
+    /// Logged in and ready.
+    Connected {
+        me: Me,
+    },
+    Closed(CloseReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the session's credential store could not be opened: {0}")]
+    Store(String),
+    #[error("the WhatsApp client could not be built: {0}")]
+    Build(String),
+    #[error("pairing code refused: {0}")]
+    PairCode(String),
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// Where a session's engine keeps its credentials and Signal state.
+#[derive(Debug, Clone)]
+pub struct EngineStore {
+    pub path: PathBuf,
+}
+
+impl EngineStore {
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self { path: path.as_ref().to_path_buf() }
+    }
+}
+
+/// One open connection of one session.
+#[async_trait]
+pub trait Connection: Send + Sync {
+    /// Asks WhatsApp for an 8-character code to type on the phone instead of scanning.
+    async fn request_pair_code(&self, phone: &str) -> Result<String, EngineError>;
+    /// Unlinks the device on WhatsApp (best effort when offline) and closes.
+    async fn logout(&self);
+    /// Closes the connection; its events end with `Closed(ClosedByUs)` unless it had
+    /// already closed for another reason. Returns once its state is saved.
+    async fn close(&self);
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Opens a connection for the session whose state is in `store`. Events arrive on
+    /// `events` until `Closed`.
+    async fn open(
+        &self,
+        session: &str,
+        store: &EngineStore,
+        events: mpsc::UnboundedSender<EngineEvent>,
+    ) -> Result<Box<dyn Connection>, EngineError>;
+
+    /// The linked identity saved in `store`, or `None` when it holds no credentials.
+    async fn linked_identity(&self, store: &EngineStore) -> Result<Option<Me>, EngineError>;
+
+    /// Deletes every credential and key in `store`.
+    async fn wipe(&self, store: &EngineStore) -> Result<(), EngineError>;
+}
+
+/// `15551234567:1@s.whatsapp.net` -> `15551234567`.
+pub fn phone_of_jid(jid: &str) -> Option<String> {
+    let user = jid.split('@').next()?.split(':').next()?;
+    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| user.to_string())
+}

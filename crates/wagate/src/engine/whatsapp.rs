@@ -1,0 +1,262 @@
+//! The engine on `whatsapp-rust` 0.7. One `Bot` per connection: the library's own
+//! reconnect loop is switched off, so every reconnect is a fresh client chosen by the
+//! session supervisor (a `disconnect()` then `connect()` on one 0.7 client can stop reading
+//! the socket). The library's events and the raw `<stream:error>` / `<failure>` stanzas
+//! are turned into [`EngineEvent`]s; when the client's loop ends, its state is flushed to
+//! disk and `Closed` is reported with the most specific reason seen.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use wacore::store::traits::DeviceStore;
+use whatsapp_rust::prelude::*;
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+
+use super::{phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me};
+
+/// The client version announced to a non-WhatsApp server (the simulator), which cannot
+/// serve WhatsApp's version file.
+const SANDBOX_VERSION: (u32, u32, u32) = (2, 3000, 1_000_000_000);
+
+pub struct WhatsAppEngine {
+    /// `None`: WhatsApp itself. `Some`: another server (only in sandbox builds).
+    ws_url: Option<String>,
+}
+
+impl WhatsAppEngine {
+    pub fn new(ws_url: Option<String>) -> Self {
+        Self { ws_url }
+    }
+}
+
+/// Remembers the most specific reason the current connection gave for ending.
+#[derive(Default)]
+struct CloseTracker {
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl CloseTracker {
+    /// Keeps the first specific reason: a `<stream:error>` is followed by a generic
+    /// socket close, which must not overwrite it.
+    fn note(&self, reason: CloseReason) {
+        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let generic = matches!(slot.as_ref(), None | Some(CloseReason::ConnectionLost { .. }));
+        if generic {
+            *slot = Some(reason);
+        }
+    }
+
+    fn take(&self) -> Option<CloseReason> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+struct WhatsAppConnection {
+    client: Arc<Client>,
+    tracker: Arc<CloseTracker>,
+    /// Completes once the client's loop has ended and `Closed` was sent.
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl Engine for WhatsAppEngine {
+    async fn open(
+        &self,
+        session: &str,
+        store: &EngineStore,
+        events: mpsc::UnboundedSender<EngineEvent>,
+    ) -> Result<Box<dyn Connection>, EngineError> {
+        let backend = open_store(store).await?;
+        let mut transport = TokioWebSocketTransportFactory::new();
+        if let Some(url) = &self.ws_url {
+            transport = transport.with_url(url.clone());
+        }
+        let tracker = Arc::new(CloseTracker::default());
+        let handler_events = events.clone();
+        let handler_tracker = tracker.clone();
+        let mut builder =
+            Bot::builder().with_backend(backend).with_transport_factory(transport).on_event(move |event, client| {
+                let events = handler_events.clone();
+                let tracker = handler_tracker.clone();
+                async move { translate(&event, &client, &events, &tracker) }
+            });
+        if self.ws_url.is_some() {
+            builder = builder.with_version(SANDBOX_VERSION);
+        }
+        let bot = builder.build().await.map_err(|e| EngineError::Build(format!("{e:#}")))?;
+        let client = bot.client();
+        // The supervisor decides about every reconnect, 515 included.
+        client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+        let raw_lease = client.acquire_raw_node_forwarding();
+        let handle = bot.spawn();
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let watcher_client = client.clone();
+        let watcher_tracker = tracker.clone();
+        let session = session.to_string();
+        tokio::spawn(async move {
+            handle.await;
+            drop(raw_lease);
+            // The credentials of a fresh pairing must be on disk before anyone reconnects.
+            if let Err(e) = watcher_client.persistence_manager().flush().await {
+                warn!(session = %session, "could not save the session's state: {e}");
+            }
+            let reason = watcher_tracker
+                .take()
+                .unwrap_or(CloseReason::ConnectionLost { detail: "the connection closed".into() });
+            debug!(session = %session, ?reason, "engine connection ended");
+            let _ = events.send(EngineEvent::Closed(reason));
+            let _ = done_tx.send(true);
+        });
+        Ok(Box::new(WhatsAppConnection { client, tracker, done }))
+    }
+
+    async fn linked_identity(&self, store: &EngineStore) -> Result<Option<Me>, EngineError> {
+        if !store.path.exists() {
+            return Ok(None);
+        }
+        let backend = open_store(store).await?;
+        let device = backend.load().await.map_err(|e| EngineError::Store(format!("{e:#}")))?;
+        Ok(device.and_then(|d| {
+            let jid = d.pn.as_ref()?.to_string();
+            Some(Me {
+                phone: phone_of_jid(&jid),
+                jid: Some(jid),
+                lid: d.lid.as_ref().map(|l| l.to_string()),
+                push_name: Some(d.push_name.clone()).filter(|n| !n.is_empty()),
+            })
+        }))
+    }
+
+    async fn wipe(&self, store: &EngineStore) -> Result<(), EngineError> {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut path = store.path.clone().into_os_string();
+            path.push(suffix);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(EngineError::Store(format!("cannot delete {}: {e}", path.to_string_lossy()))),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn open_store(store: &EngineStore) -> Result<SqliteStore, EngineError> {
+    if let Some(parent) = store.path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| EngineError::Store(format!("{}: {e}", parent.display())))?;
+    }
+    let path = store.path.to_str().ok_or_else(|| EngineError::Store("the data directory path is not UTF-8".into()))?;
+    SqliteStore::new(path).await.map_err(|e| EngineError::Store(format!("{e:#}")))
+}
+
+#[async_trait]
+impl Connection for WhatsAppConnection {
+    async fn request_pair_code(&self, phone: &str) -> Result<String, EngineError> {
+        let options =
+            whatsapp_rust::pair_code::PairCodeOptions { phone_number: phone.to_string(), ..Default::default() };
+        self.client.pair_with_code(options).await.map_err(|e| EngineError::PairCode(format!("{e}")))
+    }
+
+    async fn logout(&self) {
+        self.tracker.note(CloseReason::ClosedByUs);
+        self.client.logout().await;
+        self.wait_done().await;
+    }
+
+    async fn close(&self) {
+        self.tracker.note(CloseReason::ClosedByUs);
+        self.client.disconnect().await;
+        self.wait_done().await;
+    }
+}
+
+impl WhatsAppConnection {
+    async fn wait_done(&self) {
+        let mut done = self.done.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
+    }
+}
+
+fn me_of(client: &Client) -> Me {
+    let jid = client.pn().map(|j| j.to_string());
+    Me {
+        phone: jid.as_deref().and_then(phone_of_jid),
+        jid,
+        lid: None,
+        push_name: Some(client.push_name()).filter(|n| !n.is_empty()),
+    }
+}
+
+fn translate(event: &Event, client: &Client, events: &mpsc::UnboundedSender<EngineEvent>, tracker: &CloseTracker) {
+    let send = |e| {
+        let _ = events.send(e);
+    };
+    match event {
+        Event::PairingQrCode(qr) => send(EngineEvent::Qr { code: qr.code.clone(), valid_for: qr.timeout }),
+        Event::PairSuccess(paired) => {
+            let jid = paired.id.to_string();
+            send(EngineEvent::Paired {
+                me: Me {
+                    phone: phone_of_jid(&jid),
+                    jid: Some(jid),
+                    lid: Some(paired.lid.to_string()),
+                    push_name: Some(paired.business_name.clone()).filter(|n| !n.is_empty()),
+                },
+            });
+        }
+        Event::Connected(_) => send(EngineEvent::Connected { me: me_of(client) }),
+        Event::PairingQrCodesExhausted(_) => tracker.note(CloseReason::QrRefsExhausted),
+        Event::StreamReplaced(_) => tracker.note(CloseReason::Replaced),
+        Event::TemporaryBan(ban) => {
+            tracker.note(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(Duration::from_secs(3600)) })
+        }
+        Event::ClientOutdated(_) => tracker.note(CloseReason::Outdated),
+        Event::LoggedOut(_) => tracker.note(CloseReason::LoggedOut { code: 401 }),
+        Event::Disconnected(gone) => tracker.note(CloseReason::ConnectionLost { detail: gone.reason.to_string() }),
+        Event::RawNode(node) if matches!(node.tag(), "stream:error" | "failure") => {
+            if let Some(reason) = close_reason_of(&node.to_owned_node()) {
+                tracker.note(reason);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Reads the reason out of a `<stream:error>` or a login `<failure>`.
+fn close_reason_of(node: &wacore_binary::Node) -> Option<CloseReason> {
+    let attr = |n: &wacore_binary::Node, key: &str| n.attrs.get(key).map(|v| v.as_str().into_owned());
+    match node.tag.as_ref() {
+        "stream:error" => {
+            if let Some(conflict) = node.get_optional_child("conflict") {
+                return Some(match attr(conflict, "type").as_deref() {
+                    Some("replaced") => CloseReason::Replaced,
+                    _ => CloseReason::LoggedOut { code: 401 },
+                });
+            }
+            let code: u16 = attr(node, "code")?.parse().ok()?;
+            Some(match code {
+                515 => CloseReason::RestartRequired,
+                401 | 516 => CloseReason::LoggedOut { code },
+                409 => CloseReason::Replaced,
+                other => CloseReason::StreamError { code: other },
+            })
+        }
+        "failure" => {
+            let code: u16 = attr(node, "reason")?.parse().ok()?;
+            Some(match code {
+                401 | 403 | 406 => CloseReason::LoggedOut { code },
+                402 => CloseReason::TempBanned {
+                    expire: Duration::from_secs(attr(node, "expire").and_then(|e| e.parse().ok()).unwrap_or(3600)),
+                },
+                405 => CloseReason::Outdated,
+                411 => CloseReason::MultiDeviceMismatch,
+                other => CloseReason::LoginFailure { code: other },
+            })
+        }
+        _ => None,
+    }
+}

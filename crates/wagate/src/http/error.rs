@@ -1,0 +1,76 @@
+//! Every error answer is a status and `{"error": "..."}` that says what was wrong.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use crate::session::SessionError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        let status = match &error {
+            SessionError::NotFound => StatusCode::NOT_FOUND,
+            SessionError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            SessionError::AlreadyLinked => StatusCode::CONFLICT,
+            SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
+            SessionError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Store(_) | SessionError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match error {
+            SessionError::NotFound => "Session not found".to_string(),
+            other => other.to_string(),
+        };
+        Self::new(status, message)
+    }
+}
+
+/// A JSON body whose rejection (malformed JSON, wrong field types, missing content type)
+/// is a 400 in the same shape as every other error.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection_message(&rejection))),
+        }
+    }
+}
+
+fn rejection_message(rejection: &JsonRejection) -> String {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => "send a JSON body with Content-Type: application/json".into(),
+        other => format!("invalid JSON body: {}", other.body_text()),
+    }
+}

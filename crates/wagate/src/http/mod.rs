@@ -1,0 +1,40 @@
+//! The HTTP side: the native API under `/v1`, `/health`, and (later) the compat API of
+//! COMPAT.md at the root and `/metrics`.
+
+mod auth;
+pub mod error;
+mod health;
+pub mod qr;
+mod v1;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::middleware;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::session::SessionManager;
+
+pub struct AppState {
+    pub manager: Arc<SessionManager>,
+    pub api_key: Option<String>,
+    pub started: Instant,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = v1::routes().layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+    Router::new().merge(v1).merge(health::routes()).with_state(state)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

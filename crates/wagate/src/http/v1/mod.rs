@@ -1,0 +1,13 @@
+//! The native API, `/v1`.
+
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use super::AppState;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    sessions::routes()
+}

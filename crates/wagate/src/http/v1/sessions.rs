@@ -1,0 +1,185 @@
+//! `/v1/sessions`: create, inspect, link (QR or pairing code), start, log out, delete, and
+//! follow a session's state live.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::http::error::{ApiError, JsonBody};
+use crate::http::qr::{self, QrFormat};
+use crate::http::AppState;
+use crate::session::{SessionView, StateKind};
+use crate::store::WebhookConfig;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/sessions", post(create).get(list))
+        .route("/v1/sessions/{id}", get(show).delete(delete))
+        .route("/v1/sessions/{id}/qr", get(qr_code))
+        .route("/v1/sessions/{id}/pair-code", post(pair_code))
+        .route("/v1/sessions/{id}/start", post(start))
+        .route("/v1/sessions/{id}/logout", post(logout))
+        .route("/v1/sessions/{id}/events", get(events))
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSession {
+    id: String,
+    webhook: Option<WebhookConfig>,
+}
+
+async fn create(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody<CreateSession>) -> ApiResult<Response> {
+    if let Some(webhook) = &body.webhook {
+        validate_webhook_url(&webhook.url)?;
+    }
+    let (view, created) = state.manager.create(&body.id, body.webhook.as_ref()).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(view)).into_response())
+}
+
+pub fn validate_webhook_url(url: &str) -> ApiResult<()> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("webhook url must be an http:// or https:// URL, got '{url}'")))
+    }
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<SessionView>> {
+    Json(state.manager.list())
+}
+
+fn found(state: &AppState, id: &str) -> ApiResult<SessionView> {
+    state.manager.get(id).ok_or_else(|| crate::session::SessionError::NotFound.into())
+}
+
+async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(found(&state, &id)?))
+}
+
+#[derive(Deserialize)]
+struct QrQuery {
+    format: Option<String>,
+}
+
+async fn qr_code(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<QrQuery>,
+) -> ApiResult<Response> {
+    let name = query.format.as_deref().unwrap_or("png");
+    let format = QrFormat::parse(name)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown format '{name}'; use png, svg, text or raw")))?;
+    let view = found(&state, &id)?;
+    let (StateKind::AwaitingScan, Some(code)) = (view.state, view.qr.as_deref()) else {
+        return Err(ApiError::conflict(format!(
+            "the session is not waiting for a scan (state: {})",
+            serde_json::to_value(view.state).unwrap_or_default().as_str().unwrap_or("?")
+        )));
+    };
+    let bytes =
+        qr::render(code, format).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, format.content_type()), (header::CACHE_CONTROL, "no-store")], bytes).into_response())
+}
+
+#[derive(Deserialize)]
+struct PairCodeRequest {
+    phone: String,
+}
+
+/// Digits of a phone number written in any common way (`+91 98765-43210`).
+pub fn phone_digits(text: &str) -> Option<String> {
+    let digits: String = text.chars().filter(|c| !matches!(c, ' ' | '-' | '+' | '(' | ')' | '.')).collect();
+    ((7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
+async fn pair_code(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<PairCodeRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let phone = phone_digits(&body.phone).ok_or_else(|| {
+        ApiError::bad_request(format!("'{}' is not a phone number (7 to 15 digits with country code)", body.phone))
+    })?;
+    found(&state, &id)?;
+    let code = state.manager.pair_code(&id, &phone).await?;
+    Ok(Json(json!({ "code": display_code(&code) })))
+}
+
+/// `ABCD1234` -> `ABCD-1234`, as WhatsApp shows it.
+fn display_code(code: &str) -> String {
+    if code.len() == 8 && !code.contains('-') {
+        format!("{}-{}", &code[..4], &code[4..])
+    } else {
+        code.to_string()
+    }
+}
+
+async fn start(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(state.manager.start(&id).await?))
+}
+
+async fn logout(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(state.manager.logout(&id).await?))
+}
+
+async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    state.manager.delete(&id).await?;
+    Ok(Json(json!({ "id": id, "deleted": true })))
+}
+
+/// Server-Sent Events: the current state first, then every change (each new QR too).
+async fn events(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let (current, changes) = state.manager.subscribe(&id).ok_or(crate::session::SessionError::NotFound)?;
+    let first = stream::once(async move { Ok(state_event(&current)) });
+    let rest = stream::unfold(changes, |mut changes| async move {
+        loop {
+            match changes.recv().await {
+                Ok(view) => return Some((Ok(state_event(&view)), changes)),
+                // A slow reader missed some changes; the next one carries the whole state.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(first.chain(rest)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn state_event(view: &SessionView) -> Event {
+    Event::default().event("state").json_data(view).unwrap_or_else(|_| Event::default().comment("unserializable"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_and_codes() {
+        assert_eq!(phone_digits("+91 98765 43210").as_deref(), Some("919876543210"));
+        assert_eq!(phone_digits("12"), None);
+        assert_eq!(phone_digits("+1 555 abc"), None);
+        assert_eq!(display_code("ABCD1234"), "ABCD-1234");
+        assert!(validate_webhook_url("https://erp.example/api").is_ok());
+        assert!(validate_webhook_url("ftp://x").is_err());
+        assert!(validate_webhook_url("http://").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! wagate: a WhatsApp linked-device gateway. See DESIGN.md for the parts:
+//! `engine` (the WhatsApp client library behind a small trait), `session` (one supervisor
+//! per session with the disconnect policy), `store` (SQLite in the data directory), `http`
+//! (the APIs), `cli` (the commands).
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod server;
+pub mod session;
+pub mod store;

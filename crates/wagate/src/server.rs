@@ -1,0 +1,57 @@
+//! Starting and stopping the whole gateway: store, engine, sessions, HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{check_wa_url, Config};
+use crate::engine::WhatsAppEngine;
+use crate::http::{self, AppState};
+use crate::session::SessionManager;
+use crate::store::Store;
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub manager: Arc<SessionManager>,
+    pub restored: usize,
+    stop: Option<oneshot::Sender<()>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        check_wa_url(config.wa_url.as_deref())?;
+        let store = Store::open(&config.data_dir)
+            .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+        let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone()));
+        let manager = SessionManager::new(engine, Arc::new(store), config.sessions.clone());
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let restored = manager.restore().await.context("restoring the sessions of the data directory")?;
+        let state =
+            Arc::new(AppState { manager: manager.clone(), api_key: config.api_key.clone(), started: Instant::now() });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let http = tokio::spawn(http::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, manager, restored, stop: Some(stop), http })
+    }
+
+    /// Closes every WhatsApp connection cleanly, then stops serving.
+    pub async fn stop(mut self) {
+        self.manager.shutdown().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.http).await.is_err() {
+            self.http.abort();
+        }
+    }
+}

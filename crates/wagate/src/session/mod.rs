@@ -1,0 +1,229 @@
+//! Sessions: one supervisor task per session (see `supervisor`), the disconnect policy,
+//! and the manager the HTTP API and the CLI talk to.
+
+pub mod backoff;
+pub mod policy;
+pub mod state;
+mod supervisor;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, oneshot};
+use tracing::{info, warn};
+
+use crate::engine::{Engine, EngineError};
+use crate::store::{Store, StoreError, WebhookConfig};
+pub use state::{SessionView, StateKind};
+use supervisor::{Command, Spawned, Supervisor};
+
+/// Session tunables.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// QR cycles (one connection's worth of refs each) before giving up with `qr_timeout`.
+    pub qr_cycles: u32,
+    /// At most this many connections per session per minute, whatever callers do.
+    pub max_opens_per_minute: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { qr_cycles: 3, max_opens_per_minute: 10 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("session not found")]
+    NotFound,
+    #[error("invalid session id: {0}")]
+    InvalidId(&'static str),
+    #[error("the session is already linked and connected")]
+    AlreadyLinked,
+    #[error("pairing code: {0}")]
+    PairCode(String),
+    #[error("the session's supervisor is not responding")]
+    Unavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Session ids name files and appear in URLs: 1-64 letters, digits, `_`, `-`, `.`.
+pub fn validate_id(id: &str) -> Result<(), SessionError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(SessionError::InvalidId("it must be 1 to 64 characters long"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
+        return Err(SessionError::InvalidId("only letters, digits, '_', '-' and '.' are allowed"));
+    }
+    if id.bytes().all(|b| b == b'.') {
+        return Err(SessionError::InvalidId("it cannot consist of dots only"));
+    }
+    Ok(())
+}
+
+struct Handle {
+    spawned: Spawned,
+}
+
+pub struct SessionManager {
+    engine: Arc<dyn Engine>,
+    store: Arc<Store>,
+    config: SessionConfig,
+    sessions: Mutex<BTreeMap<String, Handle>>,
+}
+
+/// How long an API call waits for a supervisor's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl SessionManager {
+    pub fn new(engine: Arc<dyn Engine>, store: Arc<Store>, config: SessionConfig) -> Arc<Self> {
+        Arc::new(Self { engine, store, config, sessions: Mutex::new(BTreeMap::new()) })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Handle>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings back every session of the data directory; the linked ones reconnect without
+    /// a QR code. Returns how many were linked.
+    pub async fn restore(&self) -> Result<usize, SessionError> {
+        let mut linked = 0;
+        for record in self.store.sessions()? {
+            let identity = self.engine.linked_identity(&self.store.engine_store(&record.id)).await?;
+            self.spawn(&record.id, identity.clone().or(record.me.clone()));
+            if identity.is_some() {
+                linked += 1;
+                self.command(&record.id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
+            }
+        }
+        Ok(linked)
+    }
+
+    fn spawn(&self, id: &str, me: Option<crate::engine::Me>) {
+        let (changes, _) = broadcast::channel(64);
+        let spawned = Supervisor::spawn(id, me, self.engine.clone(), self.store.clone(), self.config.clone(), changes);
+        self.sessions().insert(id.to_string(), Handle { spawned });
+    }
+
+    /// Creates the session if it is new, and starts it unless it is already running.
+    /// Returns its state and whether it was created.
+    pub async fn create(&self, id: &str, webhook: Option<&WebhookConfig>) -> Result<(SessionView, bool), SessionError> {
+        validate_id(id)?;
+        let (record, created) = self.store.create_session(id, webhook)?;
+        if !self.sessions().contains_key(id) {
+            let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
+            self.spawn(id, identity.or(record.me));
+        }
+        if created {
+            info!(session = %id, "session created");
+        }
+        let view = self.start(id).await?;
+        Ok((view, created))
+    }
+
+    pub fn get(&self, id: &str) -> Option<SessionView> {
+        self.sessions().get(id).map(|h| h.spawned.view.borrow().clone())
+    }
+
+    pub fn list(&self) -> Vec<SessionView> {
+        self.sessions().values().map(|h| h.spawned.view.borrow().clone()).collect()
+    }
+
+    /// The current state and every later change.
+    pub fn subscribe(&self, id: &str) -> Option<(SessionView, broadcast::Receiver<SessionView>)> {
+        let sessions = self.sessions();
+        let handle = sessions.get(id)?;
+        let receiver = handle.spawned.changes.subscribe();
+        let current = handle.spawned.view.borrow().clone();
+        Some((current, receiver))
+    }
+
+    pub async fn start(&self, id: &str) -> Result<SessionView, SessionError> {
+        self.command(id, |reply| Command::Start { reason: state::reason::STARTED, reply }).await
+    }
+
+    pub async fn pair_code(&self, id: &str, phone: &str) -> Result<String, SessionError> {
+        let phone = phone.to_string();
+        self.command(id, |reply| Command::PairCode { phone, reply }).await?
+    }
+
+    pub async fn logout(&self, id: &str) -> Result<SessionView, SessionError> {
+        self.command(id, |reply| Command::Logout { reply }).await
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<SessionView, SessionError> {
+        self.command(id, |reply| Command::Stop { reply }).await
+    }
+
+    /// Logs out (unlinking on WhatsApp) and forgets the session.
+    pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
+        self.logout(id).await?;
+        self.sessions().remove(id);
+        self.store.delete_session(id)?;
+        info!(session = %id, "session deleted");
+        Ok(())
+    }
+
+    /// Closes every connection (for a clean exit).
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self.sessions().keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.stop(&id).await {
+                warn!(session = %id, "could not stop cleanly: {e}");
+            }
+        }
+    }
+
+    /// Sends a command and waits for the answer. A supervisor that died (a panic) is
+    /// replaced once, so one broken session never needs a restart of the gateway.
+    async fn command<T>(&self, id: &str, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SessionError> {
+        let mailbox = self.sessions().get(id).map(|h| h.spawned.mailbox.clone()).ok_or(SessionError::NotFound)?;
+        let (reply, answer) = oneshot::channel();
+        let command = make(reply);
+        let mailbox = match mailbox.try_reserve() {
+            Ok(permit) => {
+                permit.send(command);
+                None
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => Some(command),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+                mailbox.send(command).await.map_err(|_| SessionError::Unavailable)?;
+                None
+            }
+        };
+        if let Some(command) = mailbox {
+            warn!(session = %id, "the session's supervisor had stopped; starting a new one");
+            let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
+            self.spawn(id, identity);
+            let fresh = self.sessions().get(id).map(|h| h.spawned.mailbox.clone()).ok_or(SessionError::NotFound)?;
+            fresh.send(command).await.map_err(|_| SessionError::Unavailable)?;
+        }
+        tokio::time::timeout(COMMAND_TIMEOUT, answer)
+            .await
+            .map_err(|_| SessionError::Unavailable)?
+            .map_err(|_| SessionError::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_checked() {
+        for good in ["WA-Acme_Ltd", "a", "x.y-z_1", &"a".repeat(64)] {
+            assert!(validate_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "..", ".", "with space", "slash/", "ümlaut", &"a".repeat(65)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+}

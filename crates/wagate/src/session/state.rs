@@ -1,0 +1,144 @@
+//! A session's state as the API and the events show it, with the words an operator needs.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::engine::Me;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    Stopped,
+    Connecting,
+    AwaitingScan,
+    Pairing,
+    Connected,
+    Reconnecting,
+    LoggedOut,
+    Replaced,
+    Banned,
+    Outdated,
+    Failed,
+}
+
+impl StateKind {
+    /// States in which the session holds or is opening a connection (or has one scheduled)
+    /// on its own; a `start` then changes nothing.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Connecting | Self::AwaitingScan | Self::Pairing | Self::Connected | Self::Reconnecting)
+    }
+}
+
+/// Machine-readable reasons, also used in logs and metrics.
+pub mod reason {
+    pub const STARTED: &str = "started";
+    pub const RESTORED: &str = "restored";
+    pub const RESTART_REQUIRED: &str = "restart_required";
+    pub const CONNECTION_LOST: &str = "connection_lost";
+    pub const STREAM_ERROR: &str = "stream_error";
+    pub const QR_TIMEOUT: &str = "qr_timeout";
+    pub const LOGGED_OUT: &str = "logged_out";
+    pub const LOGOUT_REQUESTED: &str = "logout_requested";
+    pub const REPLACED: &str = "replaced";
+    pub const TEMP_BANNED: &str = "temp_banned";
+    pub const OUTDATED: &str = "client_outdated";
+    pub const MULTI_DEVICE_MISMATCH: &str = "multi_device_mismatch";
+    pub const BAD_SESSION: &str = "bad_session";
+    pub const LOGIN_FAILURE: &str = "login_failure";
+    pub const STOPPED: &str = "stopped";
+    pub const ENGINE_ERROR: &str = "engine_error";
+}
+
+/// What `GET /v1/sessions/{id}` answers, and what every `connection.update` carries.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionView {
+    pub id: String,
+    pub state: StateKind,
+    /// Why the session is in this state (see [`reason`]), with the protocol code if any.
+    pub reason: Option<String>,
+    pub code: Option<u16>,
+    /// What a person should do, in words.
+    pub detail: String,
+    pub qr: Option<String>,
+    pub qr_expires_at: Option<String>,
+    pub me: Option<Me>,
+    /// When the session entered this state.
+    pub since: String,
+    /// For `reconnecting` and `replaced`: the attempt number and when the next one starts.
+    pub attempt: Option<u32>,
+    pub next_attempt_at: Option<String>,
+    /// For `banned`: when WhatsApp lifts the ban.
+    pub banned_until: Option<String>,
+}
+
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl SessionView {
+    pub fn new(id: &str, state: StateKind, reason: Option<&str>, me: Option<Me>) -> Self {
+        Self {
+            id: id.to_string(),
+            state,
+            reason: reason.map(str::to_string),
+            code: None,
+            detail: String::new(),
+            qr: None,
+            qr_expires_at: None,
+            me,
+            since: timestamp(Utc::now()),
+            attempt: None,
+            next_attempt_at: None,
+            banned_until: None,
+        }
+        .explained()
+    }
+
+    /// Fills `detail` from the state and reason.
+    pub fn explained(mut self) -> Self {
+        self.detail = explain(self.state, self.reason.as_deref(), self.code);
+        self
+    }
+}
+
+/// The human explanation of a state (PROTOCOL.md section 8 in operator words).
+pub fn explain(state: StateKind, reason: Option<&str>, code: Option<u16>) -> String {
+    let text = match (state, reason) {
+        (StateKind::Stopped, _) => "Not connected. Start the session to connect (a new QR code appears if it is not linked).",
+        (StateKind::Connecting, Some(reason::RESTART_REQUIRED)) => {
+            "Linked. WhatsApp asked for the normal restart after pairing (515); reconnecting with the new credentials now."
+        }
+        (StateKind::Connecting, _) => "Connecting to WhatsApp.",
+        (StateKind::AwaitingScan, _) => {
+            "Open WhatsApp on the phone, Settings > Linked devices > Link a device, and scan this QR code (or use a pairing code)."
+        }
+        (StateKind::Pairing, _) => "The phone accepted the link; finishing pairing. Nothing to do.",
+        (StateKind::Connected, _) => "Connected to WhatsApp. Messages can be sent and received.",
+        (StateKind::Reconnecting, Some(reason::STREAM_ERROR)) if code == Some(500) => {
+            "WhatsApp reported a bad session (500); reconnecting. If this repeats, log out and link again."
+        }
+        (StateKind::Reconnecting, _) => {
+            "The connection to WhatsApp was lost; reconnecting automatically with back-off. Nothing to do unless it persists (check the network or proxy)."
+        }
+        (StateKind::LoggedOut, Some(reason::LOGOUT_REQUESTED)) => "Logged out as requested. Start the session to link it again with a new QR code.",
+        (StateKind::LoggedOut, _) => {
+            "This device was unlinked (removed from the phone's Linked devices, or refused by WhatsApp). Its keys were deleted; start the session and scan a new QR code to link again."
+        }
+        (StateKind::Replaced, _) => {
+            "Another connection with the same credentials took over (the same session runs elsewhere). Stop the other instance; wagate retries only after a long pause."
+        }
+        (StateKind::Banned, _) => "WhatsApp temporarily banned this account (402). wagate will not reconnect before the ban ends.",
+        (StateKind::Outdated, _) => "WhatsApp refuses this client version (405). Update wagate, then start the session again.",
+        (StateKind::Failed, Some(reason::QR_TIMEOUT)) => {
+            "No QR code was scanned in time. Start the session again when the phone is at hand."
+        }
+        (StateKind::Failed, Some(reason::MULTI_DEVICE_MISMATCH)) => {
+            "WhatsApp reported a multi-device mismatch (411). Log out, then link the device again."
+        }
+        (StateKind::Failed, Some(reason::BAD_SESSION)) => {
+            "WhatsApp keeps rejecting this session (500). Log out and link the device again."
+        }
+        (StateKind::Failed, _) => "The session stopped after an error; see the reason. Start it again to retry.",
+    };
+    text.to_string()
+}

@@ -1,0 +1,413 @@
+//! One task per session, owning its engine connection. Every command (start, pair code,
+//! logout, stop) and every engine event goes through its loop, so there is exactly one
+//! place that opens sockets, and at most one socket per session.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::backoff::STABLE_AFTER;
+use super::policy::{self, Decision, Situation};
+use super::state::{reason, timestamp, SessionView, StateKind};
+use super::{SessionConfig, SessionError};
+use crate::engine::{CloseReason, Connection, Engine, EngineEvent, EngineStore, Me};
+use crate::store::Store;
+
+pub(super) enum Command {
+    Start { reason: &'static str, reply: oneshot::Sender<SessionView> },
+    PairCode { phone: String, reply: oneshot::Sender<Result<String, SessionError>> },
+    Logout { reply: oneshot::Sender<SessionView> },
+    Stop { reply: oneshot::Sender<SessionView> },
+}
+
+pub(super) struct Supervisor {
+    id: String,
+    engine: Arc<dyn Engine>,
+    store: Arc<Store>,
+    engine_store: EngineStore,
+    config: SessionConfig,
+    view: SessionView,
+    publish: watch::Sender<SessionView>,
+    changes: broadcast::Sender<SessionView>,
+    conn: Option<Arc<dyn Connection>>,
+    events: Option<mpsc::UnboundedReceiver<EngineEvent>>,
+    /// A connection to open at this time, and the reason to show meanwhile.
+    next_attempt: Option<(Instant, &'static str)>,
+    /// Failed attempts in a row (for back-off), `replaced` closes in a row, 500s in a row.
+    attempts: u32,
+    replaced: u32,
+    bad_sessions: u32,
+    qr_cycles: u32,
+    showed_qr: bool,
+    connected_at: Option<Instant>,
+    /// When connections were opened in the last minute (rate limit).
+    opens: VecDeque<Instant>,
+    pending_pair_code: Option<(String, oneshot::Sender<Result<String, SessionError>>)>,
+}
+
+/// What the manager keeps of a running supervisor.
+pub(super) struct Spawned {
+    pub mailbox: mpsc::Sender<Command>,
+    pub view: watch::Receiver<SessionView>,
+    pub changes: broadcast::Sender<SessionView>,
+}
+
+impl Supervisor {
+    pub(super) fn spawn(
+        id: &str,
+        me: Option<Me>,
+        engine: Arc<dyn Engine>,
+        store: Arc<Store>,
+        config: SessionConfig,
+        changes: broadcast::Sender<SessionView>,
+    ) -> Spawned {
+        let view = SessionView::new(id, StateKind::Stopped, None, me);
+        let (publish, view_rx) = watch::channel(view.clone());
+        let (mailbox, inbox) = mpsc::channel(64);
+        let supervisor = Supervisor {
+            id: id.to_string(),
+            engine_store: store.engine_store(id),
+            engine,
+            store,
+            config,
+            view,
+            publish,
+            changes: changes.clone(),
+            conn: None,
+            events: None,
+            next_attempt: None,
+            attempts: 0,
+            replaced: 0,
+            bad_sessions: 0,
+            qr_cycles: 0,
+            showed_qr: false,
+            connected_at: None,
+            opens: VecDeque::new(),
+            pending_pair_code: None,
+        };
+        tokio::spawn(supervisor.run(inbox));
+        Spawned { mailbox, view: view_rx, changes }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        loop {
+            let next_attempt = self.next_attempt.map(|(at, _)| at);
+            tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(command) => self.on_command(command).await,
+                    None => break,
+                },
+                event = next_event(&mut self.events) => match event {
+                    Some(event) => self.on_event(event).await,
+                    // The engine dropped the connection without a word.
+                    None => self.on_event(EngineEvent::Closed(CloseReason::ConnectionLost {
+                        detail: "the engine stopped reporting".into(),
+                    })).await,
+                },
+                _ = sleep_until(next_attempt), if next_attempt.is_some() => {
+                    let (_, why) = self.next_attempt.take().expect("checked above");
+                    self.open(why).await;
+                }
+            }
+        }
+        // The manager is gone (shutdown): close the socket cleanly.
+        self.close_connection().await;
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Start { reason: why, reply } => {
+                if !self.is_running_or_waiting() {
+                    self.qr_cycles = 0;
+                    self.attempts = 0;
+                    self.open(why).await;
+                }
+                let _ = reply.send(self.view.clone());
+            }
+            Command::PairCode { phone, reply } => self.pair_code(phone, reply).await,
+            Command::Logout { reply } => {
+                self.logout().await;
+                let _ = reply.send(self.view.clone());
+            }
+            Command::Stop { reply } => {
+                self.close_connection().await;
+                self.next_attempt = None;
+                self.set(StateKind::Stopped, Some(reason::STOPPED), None);
+                let _ = reply.send(self.view.clone());
+            }
+        }
+    }
+
+    /// Whether a connection is open, opening, or scheduled (a start then changes nothing;
+    /// a ban is waited out, not cut short).
+    fn is_running_or_waiting(&self) -> bool {
+        let banned = self.view.state == StateKind::Banned && self.next_attempt.is_some();
+        self.view.state.is_active() || self.conn.is_some() || banned
+    }
+
+    async fn on_event(&mut self, event: EngineEvent) {
+        match event {
+            EngineEvent::Qr { code, valid_for } => {
+                self.showed_qr = true;
+                let mut view = self.view_for(StateKind::AwaitingScan, None, None);
+                view.qr = Some(code);
+                view.qr_expires_at =
+                    Some(timestamp(Utc::now() + chrono::Duration::from_std(valid_for).unwrap_or_default()));
+                self.publish_view(view);
+                self.serve_pair_code();
+            }
+            EngineEvent::Paired { me } => {
+                info!(session = %self.id, phone = ?me.phone, "phone linked the session; finishing pairing");
+                self.remember_me(me);
+                self.set(StateKind::Pairing, None, None);
+            }
+            EngineEvent::Connected { me } => {
+                let mut me = me;
+                if let Some(known) = &self.view.me {
+                    me.lid = me.lid.or_else(|| known.lid.clone());
+                    me.push_name = me.push_name.or_else(|| known.push_name.clone());
+                }
+                self.remember_me(me);
+                self.qr_cycles = 0;
+                self.connected_at = Some(Instant::now());
+                self.set(StateKind::Connected, None, None);
+            }
+            EngineEvent::Closed(close) => {
+                self.conn = None;
+                self.events = None;
+                self.after_close(close).await;
+            }
+        }
+    }
+
+    /// Carries out the disconnect policy for a connection that ended.
+    async fn after_close(&mut self, close: CloseReason) {
+        if self.connected_at.take().is_some_and(|at| at.elapsed() >= STABLE_AFTER) {
+            self.attempts = 0;
+            self.replaced = 0;
+        }
+        if let Some((_, reply)) = self.pending_pair_code.take() {
+            let _ = reply.send(Err(SessionError::PairCode("the connection closed before a code was issued".into())));
+        }
+        let situation = Situation {
+            showed_qr: self.showed_qr,
+            qr_cycles_before: self.qr_cycles,
+            qr_cycle_cap: self.config.qr_cycles,
+            bad_sessions_before: self.bad_sessions,
+        };
+        if self.showed_qr && close != CloseReason::RestartRequired {
+            self.qr_cycles += 1;
+        }
+        self.showed_qr = false;
+        self.bad_sessions = if close == (CloseReason::StreamError { code: 500 }) { self.bad_sessions + 1 } else { 0 };
+        let decision = policy::decide(&close, situation);
+        info!(session = %self.id, ?close, ?decision, "connection ended");
+        match decision {
+            Decision::ReconnectNow { reason: why } => {
+                self.set(StateKind::Connecting, Some(why), None);
+                self.open(why).await;
+            }
+            Decision::Retry { state, reason: why, code, schedule } => {
+                let attempt = if state == StateKind::Replaced {
+                    self.replaced += 1;
+                    self.replaced
+                } else {
+                    self.attempts += 1;
+                    self.attempts
+                };
+                let delay = schedule.delay(attempt);
+                self.schedule(Instant::now() + delay, why);
+                let mut view = self.view_for(state, Some(why), code);
+                view.attempt = Some(attempt);
+                view.next_attempt_at =
+                    Some(timestamp(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()));
+                self.publish_view(view);
+            }
+            Decision::LoggedOut { code } => {
+                self.forget_credentials().await;
+                self.set(StateKind::LoggedOut, Some(reason::LOGGED_OUT), Some(code));
+            }
+            Decision::Banned { expire } => {
+                self.schedule(Instant::now() + expire, reason::TEMP_BANNED);
+                let mut view = self.view_for(StateKind::Banned, Some(reason::TEMP_BANNED), Some(402));
+                view.banned_until =
+                    Some(timestamp(Utc::now() + chrono::Duration::from_std(expire).unwrap_or_default()));
+                self.publish_view(view);
+            }
+            Decision::Stop { state, reason: why, code } => self.set(state, Some(why), code),
+        }
+    }
+
+    /// Opens a connection now, unless the rate limit says to wait; then it is scheduled.
+    async fn open(&mut self, why: &'static str) {
+        if self.conn.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        while self.opens.front().is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(60)) {
+            self.opens.pop_front();
+        }
+        if self.opens.len() >= self.config.max_opens_per_minute as usize {
+            let at = *self.opens.front().expect("non-empty") + Duration::from_secs(60);
+            warn!(session = %self.id, "too many connection attempts in a minute; waiting before the next one");
+            self.schedule(at, why);
+            return;
+        }
+        self.opens.push_back(now);
+        self.next_attempt = None;
+        if !self.view.state.is_active() || self.view.state == StateKind::Connected {
+            self.set(StateKind::Connecting, Some(why), None);
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        match self.engine.open(&self.id, &self.engine_store, events).await {
+            Ok(conn) => {
+                self.conn = Some(Arc::from(conn));
+                self.events = Some(receiver);
+            }
+            Err(e) => {
+                warn!(session = %self.id, "could not start a connection: {e}");
+                Box::pin(self.after_close(CloseReason::ConnectionLost { detail: e.to_string() })).await;
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, why: &'static str) {
+        self.next_attempt = Some((at, why));
+    }
+
+    async fn pair_code(&mut self, phone: String, reply: oneshot::Sender<Result<String, SessionError>>) {
+        if self.view.state == StateKind::Connected {
+            let _ = reply.send(Err(SessionError::AlreadyLinked));
+            return;
+        }
+        if let Some((_, previous)) = self.pending_pair_code.replace((phone, reply)) {
+            let _ = previous.send(Err(SessionError::PairCode("superseded by a newer request".into())));
+        }
+        if self.showed_qr {
+            self.serve_pair_code();
+        } else if self.conn.is_none() {
+            self.qr_cycles = 0;
+            self.open(reason::STARTED).await;
+        }
+    }
+
+    /// Asks the engine for a pairing code once the connection is ready to pair (it has
+    /// shown a QR code), without blocking the loop.
+    fn serve_pair_code(&mut self) {
+        let (Some(conn), Some((phone, reply))) = (self.conn.clone(), self.pending_pair_code.take()) else {
+            return;
+        };
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            let result = conn.request_pair_code(&phone).await.map_err(|e| SessionError::PairCode(e.to_string()));
+            if result.is_ok() {
+                info!(session = %id, "pairing code issued; type it on the phone");
+            }
+            let _ = reply.send(result);
+        });
+    }
+
+    async fn logout(&mut self) {
+        self.next_attempt = None;
+        if let Some(conn) = self.conn.take() {
+            self.events = None;
+            if self.view.state == StateKind::Connected {
+                conn.logout().await;
+            } else {
+                conn.close().await;
+            }
+        } else if self.view.me.is_some() {
+            warn!(
+                session = %self.id,
+                "logging out while disconnected: WhatsApp was not told; remove the device from the phone's Linked devices"
+            );
+        }
+        self.forget_credentials().await;
+        self.set(StateKind::LoggedOut, Some(reason::LOGOUT_REQUESTED), None);
+    }
+
+    async fn forget_credentials(&mut self) {
+        if let Err(e) = self.engine.wipe(&self.engine_store).await {
+            warn!(session = %self.id, "could not delete the session's keys: {e}");
+        }
+        if let Err(e) = self.store.set_me(&self.id, None) {
+            warn!(session = %self.id, "could not update the session registry: {e}");
+        }
+        self.view.me = None;
+    }
+
+    fn remember_me(&mut self, me: Me) {
+        if let Err(e) = self.store.set_me(&self.id, Some(&me)) {
+            warn!(session = %self.id, "could not record the linked number: {e}");
+        }
+        self.view.me = Some(me);
+    }
+
+    async fn close_connection(&mut self) {
+        self.events = None;
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
+    }
+
+    fn view_for(&self, state: StateKind, why: Option<&str>, code: Option<u16>) -> SessionView {
+        let mut view = SessionView::new(&self.id, state, why, self.view.me.clone());
+        view.code = code;
+        if state == self.view.state {
+            view.since = self.view.since.clone();
+        }
+        view.explained()
+    }
+
+    fn set(&mut self, state: StateKind, why: Option<&str>, code: Option<u16>) {
+        let view = self.view_for(state, why, code);
+        self.publish_view(view);
+    }
+
+    fn publish_view(&mut self, view: SessionView) {
+        if view.state != self.view.state || view.reason != self.view.reason {
+            log_transition(&view);
+        }
+        self.view = view.clone();
+        let _ = self.changes.send(view.clone());
+        self.publish.send_replace(view);
+    }
+}
+
+fn log_transition(view: &SessionView) {
+    match view.state {
+        StateKind::Connected => info!(session = %view.id, "WhatsApp Connected: {}", view.id),
+        StateKind::AwaitingScan => {
+            info!(session = %view.id, "QR code ready for {}: waiting for the phone to scan it", view.id)
+        }
+        _ => info!(
+            session = %view.id,
+            state = ?view.state,
+            reason = view.reason.as_deref().unwrap_or("-"),
+            code = view.code,
+            "session {} is now {:?}: {}",
+            view.id,
+            view.state,
+            view.detail
+        ),
+    }
+}
+
+async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<EngineEvent>>) -> Option<EngineEvent> {
+    match events {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

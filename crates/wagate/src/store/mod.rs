@@ -1,0 +1,207 @@
+//! wagate's own records in the data directory: the session registry (and, as later parts
+//! arrive, the webhook outbox and message index) in one embedded SQLite database,
+//! `wagate.db`. Each session's engine state lives beside it in `engine/<id>.db`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineStore, Me};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where a session's events go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub webhook: Option<WebhookConfig>,
+    pub created_at: String,
+    /// Who the session was last linked as (kept for display while it reconnects).
+    pub me: Option<Me>,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
+const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        webhook TEXT,
+        created_at TEXT NOT NULL,
+        me TEXT
+    );"];
+
+pub struct Store {
+    data_dir: PathBuf,
+    db: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir.join("engine"))
+            .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
+        let mut db = Connection::open(data_dir.join("wagate.db"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        // Every committed change reaches the disk before the call returns: a crash right
+        // after never loses what the API already confirmed.
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut db)?;
+        Ok(Self { data_dir: data_dir.to_path_buf(), db: Mutex::new(db) })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the engine of session `id` keeps its state.
+    pub fn engine_store(&self, id: &str) -> EngineStore {
+        EngineStore::new(self.data_dir.join("engine").join(format!("{id}.db")))
+    }
+
+    /// Creates the session unless it exists; returns the stored record and whether it is new.
+    pub fn create_session(
+        &self,
+        id: &str,
+        webhook: Option<&WebhookConfig>,
+    ) -> Result<(SessionRecord, bool), StoreError> {
+        let db = self.db();
+        let now = crate::session::state::timestamp(chrono::Utc::now());
+        let webhook_json = webhook.map(|w| serde_json::to_string(&StoredWebhook::from(w)).expect("webhook serializes"));
+        let inserted = db.execute(
+            "INSERT INTO sessions (id, webhook, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
+            params![id, webhook_json, now],
+        )?;
+        drop(db);
+        let record = self.session(id)?.ok_or_else(|| StoreError::Corrupt(format!("session {id} vanished")))?;
+        Ok((record, inserted == 1))
+    }
+
+    pub fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.db()
+            .query_row("SELECT id, webhook, created_at, me FROM sessions WHERE id = ?1", params![id], row_to_record)
+            .optional()?
+            .transpose()
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare("SELECT id, webhook, created_at, me FROM sessions ORDER BY created_at, id")?;
+        let rows = statement.query_map([], row_to_record)?;
+        rows.map(|row| row?).collect()
+    }
+
+    pub fn set_me(&self, id: &str, me: Option<&Me>) -> Result<(), StoreError> {
+        let json = me.map(|m| serde_json::to_string(m).expect("me serializes"));
+        self.db().execute("UPDATE sessions SET me = ?2 WHERE id = ?1", params![id, json])?;
+        Ok(())
+    }
+
+    pub fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.db().execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
+    }
+
+    /// Checks the database file itself (for `doctor` and `/health`).
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self.db().query_row("PRAGMA quick_check", [], |row| row.get(0))?)
+    }
+}
+
+/// The stored form keeps the secret (the API form never shows it).
+#[derive(Serialize, Deserialize)]
+struct StoredWebhook {
+    url: String,
+    secret: Option<String>,
+}
+
+impl From<&WebhookConfig> for StoredWebhook {
+    fn from(w: &WebhookConfig) -> Self {
+        Self { url: w.url.clone(), secret: w.secret.clone() }
+    }
+}
+
+type RowResult = Result<SessionRecord, StoreError>;
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
+    let id: String = row.get(0)?;
+    let webhook: Option<String> = row.get(1)?;
+    let created_at: String = row.get(2)?;
+    let me: Option<String> = row.get(3)?;
+    Ok((|| {
+        let webhook = webhook
+            .map(|json| serde_json::from_str::<StoredWebhook>(&json))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("webhook of {id}: {e}")))?
+            .map(|w| WebhookConfig { url: w.url, secret: w.secret });
+        let me = me
+            .map(|json| serde_json::from_str::<Me>(&json))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("identity of {id}: {e}")))?;
+        Ok(SessionRecord { id: id.clone(), webhook, created_at, me })
+    })())
+}
+
+fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+    let done: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let done = usize::try_from(done).unwrap_or(usize::MAX);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database is from a newer wagate (schema {done}, this build knows {})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = db.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_created_once_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let hook = WebhookConfig { url: "http://127.0.0.1:9/hook".into(), secret: Some("s3cret".into()) };
+        let (record, created) = store.create_session("WA-Acme", Some(&hook)).unwrap();
+        assert!(created);
+        assert_eq!(record.webhook, Some(hook.clone()));
+        let (_, created_again) = store.create_session("WA-Acme", None).unwrap();
+        assert!(!created_again, "a second create keeps the first record");
+        let me = Me { jid: Some("1555:1@s.whatsapp.net".into()), phone: Some("1555".into()), ..Default::default() };
+        store.set_me("WA-Acme", Some(&me)).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let records = store.sessions().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].webhook, Some(hook));
+        assert_eq!(records[0].me, Some(me));
+        assert!(store.delete_session("WA-Acme").unwrap());
+        assert!(store.session("WA-Acme").unwrap().is_none());
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+}
