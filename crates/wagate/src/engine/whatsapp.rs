@@ -6,13 +6,14 @@
 //! disk and `Closed` is reported with the most specific reason seen.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use wacore::store::traits::DeviceStore;
+use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 
@@ -33,25 +34,63 @@ impl WhatsAppEngine {
     }
 }
 
-/// Remembers the most specific reason the current connection gave for ending.
+/// Remembers why the current connection ended. What the server said in a
+/// `<stream:error>` or `<failure>` is the most precise; the library's events come next;
+/// a close we asked for overrides both.
 #[derive(Default)]
 struct CloseTracker {
-    reason: Mutex<Option<CloseReason>>,
+    slots: Mutex<CloseSlots>,
+}
+
+#[derive(Default)]
+struct CloseSlots {
+    ours: bool,
+    from_server: Option<CloseReason>,
+    from_library: Option<CloseReason>,
 }
 
 impl CloseTracker {
-    /// Keeps the first specific reason: a `<stream:error>` is followed by a generic
-    /// socket close, which must not overwrite it.
-    fn note(&self, reason: CloseReason) {
-        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        let generic = matches!(slot.as_ref(), None | Some(CloseReason::ConnectionLost { .. }));
-        if generic {
-            *slot = Some(reason);
+    fn closed_by_us(&self) {
+        self.slots().ours = true;
+    }
+
+    fn from_server(&self, reason: CloseReason) {
+        self.slots().from_server.get_or_insert(reason);
+    }
+
+    /// A generic socket close after a specific event must not replace it.
+    fn from_library(&self, reason: CloseReason) {
+        let mut slots = self.slots();
+        if matches!(slots.from_library, None | Some(CloseReason::ConnectionLost { .. })) {
+            slots.from_library = Some(reason);
         }
     }
 
-    fn take(&self) -> Option<CloseReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
+    fn reason(&self) -> Option<CloseReason> {
+        let slots = self.slots();
+        if slots.ours {
+            return Some(CloseReason::ClosedByUs);
+        }
+        slots.from_server.clone().or_else(|| slots.from_library.clone())
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, CloseSlots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Receives the library's events inline, in order, on its dispatch path (so a close
+/// reason is recorded before the client's loop can end).
+struct EventBridge {
+    events: mpsc::UnboundedSender<EngineEvent>,
+    tracker: Arc<CloseTracker>,
+    client: OnceLock<Weak<Client>>,
+}
+
+impl EventHandler for EventBridge {
+    fn handle_event(&self, event: Arc<Event>) {
+        let client = self.client.get().and_then(Weak::upgrade);
+        translate(&event, client.as_deref(), &self.events, &self.tracker);
     }
 }
 
@@ -76,19 +115,18 @@ impl Engine for WhatsAppEngine {
             transport = transport.with_url(url.clone());
         }
         let tracker = Arc::new(CloseTracker::default());
-        let handler_events = events.clone();
-        let handler_tracker = tracker.clone();
-        let mut builder =
-            Bot::builder().with_backend(backend).with_transport_factory(transport).on_event(move |event, client| {
-                let events = handler_events.clone();
-                let tracker = handler_tracker.clone();
-                async move { translate(&event, &client, &events, &tracker) }
-            });
+        let bridge =
+            Arc::new(EventBridge { events: events.clone(), tracker: tracker.clone(), client: OnceLock::new() });
+        let mut builder = Bot::builder()
+            .with_backend(backend)
+            .with_transport_factory(transport)
+            .with_event_handler(BridgeRef(bridge.clone()));
         if self.ws_url.is_some() {
             builder = builder.with_version(SANDBOX_VERSION);
         }
         let bot = builder.build().await.map_err(|e| EngineError::Build(format!("{e:#}")))?;
         let client = bot.client();
+        let _ = bridge.client.set(Arc::downgrade(&client));
         // The supervisor decides about every reconnect, 515 included.
         client.enable_auto_reconnect.store(false, Ordering::Relaxed);
         let raw_lease = client.acquire_raw_node_forwarding();
@@ -105,7 +143,7 @@ impl Engine for WhatsAppEngine {
                 warn!(session = %session, "could not save the session's state: {e}");
             }
             let reason = watcher_tracker
-                .take()
+                .reason()
                 .unwrap_or(CloseReason::ConnectionLost { detail: "the connection closed".into() });
             debug!(session = %session, ?reason, "engine connection ended");
             let _ = events.send(EngineEvent::Closed(reason));
@@ -162,13 +200,13 @@ impl Connection for WhatsAppConnection {
     }
 
     async fn logout(&self) {
-        self.tracker.note(CloseReason::ClosedByUs);
+        self.tracker.closed_by_us();
         self.client.logout().await;
         self.wait_done().await;
     }
 
     async fn close(&self) {
-        self.tracker.note(CloseReason::ClosedByUs);
+        self.tracker.closed_by_us();
         self.client.disconnect().await;
         self.wait_done().await;
     }
@@ -181,17 +219,31 @@ impl WhatsAppConnection {
     }
 }
 
-fn me_of(client: &Client) -> Me {
-    let jid = client.pn().map(|j| j.to_string());
+/// The bridge is shared with the builder, which wants the handler by value.
+struct BridgeRef(Arc<EventBridge>);
+
+impl EventHandler for BridgeRef {
+    fn handle_event(&self, event: Arc<Event>) {
+        self.0.handle_event(event);
+    }
+}
+
+fn me_of(client: Option<&Client>) -> Me {
+    let jid = client.and_then(|c| c.pn()).map(|j| j.to_string());
     Me {
         phone: jid.as_deref().and_then(phone_of_jid),
         jid,
         lid: None,
-        push_name: Some(client.push_name()).filter(|n| !n.is_empty()),
+        push_name: client.map(|c| c.push_name()).filter(|n| !n.is_empty()),
     }
 }
 
-fn translate(event: &Event, client: &Client, events: &mpsc::UnboundedSender<EngineEvent>, tracker: &CloseTracker) {
+fn translate(
+    event: &Event,
+    client: Option<&Client>,
+    events: &mpsc::UnboundedSender<EngineEvent>,
+    tracker: &CloseTracker,
+) {
     let send = |e| {
         let _ = events.send(e);
     };
@@ -209,17 +261,18 @@ fn translate(event: &Event, client: &Client, events: &mpsc::UnboundedSender<Engi
             });
         }
         Event::Connected(_) => send(EngineEvent::Connected { me: me_of(client) }),
-        Event::PairingQrCodesExhausted(_) => tracker.note(CloseReason::QrRefsExhausted),
-        Event::StreamReplaced(_) => tracker.note(CloseReason::Replaced),
-        Event::TemporaryBan(ban) => {
-            tracker.note(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(Duration::from_secs(3600)) })
+        Event::PairingQrCodesExhausted(_) => tracker.from_library(CloseReason::QrRefsExhausted),
+        Event::StreamReplaced(_) => tracker.from_library(CloseReason::Replaced),
+        Event::TemporaryBan(ban) => tracker
+            .from_library(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(Duration::from_secs(3600)) }),
+        Event::ClientOutdated(_) => tracker.from_library(CloseReason::Outdated),
+        Event::LoggedOut(_) => tracker.from_library(CloseReason::LoggedOut { code: 401 }),
+        Event::Disconnected(gone) => {
+            tracker.from_library(CloseReason::ConnectionLost { detail: gone.reason.to_string() })
         }
-        Event::ClientOutdated(_) => tracker.note(CloseReason::Outdated),
-        Event::LoggedOut(_) => tracker.note(CloseReason::LoggedOut { code: 401 }),
-        Event::Disconnected(gone) => tracker.note(CloseReason::ConnectionLost { detail: gone.reason.to_string() }),
         Event::RawNode(node) if matches!(node.tag(), "stream:error" | "failure") => {
             if let Some(reason) = close_reason_of(&node.to_owned_node()) {
-                tracker.note(reason);
+                tracker.from_server(reason);
             }
         }
         _ => {}
