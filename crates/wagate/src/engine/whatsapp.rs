@@ -54,12 +54,12 @@ impl CloseTracker {
         self.slots().ours = true;
     }
 
-    fn from_server(&self, reason: CloseReason) {
+    fn server_said(&self, reason: CloseReason) {
         self.slots().from_server.get_or_insert(reason);
     }
 
     /// A generic socket close after a specific event must not replace it.
-    fn from_library(&self, reason: CloseReason) {
+    fn library_said(&self, reason: CloseReason) {
         let mut slots = self.slots();
         if matches!(slots.from_library, None | Some(CloseReason::ConnectionLost { .. })) {
             slots.from_library = Some(reason);
@@ -261,18 +261,18 @@ fn translate(
             });
         }
         Event::Connected(_) => send(EngineEvent::Connected { me: me_of(client) }),
-        Event::PairingQrCodesExhausted(_) => tracker.from_library(CloseReason::QrRefsExhausted),
-        Event::StreamReplaced(_) => tracker.from_library(CloseReason::Replaced),
+        Event::PairingQrCodesExhausted(_) => tracker.library_said(CloseReason::QrRefsExhausted),
+        Event::StreamReplaced(_) => tracker.library_said(CloseReason::Replaced),
         Event::TemporaryBan(ban) => tracker
             .from_library(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(Duration::from_secs(3600)) }),
-        Event::ClientOutdated(_) => tracker.from_library(CloseReason::Outdated),
-        Event::LoggedOut(_) => tracker.from_library(CloseReason::LoggedOut { code: 401 }),
+        Event::ClientOutdated(_) => tracker.library_said(CloseReason::Outdated),
+        Event::LoggedOut(_) => tracker.library_said(CloseReason::LoggedOut { code: 401 }),
         Event::Disconnected(gone) => {
-            tracker.from_library(CloseReason::ConnectionLost { detail: gone.reason.to_string() })
+            tracker.library_said(CloseReason::ConnectionLost { detail: gone.reason.to_string() })
         }
         Event::RawNode(node) if matches!(node.tag(), "stream:error" | "failure") => {
             if let Some(reason) = close_reason_of(&node.to_owned_node()) {
-                tracker.from_server(reason);
+                tracker.server_said(reason);
             }
         }
         _ => {}
