@@ -264,7 +264,7 @@ fn translate(
         Event::PairingQrCodesExhausted(_) => tracker.library_said(CloseReason::QrRefsExhausted),
         Event::StreamReplaced(_) => tracker.library_said(CloseReason::Replaced),
         Event::TemporaryBan(ban) => tracker
-            .from_library(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(Duration::from_secs(3600)) }),
+            .library_said(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(Duration::from_secs(3600)) }),
         Event::ClientOutdated(_) => tracker.library_said(CloseReason::Outdated),
         Event::LoggedOut(_) => tracker.library_said(CloseReason::LoggedOut { code: 401 }),
         Event::Disconnected(gone) => {
