@@ -41,3 +41,19 @@ pub fn check_wa_url(url: Option<&str>) -> Result<(), ConfigError> {
         Err(ConfigError::WaUrlScheme(url.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wa_url_needs_a_sandbox_build() {
+        assert_eq!(check_wa_url(None), Ok(()));
+        if cfg!(feature = "sandbox") {
+            assert_eq!(check_wa_url(Some("ws://127.0.0.1:9/ws/chat")), Ok(()));
+            assert_eq!(check_wa_url(Some("http://x")), Err(ConfigError::WaUrlScheme("http://x".into())));
+        } else {
+            assert_eq!(check_wa_url(Some("ws://127.0.0.1:9/ws/chat")), Err(ConfigError::WaUrlNeedsSandbox));
+        }
+    }
+}
