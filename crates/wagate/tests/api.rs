@@ -97,3 +97,32 @@ async fn qr_comes_in_every_format_and_create_is_idempotent() {
     gateway.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_unlinks_on_whatsapp_and_delete_forgets() {
+    let sim = start_sim().await;
+    let data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&sim, data.path()).await;
+    let (api, control) = (Api::gateway(gateway.addr), Api::sim(&sim));
+    let jid = link(&api, &control, "WA-Out", "15553000002").await;
+    let second = link(&api, &control, "WA-Del", "15553000003").await;
+
+    let (status, view) = api.post("/v1/sessions/WA-Out/logout", json!({})).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["state"], "logged_out");
+    assert_eq!(view["reason"], "logout_requested");
+    assert!(!common::engine_db(data.path(), "WA-Out").exists(), "keys deleted");
+    let devices = control.get("/control/devices").await.1;
+    assert!(!devices.as_array().unwrap().iter().any(|d| d["jid"] == jid), "the phone no longer lists it: {devices}");
+
+    let (status, _) = api.delete("/v1/sessions/WA-Del").await;
+    assert_eq!(status, 200);
+    let devices = control.get("/control/devices").await.1;
+    assert!(!devices.as_array().unwrap().iter().any(|d| d["jid"] == second), "{devices}");
+    let (status, _) = api.get("/v1/sessions/WA-Del").await;
+    assert_eq!(status, 404);
+    let (_, list) = api.get("/v1/sessions").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    gateway.stop().await;
+    sim.stop().await;
+}
