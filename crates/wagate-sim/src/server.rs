@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -49,6 +50,10 @@ impl Simulator {
         let state = SimState::new(keys, config);
         let app = Router::new().route("/ws/chat", get(websocket)).merge(control::routes()).with_state(state.clone());
         let (shutdown, stopped) = oneshot::channel::<()>();
+        // Stanzas are small and latency matters: no Nagle delay on the server's writes.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let server = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;

@@ -98,18 +98,30 @@ impl SessionManager {
         let mut linked = 0;
         for record in self.store.sessions()? {
             let identity = self.engine.linked_identity(&self.store.engine_store(&record.id)).await?;
-            self.spawn(&record.id, identity.clone().or(record.me.clone()));
-            if identity.is_some() {
-                linked += 1;
+            // A session that had reached pair-success (`me` is recorded then) but whose
+            // credentials never reached the disk starts a clean new link.
+            let was_linking = record.me.is_some();
+            let linked_now = identity.is_some();
+            self.spawn(&record.id, identity.or(record.me.clone()), record.link_confirmed);
+            if linked_now || was_linking {
+                linked += usize::from(linked_now);
                 self.command(&record.id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
             }
         }
         Ok(linked)
     }
 
-    fn spawn(&self, id: &str, me: Option<crate::engine::Me>) {
+    fn spawn(&self, id: &str, me: Option<crate::engine::Me>, link_confirmed: bool) {
         let (changes, _) = broadcast::channel(64);
-        let spawned = Supervisor::spawn(id, me, self.engine.clone(), self.store.clone(), self.config.clone(), changes);
+        let spawned = Supervisor::spawn(
+            id,
+            me,
+            link_confirmed,
+            self.engine.clone(),
+            self.store.clone(),
+            self.config.clone(),
+            changes,
+        );
         self.sessions().insert(id.to_string(), Handle { spawned });
     }
 
@@ -120,7 +132,7 @@ impl SessionManager {
         let (record, created) = self.store.create_session(id, webhook)?;
         if !self.sessions().contains_key(id) {
             let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
-            self.spawn(id, identity.or(record.me));
+            self.spawn(id, identity.or(record.me), record.link_confirmed);
         }
         if created {
             info!(session = %id, "session created");
@@ -202,7 +214,8 @@ impl SessionManager {
         if let Some(command) = mailbox {
             warn!(session = %id, "the session's supervisor had stopped; starting a new one");
             let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
-            self.spawn(id, identity);
+            let confirmed = self.store.session(id)?.is_some_and(|r| r.link_confirmed);
+            self.spawn(id, identity, confirmed);
             let fresh = self.sessions().get(id).map(|h| h.spawned.mailbox.clone()).ok_or(SessionError::NotFound)?;
             fresh.send(command).await.map_err(|_| SessionError::Unavailable)?;
         }

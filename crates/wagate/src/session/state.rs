@@ -46,7 +46,7 @@ pub mod reason {
     pub const BAD_SESSION: &str = "bad_session";
     pub const LOGIN_FAILURE: &str = "login_failure";
     pub const STOPPED: &str = "stopped";
-    pub const ENGINE_ERROR: &str = "engine_error";
+    pub const PAIRING_INCOMPLETE: &str = "pairing_incomplete";
 }
 
 /// What `GET /v1/sessions/{id}` answers, and what every `connection.update` carries.
@@ -107,6 +107,9 @@ pub fn explain(state: StateKind, reason: Option<&str>, code: Option<u16>) -> Str
         (StateKind::Stopped, _) => "Not connected. Start the session to connect (a new QR code appears if it is not linked).",
         (StateKind::Connecting, Some(reason::RESTART_REQUIRED)) => {
             "Linked. WhatsApp asked for the normal restart after pairing (515); reconnecting with the new credentials now."
+        }
+        (StateKind::Connecting, Some(reason::PAIRING_INCOMPLETE)) => {
+            "The last pairing did not complete (wagate stopped in the middle); starting a new link: scan the new QR code."
         }
         (StateKind::Connecting, _) => "Connecting to WhatsApp.",
         (StateKind::AwaitingScan, _) => {

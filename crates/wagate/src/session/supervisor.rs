@@ -44,6 +44,8 @@ pub(super) struct Supervisor {
     bad_sessions: u32,
     qr_cycles: u32,
     showed_qr: bool,
+    /// WhatsApp accepted the current credentials at least once (see `SessionRecord`).
+    link_confirmed: bool,
     connected_at: Option<Instant>,
     /// When connections were opened in the last minute (rate limit).
     opens: VecDeque<Instant>,
@@ -61,6 +63,7 @@ impl Supervisor {
     pub(super) fn spawn(
         id: &str,
         me: Option<Me>,
+        link_confirmed: bool,
         engine: Arc<dyn Engine>,
         store: Arc<Store>,
         config: SessionConfig,
@@ -86,6 +89,7 @@ impl Supervisor {
             bad_sessions: 0,
             qr_cycles: 0,
             showed_qr: false,
+            link_confirmed,
             connected_at: None,
             opens: VecDeque::new(),
             pending_pair_code: None,
@@ -163,6 +167,7 @@ impl Supervisor {
             }
             EngineEvent::Paired { me } => {
                 info!(session = %self.id, phone = ?me.phone, "phone linked the session; finishing pairing");
+                self.confirm_link(false);
                 self.remember_me(me);
                 self.set(StateKind::Pairing, None, None);
             }
@@ -173,6 +178,7 @@ impl Supervisor {
                     me.push_name = me.push_name.or_else(|| known.push_name.clone());
                 }
                 self.remember_me(me);
+                self.confirm_link(true);
                 self.qr_cycles = 0;
                 self.connected_at = Some(Instant::now());
                 self.set(StateKind::Connected, None, None);
@@ -227,6 +233,15 @@ impl Supervisor {
                 view.next_attempt_at =
                     Some(timestamp(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()));
                 self.publish_view(view);
+            }
+            Decision::LoggedOut { code } if !self.link_confirmed => {
+                // Credentials from a pair-success whose pairing WhatsApp then dropped (the
+                // gateway died in between): not an unlink by the user. Start a clean link.
+                warn!(session = %self.id, code, "WhatsApp does not know the credentials of an unfinished pairing; starting a new link");
+                self.forget_credentials().await;
+                self.qr_cycles = 0;
+                self.set(StateKind::Connecting, Some(reason::PAIRING_INCOMPLETE), Some(code));
+                self.open(reason::PAIRING_INCOMPLETE).await;
             }
             Decision::LoggedOut { code } => {
                 self.forget_credentials().await;
@@ -338,7 +353,18 @@ impl Supervisor {
         if let Err(e) = self.store.set_me(&self.id, None) {
             warn!(session = %self.id, "could not update the session registry: {e}");
         }
+        self.confirm_link(false);
         self.view.me = None;
+    }
+
+    fn confirm_link(&mut self, confirmed: bool) {
+        if self.link_confirmed == confirmed {
+            return;
+        }
+        self.link_confirmed = confirmed;
+        if let Err(e) = self.store.set_link_confirmed(&self.id, confirmed) {
+            warn!(session = %self.id, "could not update the session registry: {e}");
+        }
     }
 
     fn remember_me(&mut self, me: Me) {

@@ -33,17 +33,24 @@ pub struct SessionRecord {
     pub id: String,
     pub webhook: Option<WebhookConfig>,
     pub created_at: String,
-    /// Who the session was last linked as (kept for display while it reconnects).
+    /// Who the session was last linked as (kept for display while it reconnects); set at
+    /// pair-success, cleared when the keys are wiped.
     pub me: Option<Me>,
+    /// WhatsApp accepted a login with the current credentials at least once. Credentials
+    /// saved at pair-success but never confirmed may belong to a pairing the server dropped.
+    pub link_confirmed: bool,
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sessions (
         id TEXT PRIMARY KEY,
         webhook TEXT,
         created_at TEXT NOT NULL,
         me TEXT
-    );"];
+    );",
+    "ALTER TABLE sessions ADD COLUMN link_confirmed INTEGER NOT NULL DEFAULT 0;",
+];
 
 pub struct Store {
     data_dir: PathBuf,
@@ -97,14 +104,19 @@ impl Store {
 
     pub fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.db()
-            .query_row("SELECT id, webhook, created_at, me FROM sessions WHERE id = ?1", params![id], row_to_record)
+            .query_row(
+                "SELECT id, webhook, created_at, me, link_confirmed FROM sessions WHERE id = ?1",
+                params![id],
+                row_to_record,
+            )
             .optional()?
             .transpose()
     }
 
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let db = self.db();
-        let mut statement = db.prepare("SELECT id, webhook, created_at, me FROM sessions ORDER BY created_at, id")?;
+        let mut statement =
+            db.prepare("SELECT id, webhook, created_at, me, link_confirmed FROM sessions ORDER BY created_at, id")?;
         let rows = statement.query_map([], row_to_record)?;
         rows.map(|row| row?).collect()
     }
@@ -112,6 +124,11 @@ impl Store {
     pub fn set_me(&self, id: &str, me: Option<&Me>) -> Result<(), StoreError> {
         let json = me.map(|m| serde_json::to_string(m).expect("me serializes"));
         self.db().execute("UPDATE sessions SET me = ?2 WHERE id = ?1", params![id, json])?;
+        Ok(())
+    }
+
+    pub fn set_link_confirmed(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
+        self.db().execute("UPDATE sessions SET link_confirmed = ?2 WHERE id = ?1", params![id, confirmed])?;
         Ok(())
     }
 
@@ -145,6 +162,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
     let webhook: Option<String> = row.get(1)?;
     let created_at: String = row.get(2)?;
     let me: Option<String> = row.get(3)?;
+    let link_confirmed: bool = row.get(4)?;
     Ok((|| {
         let webhook = webhook
             .map(|json| serde_json::from_str::<StoredWebhook>(&json))
@@ -155,7 +173,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
             .map(|json| serde_json::from_str::<Me>(&json))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("identity of {id}: {e}")))?;
-        Ok(SessionRecord { id: id.clone(), webhook, created_at, me })
+        Ok(SessionRecord { id: id.clone(), webhook, created_at, me, link_confirmed })
     })())
 }
 
@@ -193,6 +211,7 @@ mod tests {
         assert!(!created_again, "a second create keeps the first record");
         let me = Me { jid: Some("1555:1@s.whatsapp.net".into()), phone: Some("1555".into()), ..Default::default() };
         store.set_me("WA-Acme", Some(&me)).unwrap();
+        store.set_link_confirmed("WA-Acme", true).unwrap();
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
@@ -200,6 +219,7 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].webhook, Some(hook));
         assert_eq!(records[0].me, Some(me));
+        assert!(records[0].link_confirmed);
         assert!(store.delete_session("WA-Acme").unwrap());
         assert!(store.session("WA-Acme").unwrap().is_none());
         assert_eq!(store.integrity_check().unwrap(), "ok");
