@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::session::SessionConfig;
+use crate::webhook::WebhookSettings;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -15,6 +16,7 @@ pub struct Config {
     /// Required from non-loopback callers of `/v1`.
     pub api_key: Option<String>,
     pub sessions: SessionConfig,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

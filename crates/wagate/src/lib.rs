@@ -10,3 +10,4 @@ pub mod http;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod webhook;

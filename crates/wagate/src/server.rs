@@ -14,6 +14,7 @@ use crate::engine::WhatsAppEngine;
 use crate::http::{self, AppState};
 use crate::session::SessionManager;
 use crate::store::Store;
+use crate::webhook::{Dispatcher, Outbox};
 
 /// A running gateway.
 pub struct Gateway {
@@ -22,6 +23,7 @@ pub struct Gateway {
     pub restored: usize,
     stop: Option<oneshot::Sender<()>>,
     http: JoinHandle<std::io::Result<()>>,
+    dispatcher: Dispatcher,
 }
 
 impl Gateway {
@@ -30,7 +32,10 @@ impl Gateway {
         let store = Store::open(&config.data_dir)
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
         let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone()));
-        let manager = SessionManager::new(engine, Arc::new(store), config.sessions.clone());
+        let outbox = Outbox::new(Arc::new(store), config.webhooks.clone());
+        // Deliveries left pending by the last run (a crash included) start going out at once.
+        let dispatcher = Dispatcher::spawn(outbox.clone()).context("setting up webhook delivery")?;
+        let manager = SessionManager::new(engine, outbox, config.sessions.clone());
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
@@ -41,7 +46,7 @@ impl Gateway {
         let http = tokio::spawn(http::serve(listener, state, async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, manager, restored, stop: Some(stop), http })
+        Ok(Self { addr, manager, restored, stop: Some(stop), http, dispatcher })
     }
 
     /// Closes every WhatsApp connection cleanly, then stops serving.
@@ -53,5 +58,6 @@ impl Gateway {
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.http).await.is_err() {
             self.http.abort();
         }
+        self.dispatcher.stop().await;
     }
 }

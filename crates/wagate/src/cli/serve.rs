@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use tracing::info;
@@ -10,6 +11,8 @@ use tracing::info;
 use crate::config::Config;
 use crate::server::Gateway;
 use crate::session::SessionConfig;
+use crate::store::WebhookConfig;
+use crate::webhook::WebhookSettings;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -31,16 +34,46 @@ pub struct ServeArgs {
     /// QR cycles to offer before a session gives up waiting for a scan.
     #[arg(long, env = "WAGATE_QR_CYCLES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     qr_cycles: u32,
+    /// Webhook for sessions that have none of their own.
+    #[arg(long, env = "WAGATE_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Signing secret of that default webhook (`whsec_<base64>` or any string).
+    #[arg(long, env = "WAGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Seconds to wait for a webhook receiver's answer.
+    #[arg(long, env = "WAGATE_WEBHOOK_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    webhook_timeout: u64,
+    /// Hours an event is retried before it goes to the dead letter.
+    #[arg(long, env = "WAGATE_WEBHOOK_RETRY_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
+    webhook_retry_hours: u64,
+    /// Hours delivered events are kept for the deliveries API.
+    #[arg(long, env = "WAGATE_WEBHOOK_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    webhook_retention_hours: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     super::logging::init(&args.log_file)?;
+    let default_webhook = match args.webhook_url {
+        Some(url) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--webhook-url must be an http:// or https:// URL, got '{url}'");
+            }
+            Some(WebhookConfig { url, secret: args.webhook_secret, events: None, token: None })
+        }
+        None => None,
+    };
     let config = Config {
         listen: args.listen,
         data_dir: args.data_dir,
         wa_url: args.wa_url,
         api_key: args.api_key.filter(|k| !k.is_empty()),
         sessions: SessionConfig { qr_cycles: args.qr_cycles, ..SessionConfig::default() },
+        webhooks: WebhookSettings {
+            default: default_webhook,
+            timeout: Duration::from_secs(args.webhook_timeout),
+            retry_for: Duration::from_secs(args.webhook_retry_hours * 3600),
+            retention: Duration::from_secs(args.webhook_retention_hours * 3600),
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::engine::{Engine, EngineError};
 use crate::store::{Store, StoreError, WebhookConfig};
+use crate::webhook::Outbox;
 pub use state::{SessionView, StateKind};
 use supervisor::{Command, Spawned, Supervisor};
 
@@ -72,6 +73,7 @@ struct Handle {
 pub struct SessionManager {
     engine: Arc<dyn Engine>,
     store: Arc<Store>,
+    outbox: Outbox,
     config: SessionConfig,
     sessions: Mutex<BTreeMap<String, Handle>>,
 }
@@ -80,12 +82,16 @@ pub struct SessionManager {
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SessionManager {
-    pub fn new(engine: Arc<dyn Engine>, store: Arc<Store>, config: SessionConfig) -> Arc<Self> {
-        Arc::new(Self { engine, store, config, sessions: Mutex::new(BTreeMap::new()) })
+    pub fn new(engine: Arc<dyn Engine>, outbox: Outbox, config: SessionConfig) -> Arc<Self> {
+        Arc::new(Self { engine, store: outbox.store().clone(), outbox, config, sessions: Mutex::new(BTreeMap::new()) })
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Handle>> {
@@ -118,7 +124,7 @@ impl SessionManager {
             me,
             link_confirmed,
             self.engine.clone(),
-            self.store.clone(),
+            self.outbox.clone(),
             self.config.clone(),
             changes,
         );

@@ -17,6 +17,7 @@ use super::state::{reason, timestamp, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
 use crate::engine::{CloseReason, Connection, Engine, EngineEvent, EngineStore, Me};
 use crate::store::Store;
+use crate::webhook::Outbox;
 
 pub(super) enum Command {
     Start { reason: &'static str, reply: oneshot::Sender<SessionView> },
@@ -29,6 +30,7 @@ pub(super) struct Supervisor {
     id: String,
     engine: Arc<dyn Engine>,
     store: Arc<Store>,
+    outbox: Outbox,
     engine_store: EngineStore,
     config: SessionConfig,
     view: SessionView,
@@ -65,7 +67,7 @@ impl Supervisor {
         me: Option<Me>,
         link_confirmed: bool,
         engine: Arc<dyn Engine>,
-        store: Arc<Store>,
+        outbox: Outbox,
         config: SessionConfig,
         changes: broadcast::Sender<SessionView>,
     ) -> Spawned {
@@ -74,9 +76,10 @@ impl Supervisor {
         let (mailbox, inbox) = mpsc::channel(64);
         let supervisor = Supervisor {
             id: id.to_string(),
-            engine_store: store.engine_store(id),
+            engine_store: outbox.store().engine_store(id),
             engine,
-            store,
+            store: outbox.store().clone(),
+            outbox,
             config,
             view,
             publish,
@@ -395,9 +398,16 @@ impl Supervisor {
         self.publish_view(view);
     }
 
+    /// Makes a state change visible: first recorded in the webhook outbox (so no receiver
+    /// can miss it, even across a crash), then to API readers and event streams.
     fn publish_view(&mut self, view: SessionView) {
-        if view.state != self.view.state || view.reason != self.view.reason {
+        let changed = view.state != self.view.state || view.reason != self.view.reason;
+        if changed {
             log_transition(&view);
+        }
+        if changed || view.qr != self.view.qr {
+            let data = serde_json::to_value(&view).expect("views serialize");
+            self.outbox.record_or_log(&self.id, "connection.update", &data);
         }
         self.view = view.clone();
         let _ = self.changes.send(view.clone());

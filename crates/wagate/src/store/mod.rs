@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineStore, Me};
 
+mod outbox;
+pub use outbox::{Delivery, DeliveryStatus, OutboxEvent};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {path}: {source}")]
@@ -22,10 +25,24 @@ pub enum StoreError {
 
 /// Where a session's events go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,
+    /// Signing secret (`whsec_<base64>` or any string); never shown by the API.
     #[serde(default, skip_serializing)]
     pub secret: Option<String>,
+    /// Only these events are sent; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Sent as `X-Webhook-Token` (the ERPNext app's token); never shown by the API.
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+}
+
+impl WebhookConfig {
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.as_ref().is_none_or(|events| events.iter().any(|e| e == event))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +67,21 @@ const MIGRATIONS: &[&str] = &[
         me TEXT
     );",
     "ALTER TABLE sessions ADD COLUMN link_confirmed INTEGER NOT NULL DEFAULT 0;",
+    "CREATE TABLE webhook_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        session TEXT NOT NULL,
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        finished_ms INTEGER
+    );
+    CREATE INDEX webhook_events_queue ON webhook_events (status, session, seq);",
 ];
 
 pub struct Store {
@@ -127,6 +159,12 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces (or with `None` removes) a session's webhook; false for an unknown session.
+    pub fn set_webhook(&self, id: &str, webhook: Option<&WebhookConfig>) -> Result<bool, StoreError> {
+        let json = webhook.map(|w| serde_json::to_string(&StoredWebhook::from(w)).expect("webhook serializes"));
+        Ok(self.db().execute("UPDATE sessions SET webhook = ?2 WHERE id = ?1", params![id, json])? == 1)
+    }
+
     pub fn set_link_confirmed(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
         self.db().execute("UPDATE sessions SET link_confirmed = ?2 WHERE id = ?1", params![id, confirmed])?;
         Ok(())
@@ -142,16 +180,20 @@ impl Store {
     }
 }
 
-/// The stored form keeps the secret (the API form never shows it).
+/// The stored form keeps the secrets (the API form never shows them).
 #[derive(Serialize, Deserialize)]
 struct StoredWebhook {
     url: String,
     secret: Option<String>,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 impl From<&WebhookConfig> for StoredWebhook {
     fn from(w: &WebhookConfig) -> Self {
-        Self { url: w.url.clone(), secret: w.secret.clone() }
+        Self { url: w.url.clone(), secret: w.secret.clone(), events: w.events.clone(), token: w.token.clone() }
     }
 }
 
@@ -168,7 +210,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
             .map(|json| serde_json::from_str::<StoredWebhook>(&json))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("webhook of {id}: {e}")))?
-            .map(|w| WebhookConfig { url: w.url, secret: w.secret });
+            .map(|w| WebhookConfig { url: w.url, secret: w.secret, events: w.events, token: w.token });
         let me = me
             .map(|json| serde_json::from_str::<Me>(&json))
             .transpose()
@@ -203,7 +245,12 @@ mod tests {
     fn sessions_are_created_once_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let hook = WebhookConfig { url: "http://127.0.0.1:9/hook".into(), secret: Some("s3cret".into()) };
+        let hook = WebhookConfig {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: Some("s3cret".into()),
+            events: Some(vec!["connection.update".into()]),
+            token: Some("t".into()),
+        };
         let (record, created) = store.create_session("WA-Acme", Some(&hook)).unwrap();
         assert!(created);
         assert_eq!(record.webhook, Some(hook.clone()));

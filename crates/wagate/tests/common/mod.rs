@@ -2,6 +2,8 @@
 //! process), and small helpers to call both and wait for states.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +12,7 @@ use serde_json::{json, Value};
 use wagate::config::Config;
 use wagate::server::Gateway;
 use wagate::session::SessionConfig;
+use wagate::webhook::WebhookSettings;
 use wagate_sim::{ServerKeys, SimConfig, Simulator};
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -35,11 +38,16 @@ pub fn gateway_config(sim: &Simulator, data_dir: &Path) -> Config {
         wa_url: Some(sim.endpoints.ws_url.clone()),
         api_key: None,
         sessions: SessionConfig::default(),
+        webhooks: WebhookSettings::default(),
     }
 }
 
 pub async fn start_gateway(sim: &Simulator, data_dir: &Path) -> Gateway {
     Gateway::start(gateway_config(sim, data_dir)).await.expect("gateway starts")
+}
+
+pub async fn start_gateway_with(config: Config) -> Gateway {
+    Gateway::start(config).await.expect("gateway starts")
 }
 
 /// JSON over HTTP against a base URL.
@@ -133,6 +141,11 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn spawn(sim: &Simulator, data_dir: &Path, port: u16) -> Self {
+        Self::spawn_with(sim, data_dir, port, &[])
+    }
+
+    /// With extra `wagate serve` arguments.
+    pub fn spawn_with(sim: &Simulator, data_dir: &Path, port: u16, extra: &[&str]) -> Self {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
@@ -140,6 +153,7 @@ impl GatewayProcess {
             .arg("--log-file")
             .arg(data_dir.join("gateway.log"))
             .args(["--wa-url", &sim.endpoints.ws_url])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -1,6 +1,7 @@
 //! The native API, `/v1`.
 
 mod sessions;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -9,5 +10,5 @@ use axum::Router;
 use super::AppState;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    sessions::routes()
+    sessions::routes().merge(webhooks::routes())
 }
