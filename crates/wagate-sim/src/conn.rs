@@ -23,6 +23,7 @@ use crate::noise::{respond_to_hello, Established, HelloOutcome, Pattern};
 use crate::pair_code::{self, PhoneHalf};
 use crate::pairing::{self, PairSuccess};
 use crate::phone;
+use crate::relay;
 use crate::state::{ConnId, LiveConn, PendingCode, PendingFailure, PendingRef, SimState};
 use crate::wire::{frame, FrameReader, Transport, WireError};
 
@@ -319,6 +320,17 @@ impl Conn {
         }
         if node.tag == "receipt" {
             self.on_receipt(&node);
+            if let Some(reader) = self.device {
+                let ack = relay::relay_receipt(&mut self.state.lock(), reader, &node);
+                return self.send_node(&ack).await;
+            }
+            return Ok(());
+        }
+        if node.tag == "message" {
+            if let Some(sender) = self.device {
+                let ack = relay::relay_message(&mut self.state.lock(), sender, &node);
+                return self.send_node(&ack).await;
+            }
             return Ok(());
         }
         if node.tag != "iq" {
@@ -375,6 +387,14 @@ impl Conn {
         if let Some(share) = self.pending_key_share().await {
             self.key_share_id = attr(&share, "id");
             self.send_node(&share).await?;
+            delivered += 1;
+        }
+        let queued = match self.device {
+            Some(addr) => relay::take_offline(&mut self.state.lock(), addr),
+            None => Vec::new(),
+        };
+        for node in queued {
+            self.send_node(&node).await?;
             delivered += 1;
         }
         self.send_node(&iq::offline_marker(delivered)).await

@@ -269,7 +269,9 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
             for protocol in &query {
                 match (*protocol, account) {
                     ("devices", Some(account)) => {
-                        let mut devices = vec![NodeBuilder::new("device").attr("id", "0").build()];
+                        // The simulated phone (device 0) receives no messages, so it is not
+                        // listed: senders encrypt for the companions only.
+                        let mut devices = Vec::new();
                         devices.extend(account.companions().filter(|d| d.confirmed).map(|d| {
                             NodeBuilder::new("device")
                                 .attr("id", d.id.to_string())

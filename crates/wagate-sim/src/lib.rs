@@ -20,6 +20,7 @@ mod noise;
 mod pair_code;
 mod pairing;
 mod phone;
+mod relay;
 mod server;
 mod state;
 mod wire;

@@ -134,6 +134,8 @@ pub struct Inner {
     /// By phone number, as the phone routes `primary_hello` by number.
     pub codes: HashMap<u64, PendingCode>,
     pub failures: HashMap<DeviceAddr, PendingFailure>,
+    /// Stanzas waiting for devices that are offline, flushed at their next login.
+    pub offline: HashMap<DeviceAddr, std::collections::VecDeque<wacore_binary::Node>>,
     pub stats: Stats,
     pub unknown_iqs: BTreeMap<UnknownIq, u64>,
     next_conn: ConnId,

@@ -1,6 +1,7 @@
 //! The engine: the only part of wagate that knows the WhatsApp client library. The rest of
 //! the gateway sees this small trait and wagate's own event and reason types.
 
+mod normalize;
 mod whatsapp;
 
 use std::path::{Path, PathBuf};
@@ -50,9 +51,83 @@ pub enum CloseReason {
     ClosedByUs,
 }
 
+/// A message someone sent to the session, in wagate's own shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Inbound {
+    pub id: String,
+    /// The chat: the sender's JID for a direct message, the group's for a group.
+    pub chat: String,
+    pub sender_phone: Option<String>,
+    pub sender_lid: Option<String>,
+    pub push_name: Option<String>,
+    /// Seconds since the epoch.
+    pub timestamp: i64,
+    /// `text`, `image`, `video`, `audio`, `voice`, `document`, `sticker`, `location`,
+    /// `contact`, `reaction`, `poll`, `edit`, `revoke`, or `unknown`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text, or the caption of media.
+    pub text: Option<String>,
+    pub is_group: bool,
+    pub group_id: Option<String>,
+    /// The message this one answers (reply) or reacts to.
+    pub quoted_id: Option<String>,
+    pub reaction: Option<String>,
+    pub from_me: bool,
+    pub offline: bool,
+}
+
+/// How far a sent message got, by the receipts of the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Sent,
+    Delivered,
+    Read,
+    Played,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Played => "played",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "sent" => Some(Self::Sent),
+            "delivered" => Some(Self::Delivered),
+            "read" => Some(Self::Read),
+            "played" => Some(Self::Played),
+            _ => None,
+        }
+    }
+}
+
+/// A message the server accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub id: String,
+    pub to: String,
+    pub timestamp_ms: u64,
+}
+
 /// What a connection reports, in order. After `Closed` nothing more comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineEvent {
+    /// Messages received (live or from the offline queue).
+    Messages(Vec<Inbound>),
+    /// The other side's receipts for messages this session sent.
+    Receipt {
+        ids: Vec<String>,
+        chat: String,
+        state: DeliveryState,
+        timestamp_ms: u64,
+    },
     /// A QR code to show; valid for `valid_for`.
     Qr {
         code: String,
@@ -79,6 +154,10 @@ pub enum EngineError {
     PairCode(String),
     #[error("the connection is closed")]
     Closed,
+    #[error("'{0}' is not a valid recipient")]
+    BadRecipient(String),
+    #[error("sending failed: {0}")]
+    Send(String),
 }
 
 /// Where a session's engine keeps its credentials and Signal state.
@@ -98,6 +177,8 @@ impl EngineStore {
 pub trait Connection: Send + Sync {
     /// Asks WhatsApp for an 8-character code to type on the phone instead of scanning.
     async fn request_pair_code(&self, phone: &str) -> Result<String, EngineError>;
+    /// Sends a text message to a JID (user or group); returns once it was sent.
+    async fn send_text(&self, to: &str, text: &str) -> Result<Sent, EngineError>;
     /// Unlinks the device on WhatsApp (best effort when offline) and closes.
     async fn logout(&self);
     /// Closes the connection; its events end with `Closed(ClosedByUs)` unless it had

@@ -17,7 +17,7 @@ use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 
-use super::{phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me};
+use super::{phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me, Sent};
 
 /// The client version announced to a non-WhatsApp server (the simulator), which cannot
 /// serve WhatsApp's version file.
@@ -199,6 +199,16 @@ impl Connection for WhatsAppConnection {
         self.client.pair_with_code(options).await.map_err(|e| EngineError::PairCode(format!("{e}")))
     }
 
+    async fn send_text(&self, to: &str, text: &str) -> Result<Sent, EngineError> {
+        let jid: wacore_binary::Jid = to.parse().map_err(|_| EngineError::BadRecipient(to.to_string()))?;
+        let sent = self.client.send_text(jid, text).await.map_err(|e| EngineError::Send(format!("{e}")))?;
+        Ok(Sent {
+            id: sent.message_id,
+            to: sent.to.to_string(),
+            timestamp_ms: u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
+        })
+    }
+
     async fn logout(&self) {
         self.tracker.closed_by_us();
         self.client.logout().await;
@@ -261,6 +271,23 @@ fn translate(
             });
         }
         Event::Connected(_) => send(EngineEvent::Connected { me: me_of(client) }),
+        Event::Messages(batch) => {
+            let messages: Vec<_> =
+                batch.messages.iter().filter_map(|m| super::normalize::inbound(&m.message, &m.info)).collect();
+            if !messages.is_empty() {
+                send(EngineEvent::Messages(messages));
+            }
+        }
+        Event::Receipt(receipt) => {
+            if let Some(state) = super::normalize::receipt_state(receipt) {
+                send(EngineEvent::Receipt {
+                    ids: receipt.message_ids.clone(),
+                    chat: receipt.source.chat.to_string(),
+                    state,
+                    timestamp_ms: u64::try_from(receipt.timestamp.timestamp_millis()).unwrap_or(0),
+                });
+            }
+        }
         Event::PairingQrCodesExhausted(_) => tracker.library_said(CloseReason::QrRefsExhausted),
         Event::StreamReplaced(_) => tracker.library_said(CloseReason::Replaced),
         Event::TemporaryBan(ban) => tracker

@@ -43,10 +43,16 @@ impl From<SessionError> for ApiError {
             SessionError::AlreadyLinked => StatusCode::CONFLICT,
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
             SessionError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::NotConnected(_) | SessionError::IdempotencyInProgress => StatusCode::CONFLICT,
+            SessionError::Send(_) => StatusCode::BAD_GATEWAY,
             SessionError::Store(_) | SessionError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match error {
             SessionError::NotFound => "Session not found".to_string(),
+            SessionError::NotConnected(state) => format!(
+                "the session is not connected (state: {})",
+                serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            ),
             other => other.to_string(),
         };
         Self::new(status, message)

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
 use crate::engine::{Engine, EngineError};
-use crate::store::{Store, StoreError, WebhookConfig};
+use crate::store::{KeyClaim, SentMessage, Store, StoreError, WebhookConfig};
 use crate::webhook::Outbox;
 pub use state::{SessionView, StateKind};
 use supervisor::{Command, Spawned, Supervisor};
@@ -46,6 +46,12 @@ pub enum SessionError {
     PairCode(String),
     #[error("the session's supervisor is not responding")]
     Unavailable,
+    #[error("the session is not connected")]
+    NotConnected(StateKind),
+    #[error("a request with this Idempotency-Key is still being sent")]
+    IdempotencyInProgress,
+    #[error("sending failed: {0}")]
+    Send(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -171,6 +177,34 @@ impl SessionManager {
     pub async fn pair_code(&self, id: &str, phone: &str) -> Result<String, SessionError> {
         let phone = phone.to_string();
         self.command(id, |reply| Command::PairCode { phone, reply }).await?
+    }
+
+    /// Sends a text; with an idempotency key, a repeated call returns the first result and
+    /// never sends twice.
+    pub async fn send_text(
+        &self,
+        id: &str,
+        to: &str,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<SentMessage, SessionError> {
+        if self.get(id).is_none() {
+            return Err(SessionError::NotFound);
+        }
+        if let Some(key) = idempotency_key {
+            match self.store.claim_idempotency_key(id, key, crate::webhook::now_ms())? {
+                KeyClaim::Claimed => {}
+                KeyClaim::Sent(message) => return Ok(message),
+                KeyClaim::InProgress => return Err(SessionError::IdempotencyInProgress),
+            }
+        }
+        let (to, text, key) = (to.to_string(), text.to_string(), idempotency_key.map(str::to_string));
+        let result = self.command(id, |reply| Command::SendText { to, text, idempotency_key: key, reply }).await;
+        let result = result.and_then(|sent| sent);
+        if let (Err(_), Some(key)) = (&result, idempotency_key) {
+            self.store.release_idempotency_key(id, key)?;
+        }
+        result
     }
 
     pub async fn logout(&self, id: &str) -> Result<SessionView, SessionError> {

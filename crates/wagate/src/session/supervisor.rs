@@ -15,15 +15,31 @@ use super::backoff::STABLE_AFTER;
 use super::policy::{self, Decision, Situation};
 use super::state::{reason, timestamp, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
-use crate::engine::{CloseReason, Connection, Engine, EngineEvent, EngineStore, Me};
-use crate::store::Store;
+use crate::engine::{CloseReason, Connection, DeliveryState, Engine, EngineEvent, EngineStore, Me};
+use crate::store::{SentMessage, Store};
 use crate::webhook::Outbox;
 
 pub(super) enum Command {
-    Start { reason: &'static str, reply: oneshot::Sender<SessionView> },
-    PairCode { phone: String, reply: oneshot::Sender<Result<String, SessionError>> },
-    Logout { reply: oneshot::Sender<SessionView> },
-    Stop { reply: oneshot::Sender<SessionView> },
+    Start {
+        reason: &'static str,
+        reply: oneshot::Sender<SessionView>,
+    },
+    PairCode {
+        phone: String,
+        reply: oneshot::Sender<Result<String, SessionError>>,
+    },
+    Logout {
+        reply: oneshot::Sender<SessionView>,
+    },
+    SendText {
+        to: String,
+        text: String,
+        idempotency_key: Option<String>,
+        reply: oneshot::Sender<Result<SentMessage, SessionError>>,
+    },
+    Stop {
+        reply: oneshot::Sender<SessionView>,
+    },
 }
 
 pub(super) struct Supervisor {
@@ -137,6 +153,7 @@ impl Supervisor {
                 let _ = reply.send(self.view.clone());
             }
             Command::PairCode { phone, reply } => self.pair_code(phone, reply).await,
+            Command::SendText { to, text, idempotency_key, reply } => self.send_text(to, text, idempotency_key, reply),
             Command::Logout { reply } => {
                 self.logout().await;
                 let _ = reply.send(self.view.clone());
@@ -185,6 +202,23 @@ impl Supervisor {
                 self.qr_cycles = 0;
                 self.connected_at = Some(Instant::now());
                 self.set(StateKind::Connected, None, None);
+            }
+            EngineEvent::Messages(messages) => {
+                for message in messages.iter().filter(|m| !m.from_me) {
+                    let data = serde_json::to_value(message).expect("messages serialize");
+                    self.outbox.record_or_log(&self.id, "messages.upsert", &data);
+                }
+            }
+            EngineEvent::Receipt { ids, chat, state, timestamp_ms } => {
+                for id in ids {
+                    match self.store.advance_status(&self.id, &id, state, timestamp_ms) {
+                        Ok(Some(message)) => {
+                            record_status(&self.outbox, &self.id, &message.id, &chat, state, timestamp_ms)
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(session = %self.id, "could not record a receipt: {e}"),
+                    }
+                }
             }
             EngineEvent::Closed(close) => {
                 self.conn = None;
@@ -330,6 +364,46 @@ impl Supervisor {
         });
     }
 
+    /// Sends without blocking the loop; the reply comes when WhatsApp took the message.
+    fn send_text(
+        &mut self,
+        to: String,
+        text: String,
+        idempotency_key: Option<String>,
+        reply: oneshot::Sender<Result<SentMessage, SessionError>>,
+    ) {
+        let conn = match (&self.conn, self.view.state) {
+            (Some(conn), StateKind::Connected) => conn.clone(),
+            _ => {
+                let _ = reply.send(Err(SessionError::NotConnected(self.view.state)));
+                return;
+            }
+        };
+        let (store, outbox, session) = (self.store.clone(), self.outbox.clone(), self.id.clone());
+        tokio::spawn(async move {
+            let result = match conn.send_text(&to, &text).await {
+                Ok(sent) => {
+                    let recorded =
+                        store.record_sent(&session, &sent.id, &sent.to, idempotency_key.as_deref(), sent.timestamp_ms);
+                    if let Err(e) = recorded {
+                        warn!(session = %session, "could not record a sent message: {e}");
+                    }
+                    record_status(&outbox, &session, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
+                    info!(session = %session, id = %sent.id, "message sent");
+                    store
+                        .sent_message(&session, &sent.id)
+                        .map_err(SessionError::from)
+                        .and_then(|m| m.ok_or_else(|| SessionError::Send("the sent message was not recorded".into())))
+                }
+                Err(e) => {
+                    warn!(session = %session, "sending failed: {e}");
+                    Err(SessionError::Send(e.to_string()))
+                }
+            };
+            let _ = reply.send(result);
+        });
+    }
+
     async fn logout(&mut self) {
         self.next_attempt = None;
         if let Some(conn) = self.conn.take() {
@@ -413,6 +487,12 @@ impl Supervisor {
         let _ = self.changes.send(view.clone());
         self.publish.send_replace(view);
     }
+}
+
+/// A `message.status` event, recorded durably like every other event.
+fn record_status(outbox: &Outbox, session: &str, id: &str, chat: &str, state: DeliveryState, timestamp_ms: u64) {
+    let data = serde_json::json!({ "id": id, "chat": chat, "status": state, "timestamp_ms": timestamp_ms });
+    outbox.record_or_log(session, "message.status", &data);
 }
 
 fn log_transition(view: &SessionView) {

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineStore, Me};
 
+mod messages;
 mod outbox;
+pub use messages::{KeyClaim, SentMessage};
 pub use outbox::{Delivery, DeliveryStatus, OutboxEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,22 @@ const MIGRATIONS: &[&str] = &[
         finished_ms INTEGER
     );
     CREATE INDEX webhook_events_queue ON webhook_events (status, session, seq);",
+    "CREATE TABLE sent_messages (
+        session TEXT NOT NULL,
+        id TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (session, id)
+    );
+    CREATE TABLE idempotency_keys (
+        session TEXT NOT NULL,
+        key TEXT NOT NULL,
+        message_id TEXT,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (session, key)
+    );",
 ];
 
 pub struct Store {

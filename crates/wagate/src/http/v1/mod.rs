@@ -1,5 +1,6 @@
 //! The native API, `/v1`.
 
+mod messages;
 mod sessions;
 mod webhooks;
 
@@ -10,5 +11,5 @@ use axum::Router;
 use super::AppState;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    sessions::routes().merge(webhooks::routes())
+    sessions::routes().merge(webhooks::routes()).merge(messages::routes())
 }

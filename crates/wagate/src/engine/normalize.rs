@@ -1,0 +1,149 @@
+//! whatsapp-rust's inbound messages and receipts in wagate's own shape.
+
+use wacore::proto_helpers::MessageExt;
+use wacore::types::events::Receipt;
+use wacore::types::message::MessageInfo;
+use wacore::types::presence::ReceiptType;
+use waproto::whatsapp as wa;
+use waproto::whatsapp::message::protocol_message;
+
+use super::{phone_of_jid, DeliveryState, Inbound};
+
+/// The kind of a message and its text or caption; `None` for protocol traffic that is not
+/// a message a person sent (key shares, sender-key distribution, history sync ...).
+fn classify(message: &wa::Message) -> Option<(&'static str, Option<String>, Option<String>)> {
+    let message = message.get_base_message();
+    let caption = message.get_caption().map(str::to_string);
+    let quoted = |context: Option<&wa::ContextInfo>| context.and_then(|c| c.stanza_id.clone());
+    if let Some(protocol) = message.protocol_message.as_option() {
+        return match protocol.r#type {
+            Some(protocol_message::Type::REVOKE) => {
+                Some(("revoke", None, protocol.key.as_option().and_then(|k| k.id.clone())))
+            }
+            Some(protocol_message::Type::MESSAGE_EDIT) => {
+                let text = protocol.edited_message.as_option().and_then(|m| m.text_content().map(str::to_string));
+                Some(("edit", text, protocol.key.as_option().and_then(|k| k.id.clone())))
+            }
+            _ => None,
+        };
+    }
+    if let Some(reaction) = message.reaction_message.as_option() {
+        return Some(("reaction", reaction.text.clone(), reaction.key.as_option().and_then(|k| k.id.clone())));
+    }
+    if let Some(text) = message.conversation.as_ref() {
+        return Some(("text", Some(text.clone()), None));
+    }
+    if let Some(extended) = message.extended_text_message.as_option() {
+        return Some(("text", extended.text.clone(), quoted(extended.context_info.as_option())));
+    }
+    if let Some(image) = message.image_message.as_option() {
+        return Some(("image", caption, quoted(image.context_info.as_option())));
+    }
+    if let Some(video) = message.video_message.as_option() {
+        return Some(("video", caption, quoted(video.context_info.as_option())));
+    }
+    if let Some(audio) = message.audio_message.as_option() {
+        let kind = if audio.ptt == Some(true) { "voice" } else { "audio" };
+        return Some((kind, None, quoted(audio.context_info.as_option())));
+    }
+    if let Some(document) = message.document_message.as_option() {
+        return Some(("document", caption, quoted(document.context_info.as_option())));
+    }
+    if message.document_with_caption_message.is_set() {
+        return Some(("document", caption, None));
+    }
+    if message.sticker_message.is_set() {
+        return Some(("sticker", None, None));
+    }
+    if let Some(location) = message.location_message.as_option() {
+        return Some(("location", location.name.clone().or(location.address.clone()), None));
+    }
+    if let Some(contact) = message.contact_message.as_option() {
+        return Some(("contact", contact.display_name.clone(), None));
+    }
+    if message.contacts_array_message.is_set() {
+        return Some(("contact", None, None));
+    }
+    if let Some(poll) = message.poll_creation_message.as_option() {
+        return Some(("poll", poll.name.clone(), None));
+    }
+    if message.sender_key_distribution_message.is_set() || message.message_context_info.is_set() {
+        return None;
+    }
+    Some(("unknown", None, None))
+}
+
+pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
+    let (kind, text, quoted_id) = classify(message)?;
+    let sender = info.source.sender.to_string();
+    let sender_alt = info.source.sender_alt.as_ref().map(|j| j.to_string());
+    let (sender_phone, sender_lid) = if sender.ends_with("@lid") {
+        (sender_alt.as_deref().and_then(phone_of_jid), Some(non_device(&sender)))
+    } else {
+        (phone_of_jid(&sender), sender_alt.map(|l| non_device(&l)))
+    };
+    let chat = info.source.chat.to_string();
+    let is_group = info.source.is_group;
+    Some(Inbound {
+        id: info.id.clone(),
+        group_id: is_group.then(|| chat.split('@').next().unwrap_or_default().to_string()),
+        chat,
+        sender_phone,
+        sender_lid,
+        push_name: Some(info.push_name.clone()).filter(|n| !n.is_empty()),
+        timestamp: info.timestamp.timestamp(),
+        reaction: (kind == "reaction").then(|| text.clone()).flatten(),
+        text: if kind == "reaction" { None } else { text },
+        kind: kind.to_string(),
+        is_group,
+        quoted_id,
+        from_me: info.source.is_from_me,
+        offline: info.is_offline,
+    })
+}
+
+/// `user:device@server` -> `user@server`.
+fn non_device(jid: &str) -> String {
+    match jid.split_once('@') {
+        Some((user, server)) => format!("{}@{server}", user.split(':').next().unwrap_or(user)),
+        None => jid.to_string(),
+    }
+}
+
+/// The delivery state a receipt reports, for receipts about messages this session sent.
+pub fn receipt_state(receipt: &Receipt) -> Option<DeliveryState> {
+    match receipt.r#type {
+        ReceiptType::Delivered => Some(DeliveryState::Delivered),
+        ReceiptType::Read => Some(DeliveryState::Read),
+        ReceiptType::Played => Some(DeliveryState::Played),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_recognised() {
+        let text = wa::Message { conversation: Some("hi".into()), ..Default::default() };
+        assert_eq!(classify(&text), Some(("text", Some("hi".into()), None)));
+        let voice = wa::Message {
+            audio_message: waproto::buffa::MessageField::some(wa::message::AudioMessage {
+                ptt: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(classify(&voice).unwrap().0, "voice");
+        let key_share = wa::Message {
+            protocol_message: waproto::buffa::MessageField::some(wa::message::ProtocolMessage {
+                r#type: Some(protocol_message::Type::APP_STATE_SYNC_KEY_SHARE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(classify(&key_share), None, "protocol traffic is not a message");
+        assert_eq!(non_device("1555:3@s.whatsapp.net"), "1555@s.whatsapp.net");
+    }
+}

@@ -1,0 +1,152 @@
+//! Messages between two wagate sessions through the simulator's relay: the simulator never
+//! decrypts, so a text that arrives proves the Signal sessions interoperate end to end.
+
+mod common;
+
+use common::receiver::Receiver;
+use common::{link, start_gateway_with, start_sim, Api};
+use serde_json::json;
+
+async fn gateway(sim: &wagate_sim::Simulator, data: &std::path::Path) -> wagate::server::Gateway {
+    start_gateway_with(common::gateway_config(sim, data)).await
+}
+
+fn upserts(receiver: &Receiver) -> Vec<serde_json::Value> {
+    receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.json["event"] == "messages.upsert")
+        .map(|r| r.json["data"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_arrives_as_messages_upsert_and_receipts_become_status() {
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let (hooks_a, hooks_b) = (Receiver::start().await, Receiver::start().await);
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (gw_a, gw_b) = (gateway(&sim, data_a.path()).await, gateway(&sim, data_b.path()).await);
+    let (api_a, api_b) = (Api::gateway(gw_a.addr), Api::gateway(gw_b.addr));
+    api_a.post("/v1/sessions", json!({ "id": "A", "webhook": { "url": hooks_a.url } })).await;
+    api_b.post("/v1/sessions", json!({ "id": "B", "webhook": { "url": hooks_b.url } })).await;
+    link(&api_a, &control, "A", "15556000001").await;
+    link(&api_b, &control, "B", "15556000002").await;
+
+    let (status, sent) =
+        api_a.post("/v1/sessions/A/messages", json!({ "to": "+1 555 600-0002", "text": "hello from A" })).await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["status"], "sent");
+    let id = sent["id"].as_str().unwrap().to_string();
+
+    hooks_b
+        .wait_for("B's messages.upsert", common::WAIT, |r| r.iter().any(|x| x.json["event"] == "messages.upsert"))
+        .await;
+    let message = upserts(&hooks_b).into_iter().next().unwrap();
+    assert_eq!(message["id"], id, "{message}");
+    assert_eq!(message["type"], "text");
+    assert_eq!(message["text"], "hello from A");
+    assert_eq!(message["sender_phone"], "15556000001", "{message}");
+    assert_eq!(message["is_group"], false);
+
+    // B's client acknowledges delivery; A learns it as message.status.
+    let statuses = hooks_a
+        .wait_for("A's delivered status", common::WAIT, |r| {
+            r.iter().any(|x| x.json["event"] == "message.status" && x.json["data"]["status"] == "delivered")
+        })
+        .await;
+    let states: Vec<_> = statuses
+        .iter()
+        .filter(|x| x.json["event"] == "message.status" && x.json["data"]["id"] == id)
+        .map(|x| x.json["data"]["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["sent", "delivered"], "in order, never backwards");
+    let (status, shown) = api_a.get(&format!("/v1/sessions/A/messages/{id}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["status"], "delivered");
+
+    // The same Idempotency-Key never sends twice.
+    let send_keyed = || async {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/sessions/A/messages", api_a.base))
+            .header("Idempotency-Key", "invoice-42")
+            .json(&json!({ "to": "15556000002", "text": "invoice 42" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let (first, second) = (send_keyed().await, send_keyed().await);
+    assert_eq!(first["id"], second["id"]);
+    hooks_b
+        .wait_for("the keyed message", common::WAIT, |r| r.iter().any(|x| x.json["data"]["text"] == "invoice 42"))
+        .await;
+    let copies = upserts(&hooks_b).iter().filter(|m| m["text"] == "invoice 42").count();
+    assert_eq!(copies, 1);
+    gw_a.stop().await;
+    gw_b.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_the_receiver_is_offline_arrive_once_in_order() {
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let hooks_b = Receiver::start().await;
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gw_a = gateway(&sim, data_a.path()).await;
+    let api_a = Api::gateway(gw_a.addr);
+    let gw_b = gateway(&sim, data_b.path()).await;
+    let api_b = Api::gateway(gw_b.addr);
+    api_b.post("/v1/sessions", json!({ "id": "B", "webhook": { "url": hooks_b.url } })).await;
+    link(&api_a, &control, "A", "15556000011").await;
+    link(&api_b, &control, "B", "15556000012").await;
+    gw_b.stop().await;
+
+    for n in 1..=3 {
+        let (status, sent) =
+            api_a.post("/v1/sessions/A/messages", json!({ "to": "15556000012", "text": format!("offline {n}") })).await;
+        assert_eq!(status, 200, "{sent}");
+    }
+    let gw_b = gateway(&sim, data_b.path()).await;
+    hooks_b
+        .wait_for("three messages", common::WAIT, |r| {
+            r.iter().filter(|x| x.json["event"] == "messages.upsert").count() >= 3
+        })
+        .await;
+    let texts: Vec<_> = upserts(&hooks_b).iter().map(|m| m["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(texts, ["offline 1", "offline 2", "offline 3"]);
+    assert!(upserts(&hooks_b).iter().all(|m| m["offline"] == true), "flagged as from the offline queue");
+    gw_a.stop().await;
+    gw_b.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_needs_a_connected_session_and_a_valid_request() {
+    let sim = start_sim().await;
+    let data = tempfile::tempdir().unwrap();
+    let gw = gateway(&sim, data.path()).await;
+    let api = Api::gateway(gw.addr);
+    api.post("/v1/sessions", json!({ "id": "Q" })).await;
+    api.wait_state("Q", "awaiting_scan").await;
+    let (status, body) = api.post("/v1/sessions/Q/messages", json!({ "to": "15556000099", "text": "hi" })).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("awaiting_scan"), "{body}");
+    for (request, what) in [
+        (json!({ "to": "nonsense", "text": "hi" }), "bad recipient"),
+        (json!({ "to": "15556000099" }), "nothing to send"),
+        (json!({ "to": "15556000099", "text": "" }), "empty text"),
+        (json!({ "to": "15556000099", "sticker": {} }), "unknown type"),
+    ] {
+        let (status, body) = api.post("/v1/sessions/Q/messages", request).await;
+        assert_eq!(status, 400, "{what}: {body}");
+    }
+    let (status, _) = api.post("/v1/sessions/nope/messages", json!({ "to": "15556000099", "text": "hi" })).await;
+    assert_eq!(status, 404);
+    let (status, _) = api.get("/v1/sessions/Q/messages/nope").await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+    sim.stop().await;
+}
