@@ -403,10 +403,15 @@ impl Conn {
     async fn pending_key_share(&mut self) -> Option<Node> {
         let addr = self.device?;
         let (phone_signal, recipient) = {
-            let inner = self.state.lock();
-            let account = inner.accounts.get(addr.phone)?;
-            let device = account.devices.get(&addr.device).filter(|d| !d.key_shared)?;
-            (account.phone_signal.clone(), account.recipient(device))
+            let mut inner = self.state.lock();
+            let account = inner.accounts.get_mut(addr.phone)?;
+            let device = account.devices.get_mut(&addr.device).filter(|d| !d.key_shared)?;
+            // A one-time prekey serves one session only: the phone uses it up, as any
+            // sender fetching a bundle would.
+            let one_time = (!device.signal.prekeys.is_empty()).then(|| device.signal.prekeys.remove(0));
+            let mut recipient = account.recipient(&account.devices[&addr.device]);
+            recipient.keys.prekeys = one_time.into_iter().collect();
+            (account.phone_signal.clone(), recipient)
         };
         let mut phone = phone_signal.lock().await;
         match phone::app_state_key_share(&mut phone, &recipient).await {
