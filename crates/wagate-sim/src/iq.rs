@@ -296,8 +296,13 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                     _ => {}
                 }
             }
-            let jid = account.map(|a| format!("{}@s.whatsapp.net", a.phone)).or(jid).unwrap_or_default();
-            NodeBuilder::new("user").attr("jid", jid).children(parts).build()
+            // Answer with the JID that was asked for (PN or LID); a number looked up by
+            // `<contact>` gets its account's JID, or none when it is not on WhatsApp.
+            let mut user = NodeBuilder::new("user");
+            if let Some(jid) = jid.or_else(|| account.map(|a| format!("{}@s.whatsapp.net", a.phone))) {
+                user = user.attr("jid", jid);
+            }
+            user.children(parts).build()
         })
         .collect();
     // The answer echoes the request's attributes (sid, mode, context ...).

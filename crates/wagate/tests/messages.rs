@@ -84,6 +84,18 @@ async fn a_text_arrives_as_messages_upsert_and_receipts_become_status() {
         .await;
     let copies = upserts(&hooks_b).iter().filter(|m| m["text"] == "invoice 42").count();
     assert_eq!(copies, 1);
+
+    // Which numbers are on WhatsApp.
+    let (status, checked) =
+        api_a.post("/v1/sessions/A/contacts/check", json!({ "phones": ["+1 555 600 0002", "15550009999"] })).await;
+    assert_eq!(status, 200, "{checked}");
+    let results = checked["results"].as_array().unwrap();
+    assert_eq!(results[0]["phone"], "15556000002");
+    assert_eq!(results[0]["exists"], true, "{checked}");
+    assert_eq!(results[0]["jid"], "15556000002@s.whatsapp.net");
+    assert_eq!(results[1]["exists"], false, "{checked}");
+    let (status, _) = api_a.post("/v1/sessions/A/contacts/check", json!({ "phones": [] })).await;
+    assert_eq!(status, 400);
     gw_a.stop().await;
     gw_b.stop().await;
     sim.stop().await;

@@ -108,6 +108,15 @@ impl DeliveryState {
     }
 }
 
+/// Whether a phone number is on WhatsApp.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NumberCheck {
+    pub phone: String,
+    pub exists: bool,
+    pub jid: Option<String>,
+    pub lid: Option<String>,
+}
+
 /// A message the server accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -179,6 +188,8 @@ pub trait Connection: Send + Sync {
     async fn request_pair_code(&self, phone: &str) -> Result<String, EngineError>;
     /// Sends a text message to a JID (user or group); returns once it was sent.
     async fn send_text(&self, to: &str, text: &str) -> Result<Sent, EngineError>;
+    /// Asks WhatsApp which of these phone numbers (digits) have an account.
+    async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError>;
     /// Unlinks the device on WhatsApp (best effort when offline) and closes.
     async fn logout(&self);
     /// Closes the connection; its events end with `Closed(ClosedByUs)` unless it had

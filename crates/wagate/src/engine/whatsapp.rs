@@ -17,7 +17,9 @@ use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 
-use super::{phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me, Sent};
+use super::{
+    phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me, NumberCheck, Sent,
+};
 
 /// The client version announced to a non-WhatsApp server (the simulator), which cannot
 /// serve WhatsApp's version file.
@@ -207,6 +209,26 @@ impl Connection for WhatsAppConnection {
             to: sent.to.to_string(),
             timestamp_ms: u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
         })
+    }
+
+    async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError> {
+        let jids: Vec<wacore_binary::Jid> = phones.iter().map(|p| wacore_binary::Jid::pn(p.as_str())).collect();
+        let found =
+            self.client.contacts().is_on_whatsapp(&jids).await.map_err(|e| EngineError::Send(format!("{e}")))?;
+        Ok(phones
+            .iter()
+            .map(|phone| {
+                let hit = found.iter().find(|r| {
+                    r.jid.user == phone.as_str() || r.pn_jid.as_ref().is_some_and(|j| j.user == phone.as_str())
+                });
+                NumberCheck {
+                    phone: phone.clone(),
+                    exists: hit.is_some_and(|r| r.is_registered),
+                    jid: hit.filter(|r| r.is_registered).map(|_| format!("{phone}@s.whatsapp.net")),
+                    lid: hit.and_then(|r| r.lid.as_ref()).map(|l| l.to_string()),
+                }
+            })
+            .collect())
     }
 
     async fn logout(&self) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{DeliveryState, Engine, EngineError, NumberCheck};
 use crate::store::{KeyClaim, SentMessage, Store, StoreError, WebhookConfig};
 use crate::webhook::Outbox;
 pub use state::{SessionView, StateKind};
@@ -50,12 +50,20 @@ pub enum SessionError {
     NotConnected(StateKind),
     #[error("a request with this Idempotency-Key is still being sent")]
     IdempotencyInProgress,
-    #[error("sending failed: {0}")]
+    #[error("WhatsApp refused or failed the request: {0}")]
     Send(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+/// What an engine call that reached WhatsApp but failed reports to the API.
+fn engine_failure(error: EngineError) -> SessionError {
+    match error {
+        EngineError::Send(reason) => SessionError::Send(reason),
+        other => SessionError::Send(other.to_string()),
+    }
 }
 
 /// Session ids name files and appear in URLs: 1-64 letters, digits, `_`, `-`, `.`.
@@ -198,13 +206,39 @@ impl SessionManager {
                 KeyClaim::InProgress => return Err(SessionError::IdempotencyInProgress),
             }
         }
-        let (to, text, key) = (to.to_string(), text.to_string(), idempotency_key.map(str::to_string));
-        let result = self.command(id, |reply| Command::SendText { to, text, idempotency_key: key, reply }).await;
-        let result = result.and_then(|sent| sent);
+        let result = self.send_text_now(id, to, text, idempotency_key).await;
         if let (Err(_), Some(key)) = (&result, idempotency_key) {
             self.store.release_idempotency_key(id, key)?;
         }
         result
+    }
+
+    async fn send_text_now(
+        &self,
+        id: &str,
+        to: &str,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<SentMessage, SessionError> {
+        let conn = self.connection(id).await?;
+        let sent = conn.send_text(to, text).await.map_err(engine_failure)?;
+        self.store.record_sent(id, &sent.id, &sent.to, idempotency_key, sent.timestamp_ms)?;
+        supervisor::record_status(&self.outbox, id, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
+        info!(session = %id, message = %sent.id, "message sent");
+        self.store
+            .sent_message(id, &sent.id)?
+            .ok_or_else(|| SessionError::Send("the sent message was not recorded".into()))
+    }
+
+    /// Which of these phone numbers are on WhatsApp.
+    pub async fn check_numbers(&self, id: &str, phones: &[String]) -> Result<Vec<NumberCheck>, SessionError> {
+        let conn = self.connection(id).await?;
+        conn.check_numbers(phones).await.map_err(engine_failure)
+    }
+
+    /// The session's live connection; `NotConnected` with its state otherwise.
+    async fn connection(&self, id: &str) -> Result<Arc<dyn crate::engine::Connection>, SessionError> {
+        self.command(id, |reply| Command::Connection { reply }).await?
     }
 
     pub async fn logout(&self, id: &str) -> Result<SessionView, SessionError> {

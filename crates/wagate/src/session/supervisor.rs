@@ -16,7 +16,7 @@ use super::policy::{self, Decision, Situation};
 use super::state::{reason, timestamp, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
 use crate::engine::{CloseReason, Connection, DeliveryState, Engine, EngineEvent, EngineStore, Me};
-use crate::store::{SentMessage, Store};
+use crate::store::Store;
 use crate::webhook::Outbox;
 
 pub(super) enum Command {
@@ -31,11 +31,9 @@ pub(super) enum Command {
     Logout {
         reply: oneshot::Sender<SessionView>,
     },
-    SendText {
-        to: String,
-        text: String,
-        idempotency_key: Option<String>,
-        reply: oneshot::Sender<Result<SentMessage, SessionError>>,
+    /// The live connection, for work done outside the loop (sending, lookups).
+    Connection {
+        reply: oneshot::Sender<Result<Arc<dyn Connection>, SessionError>>,
     },
     Stop {
         reply: oneshot::Sender<SessionView>,
@@ -153,7 +151,13 @@ impl Supervisor {
                 let _ = reply.send(self.view.clone());
             }
             Command::PairCode { phone, reply } => self.pair_code(phone, reply).await,
-            Command::SendText { to, text, idempotency_key, reply } => self.send_text(to, text, idempotency_key, reply),
+            Command::Connection { reply } => {
+                let conn = match (&self.conn, self.view.state) {
+                    (Some(conn), StateKind::Connected) => Ok(conn.clone()),
+                    _ => Err(SessionError::NotConnected(self.view.state)),
+                };
+                let _ = reply.send(conn);
+            }
             Command::Logout { reply } => {
                 self.logout().await;
                 let _ = reply.send(self.view.clone());
@@ -364,46 +368,6 @@ impl Supervisor {
         });
     }
 
-    /// Sends without blocking the loop; the reply comes when WhatsApp took the message.
-    fn send_text(
-        &mut self,
-        to: String,
-        text: String,
-        idempotency_key: Option<String>,
-        reply: oneshot::Sender<Result<SentMessage, SessionError>>,
-    ) {
-        let conn = match (&self.conn, self.view.state) {
-            (Some(conn), StateKind::Connected) => conn.clone(),
-            _ => {
-                let _ = reply.send(Err(SessionError::NotConnected(self.view.state)));
-                return;
-            }
-        };
-        let (store, outbox, session) = (self.store.clone(), self.outbox.clone(), self.id.clone());
-        tokio::spawn(async move {
-            let result = match conn.send_text(&to, &text).await {
-                Ok(sent) => {
-                    let recorded =
-                        store.record_sent(&session, &sent.id, &sent.to, idempotency_key.as_deref(), sent.timestamp_ms);
-                    if let Err(e) = recorded {
-                        warn!(session = %session, "could not record a sent message: {e}");
-                    }
-                    record_status(&outbox, &session, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
-                    info!(session = %session, id = %sent.id, "message sent");
-                    store
-                        .sent_message(&session, &sent.id)
-                        .map_err(SessionError::from)
-                        .and_then(|m| m.ok_or_else(|| SessionError::Send("the sent message was not recorded".into())))
-                }
-                Err(e) => {
-                    warn!(session = %session, "sending failed: {e}");
-                    Err(SessionError::Send(e.to_string()))
-                }
-            };
-            let _ = reply.send(result);
-        });
-    }
-
     async fn logout(&mut self) {
         self.next_attempt = None;
         if let Some(conn) = self.conn.take() {
@@ -490,7 +454,14 @@ impl Supervisor {
 }
 
 /// A `message.status` event, recorded durably like every other event.
-fn record_status(outbox: &Outbox, session: &str, id: &str, chat: &str, state: DeliveryState, timestamp_ms: u64) {
+pub(super) fn record_status(
+    outbox: &Outbox,
+    session: &str,
+    id: &str,
+    chat: &str,
+    state: DeliveryState,
+    timestamp_ms: u64,
+) {
     let data = serde_json::json!({ "id": id, "chat": chat, "status": state, "timestamp_ms": timestamp_ms });
     outbox.record_or_log(session, "message.status", &data);
 }

@@ -18,6 +18,37 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/sessions/{id}/messages", post(send))
         .route("/v1/sessions/{id}/messages/{message_id}", get(show))
+        .route("/v1/sessions/{id}/contacts/check", post(check_contacts))
+}
+
+/// At most this many numbers per check.
+const MAX_CHECK: usize = 50;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    phones: Vec<String>,
+}
+
+async fn check_contacts(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<CheckRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if request.phones.is_empty() || request.phones.len() > MAX_CHECK {
+        return Err(ApiError::bad_request(format!("give 1 to {MAX_CHECK} phone numbers")));
+    }
+    let phones = request
+        .phones
+        .iter()
+        .map(|p| {
+            super::sessions::phone_digits(p).ok_or_else(|| {
+                ApiError::bad_request(format!("'{p}' is not a phone number (7 to 15 digits with country code)"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = state.manager.check_numbers(&id, &phones).await?;
+    Ok(Json(json!({ "results": results })))
 }
 
 /// Message types the API knows; all but `text` arrive with the media and rich-message work.
