@@ -87,17 +87,49 @@ struct EventBridge {
     events: mpsc::UnboundedSender<EngineEvent>,
     tracker: Arc<CloseTracker>,
     client: OnceLock<Weak<Client>>,
+    acks: Arc<AckWaiters>,
 }
 
 impl EventHandler for EventBridge {
     fn handle_event(&self, event: Arc<Event>) {
+        if let Event::ServerAck(ack) = &*event {
+            self.acks.acked(&ack.id, ack.error.clone());
+        }
         let client = self.client.get().and_then(Weak::upgrade);
         translate(&event, client.as_deref(), &self.events, &self.tracker);
     }
 }
 
+/// Sends waiting for the server's `<ack>` of their message id (a nack carries an error).
+#[derive(Default)]
+struct AckWaiters {
+    waiting: Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Option<String>>>>,
+}
+
+impl AckWaiters {
+    fn expect(&self, id: &str) -> tokio::sync::oneshot::Receiver<Option<String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), tx);
+        rx
+    }
+
+    fn acked(&self, id: &str, error: Option<String>) {
+        if let Some(waiter) = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+            let _ = waiter.send(error);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+/// How long a send waits for the server's ack before it counts as failed.
+const ACK_TIMEOUT: Duration = Duration::from_secs(20);
+
 struct WhatsAppConnection {
     client: Arc<Client>,
+    acks: Arc<AckWaiters>,
     tracker: Arc<CloseTracker>,
     /// Completes once the client's loop has ended and `Closed` was sent.
     done: tokio::sync::watch::Receiver<bool>,
@@ -117,8 +149,13 @@ impl Engine for WhatsAppEngine {
             transport = transport.with_url(url.clone());
         }
         let tracker = Arc::new(CloseTracker::default());
-        let bridge =
-            Arc::new(EventBridge { events: events.clone(), tracker: tracker.clone(), client: OnceLock::new() });
+        let acks = Arc::new(AckWaiters::default());
+        let bridge = Arc::new(EventBridge {
+            events: events.clone(),
+            tracker: tracker.clone(),
+            client: OnceLock::new(),
+            acks: acks.clone(),
+        });
         let mut builder = Bot::builder()
             .with_backend(backend)
             .with_transport_factory(transport)
@@ -151,7 +188,7 @@ impl Engine for WhatsAppEngine {
             let _ = events.send(EngineEvent::Closed(reason));
             let _ = done_tx.send(true);
         });
-        Ok(Box::new(WhatsAppConnection { client, tracker, done }))
+        Ok(Box::new(WhatsAppConnection { client, acks, tracker, done }))
     }
 
     async fn linked_identity(&self, store: &EngineStore) -> Result<Option<Me>, EngineError> {
@@ -201,14 +238,36 @@ impl Connection for WhatsAppConnection {
         self.client.pair_with_code(options).await.map_err(|e| EngineError::PairCode(format!("{e}")))
     }
 
+    /// Returns once the server acked the message (not merely once it was written).
     async fn send_text(&self, to: &str, text: &str) -> Result<Sent, EngineError> {
+        use wacore::proto_helpers::MessageBuilderExt;
         let jid: wacore_binary::Jid = to.parse().map_err(|_| EngineError::BadRecipient(to.to_string()))?;
-        let sent = self.client.send_text(jid, text).await.map_err(|e| EngineError::Send(format!("{e}")))?;
-        Ok(Sent {
-            id: sent.message_id,
-            to: sent.to.to_string(),
-            timestamp_ms: u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
-        })
+        let id = self.client.generate_message_id();
+        let acked = self.acks.expect(&id);
+        let options = whatsapp_rust::SendOptions::default().with_message_id(id.clone());
+        let sent =
+            match self.client.send_message_with_options(jid, waproto::whatsapp::Message::text(text), options).await {
+                Ok(sent) => sent,
+                Err(e) => {
+                    self.acks.forget(&id);
+                    return Err(EngineError::Send(format!("{e}")));
+                }
+            };
+        match tokio::time::timeout(ACK_TIMEOUT, acked).await {
+            Ok(Ok(None)) => Ok(Sent {
+                id: sent.message_id,
+                to: sent.to.to_string(),
+                timestamp_ms: u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
+            }),
+            Ok(Ok(Some(error))) => Err(EngineError::Send(format!("WhatsApp refused the message: {error}"))),
+            Ok(Err(_)) => {
+                Err(EngineError::Send("the connection closed before WhatsApp acknowledged the message".into()))
+            }
+            Err(_) => {
+                self.acks.forget(&id);
+                Err(EngineError::Send("WhatsApp did not acknowledge the message in time".into()))
+            }
+        }
     }
 
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError> {
