@@ -2,6 +2,7 @@
 //! the gateway sees this small trait and wagate's own event and reason types.
 
 mod normalize;
+mod transport;
 mod whatsapp;
 
 use std::path::{Path, PathBuf};

@@ -15,7 +15,6 @@ use tracing::{debug, warn};
 use wacore::store::traits::DeviceStore;
 use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
-use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 
 use super::{
     phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me, NumberCheck, Sent,
@@ -144,10 +143,7 @@ impl Engine for WhatsAppEngine {
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Box<dyn Connection>, EngineError> {
         let backend = open_store(store).await?;
-        let mut transport = TokioWebSocketTransportFactory::new();
-        if let Some(url) = &self.ws_url {
-            transport = transport.with_url(url.clone());
-        }
+        let transport = super::transport::Dialer::new(self.ws_url.as_deref());
         let tracker = Arc::new(CloseTracker::default());
         let acks = Arc::new(AckWaiters::default());
         let bridge = Arc::new(EventBridge {

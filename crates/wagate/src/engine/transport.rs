@@ -1,0 +1,58 @@
+//! How the engine reaches WhatsApp: our own dialer in front of the library's WebSocket
+//! transport. It sets TCP_NODELAY (stanzas are small; without it each request waits out
+//! Nagle against the peer's delayed ACK, ~40 ms) and is where outbound proxies plug in.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::net::TcpStream;
+use tokio_websockets::ClientBuilder;
+use whatsapp_rust::transport::{default_tls_connector, from_websocket, Transport, TransportEvent, TransportFactory};
+
+/// WhatsApp Web's own WebSocket endpoint and the `Origin` it expects.
+pub const WHATSAPP_WS_URL: &str = "wss://web.whatsapp.com/ws/chat";
+const ORIGIN: &str = "https://web.whatsapp.com";
+
+pub struct Dialer {
+    url: String,
+}
+
+impl Dialer {
+    pub fn new(url: Option<&str>) -> Self {
+        Self { url: url.unwrap_or(WHATSAPP_WS_URL).to_string() }
+    }
+}
+
+#[async_trait]
+impl TransportFactory for Dialer {
+    async fn create_transport(
+        &self,
+    ) -> Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>), anyhow::Error> {
+        let uri: http::Uri = self.url.parse().map_err(|e| anyhow::anyhow!("bad WhatsApp URL {}: {e}", self.url))?;
+        let host = uri.host().ok_or_else(|| anyhow::anyhow!("the WhatsApp URL {} has no host", self.url))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let secure = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            other => anyhow::bail!("the WhatsApp URL must be ws:// or wss://, not {other:?}"),
+        };
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {host}:{port}: {e}"))?;
+        tcp.set_nodelay(true)?;
+        let stream = if secure {
+            default_tls_connector().wrap(&host, tcp).await
+        } else {
+            tokio_websockets::Connector::Plain.wrap(&host, tcp).await
+        }
+        .map_err(|e| anyhow::anyhow!("TLS with {host} failed: {e}"))?;
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .add_header(http::header::ORIGIN, http::HeaderValue::from_static(ORIGIN))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .connect_on(stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("WebSocket upgrade with {host} failed: {e}"))?;
+        Ok(from_websocket(ws))
+    }
+}
