@@ -17,6 +17,9 @@ pub struct Config {
     pub api_key: Option<String>,
     pub sessions: SessionConfig,
     pub webhooks: WebhookSettings,
+    /// Outbound proxy for WhatsApp traffic (`http://` or `socks5://`), for sessions
+    /// without their own; webhooks do not use it.
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

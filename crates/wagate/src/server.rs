@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::{check_wa_url, Config};
+use crate::engine::proxy::Proxy;
 use crate::engine::WhatsAppEngine;
 use crate::http::{self, AppState};
 use crate::session::SessionManager;
@@ -31,7 +32,11 @@ impl Gateway {
         check_wa_url(config.wa_url.as_deref())?;
         let store = Store::open(&config.data_dir)
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
-        let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone()));
+        let proxy = config.proxy.as_deref().map(Proxy::parse).transpose().context("--proxy / WAGATE_PROXY")?;
+        if let Some(proxy) = &proxy {
+            tracing::info!("WhatsApp traffic goes through the proxy {proxy}");
+        }
+        let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone(), proxy));
         let outbox = Outbox::new(Arc::new(store), config.webhooks.clone());
         // Deliveries left pending by the last run (a crash included) start going out at once.
         let dispatcher = Dispatcher::spawn(outbox.clone()).context("setting up webhook delivery")?;

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// QR cycles to offer before a session gives up waiting for a scan.
     #[arg(long, env = "WAGATE_QR_CYCLES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     qr_cycles: u32,
+    /// Outbound proxy for WhatsApp traffic, `http://[user:pass@]host:port` (CONNECT) or
+    /// `socks5://[user:pass@]host:port`. Without it HTTPS_PROXY / ALL_PROXY / NO_PROXY apply.
+    #[arg(long, env = "WAGATE_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
     /// Webhook for sessions that have none of their own.
     #[arg(long, env = "WAGATE_WEBHOOK_URL")]
     webhook_url: Option<String>,
@@ -68,6 +72,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         wa_url: args.wa_url,
         api_key: args.api_key.filter(|k| !k.is_empty()),
         sessions: SessionConfig { qr_cycles: args.qr_cycles, ..SessionConfig::default() },
+        proxy: args.proxy.filter(|p| !p.is_empty()),
         webhooks: WebhookSettings {
             default: default_webhook,
             timeout: Duration::from_secs(args.webhook_timeout),

@@ -2,6 +2,7 @@
 //! the gateway sees this small trait and wagate's own event and reason types.
 
 mod normalize;
+pub mod proxy;
 mod transport;
 mod whatsapp;
 
@@ -206,6 +207,7 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         session: &str,
         store: &EngineStore,
+        proxy: Option<&proxy::Proxy>,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Box<dyn Connection>, EngineError>;
 

@@ -2,10 +2,12 @@
 //! transport. It sets TCP_NODELAY (stanzas are small; without it each request waits out
 //! Nagle against the peer's delayed ACK, ~40 ms) and is where outbound proxies plug in.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::net::TcpStream;
+
+use super::proxy::Proxy;
 use tokio_websockets::ClientBuilder;
 use whatsapp_rust::transport::{default_tls_connector, from_websocket, Transport, TransportEvent, TransportFactory};
 
@@ -15,11 +17,14 @@ const ORIGIN: &str = "https://web.whatsapp.com";
 
 pub struct Dialer {
     url: String,
+    proxy: Option<Proxy>,
+    /// Why the last dial failed, for the session's state (the library only logs it).
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Dialer {
-    pub fn new(url: Option<&str>) -> Self {
-        Self { url: url.unwrap_or(WHATSAPP_WS_URL).to_string() }
+    pub fn new(url: Option<&str>, proxy: Option<Proxy>, last_error: Arc<Mutex<Option<String>>>) -> Self {
+        Self { url: url.unwrap_or(WHATSAPP_WS_URL).to_string(), proxy, last_error }
     }
 }
 
@@ -28,6 +33,16 @@ impl TransportFactory for Dialer {
     async fn create_transport(
         &self,
     ) -> Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>), anyhow::Error> {
+        let result = self.dial().await;
+        if let Err(e) = &result {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+        }
+        result
+    }
+}
+
+impl Dialer {
+    async fn dial(&self) -> Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>), anyhow::Error> {
         let uri: http::Uri = self.url.parse().map_err(|e| anyhow::anyhow!("bad WhatsApp URL {}: {e}", self.url))?;
         let host = uri.host().ok_or_else(|| anyhow::anyhow!("the WhatsApp URL {} has no host", self.url))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
@@ -37,9 +52,12 @@ impl TransportFactory for Dialer {
             other => anyhow::bail!("the WhatsApp URL must be ws:// or wss://, not {other:?}"),
         };
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {host}:{port}: {e}"))?;
+        let tcp = match &self.proxy {
+            Some(proxy) => proxy.connect(&host, port).await?,
+            None => TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to {host}:{port}: {e}"))?,
+        };
         tcp.set_nodelay(true)?;
         let stream = if secure {
             default_tls_connector().wrap(&host, tcp).await

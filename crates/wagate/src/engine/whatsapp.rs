@@ -16,6 +16,7 @@ use wacore::store::traits::DeviceStore;
 use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
 
+use super::proxy::Proxy;
 use super::{
     phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me, NumberCheck, Sent,
 };
@@ -27,11 +28,26 @@ const SANDBOX_VERSION: (u32, u32, u32) = (2, 3000, 1_000_000_000);
 pub struct WhatsAppEngine {
     /// `None`: WhatsApp itself. `Some`: another server (only in sandbox builds).
     ws_url: Option<String>,
+    /// The gateway's proxy (`--proxy`), for sessions without their own.
+    default_proxy: Option<Proxy>,
 }
 
 impl WhatsAppEngine {
-    pub fn new(ws_url: Option<String>) -> Self {
-        Self { ws_url }
+    pub fn new(ws_url: Option<String>, default_proxy: Option<Proxy>) -> Self {
+        Self { ws_url, default_proxy }
+    }
+
+    /// The proxy for a connection: the session's, else the gateway's, else the standard
+    /// environment variables (`HTTPS_PROXY`, `NO_PROXY` ...).
+    fn proxy_for(&self, session: Option<&Proxy>) -> Result<Option<Proxy>, EngineError> {
+        if let Some(proxy) = session.or(self.default_proxy.as_ref()) {
+            return Ok(Some(proxy.clone()));
+        }
+        let url = self.ws_url.as_deref().unwrap_or(super::transport::WHATSAPP_WS_URL);
+        let host = url.split("://").nth(1).and_then(|rest| rest.split(['/', ':']).next()).unwrap_or_default();
+        super::proxy::from_environment(host)
+            .transpose()
+            .map_err(|e| EngineError::Build(format!("HTTPS_PROXY / ALL_PROXY: {e}")))
     }
 }
 
@@ -140,10 +156,13 @@ impl Engine for WhatsAppEngine {
         &self,
         session: &str,
         store: &EngineStore,
+        proxy: Option<&Proxy>,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Box<dyn Connection>, EngineError> {
         let backend = open_store(store).await?;
-        let transport = super::transport::Dialer::new(self.ws_url.as_deref());
+        let dial_error = Arc::new(Mutex::new(None));
+        let transport =
+            super::transport::Dialer::new(self.ws_url.as_deref(), self.proxy_for(proxy)?, dial_error.clone());
         let tracker = Arc::new(CloseTracker::default());
         let acks = Arc::new(AckWaiters::default());
         let bridge = Arc::new(EventBridge {
@@ -177,9 +196,10 @@ impl Engine for WhatsAppEngine {
             if let Err(e) = watcher_client.persistence_manager().flush().await {
                 warn!(session = %session, "could not save the session's state: {e}");
             }
-            let reason = watcher_tracker
-                .reason()
-                .unwrap_or(CloseReason::ConnectionLost { detail: "the connection closed".into() });
+            let dial_error = dial_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let reason = watcher_tracker.reason().unwrap_or(CloseReason::ConnectionLost {
+                detail: dial_error.unwrap_or_else(|| "the connection closed".into()),
+            });
             debug!(session = %session, ?reason, "engine connection ended");
             let _ = events.send(EngineEvent::Closed(reason));
             let _ = done_tx.send(true);

@@ -69,6 +69,8 @@ pub struct SessionView {
     pub next_attempt_at: Option<String>,
     /// For `banned`: when WhatsApp lifts the ban.
     pub banned_until: Option<String>,
+    /// For `reconnecting`: why the last connection failed (a proxy problem, DNS, ...).
+    pub last_error: Option<String>,
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -90,6 +92,7 @@ impl SessionView {
             attempt: None,
             next_attempt_at: None,
             banned_until: None,
+            last_error: None,
         }
         .explained()
     }

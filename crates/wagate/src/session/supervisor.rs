@@ -260,6 +260,10 @@ impl Supervisor {
                 self.open(why).await;
             }
             Decision::Retry { state, reason: why, code, schedule } => {
+                let last_error = match &close {
+                    CloseReason::ConnectionLost { detail } => Some(detail.clone()),
+                    _ => None,
+                };
                 let attempt = if state == StateKind::Replaced {
                     self.replaced += 1;
                     self.replaced
@@ -270,6 +274,10 @@ impl Supervisor {
                 let delay = schedule.delay(attempt);
                 self.schedule(Instant::now() + delay, why);
                 let mut view = self.view_for(state, Some(why), code);
+                if let Some(error) = last_error {
+                    view.detail = format!("{} Last error: {error}", view.detail);
+                    view.last_error = Some(error);
+                }
                 view.attempt = Some(attempt);
                 view.next_attempt_at =
                     Some(timestamp(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()));
@@ -320,7 +328,8 @@ impl Supervisor {
             self.set(StateKind::Connecting, Some(why), None);
         }
         let (events, receiver) = mpsc::unbounded_channel();
-        match self.engine.open(&self.id, &self.engine_store, events).await {
+        let proxy = self.session_proxy();
+        match self.engine.open(&self.id, &self.engine_store, proxy.as_ref(), events).await {
             Ok(conn) => {
                 self.conn = Some(Arc::from(conn));
                 self.events = Some(receiver);
@@ -328,6 +337,18 @@ impl Supervisor {
             Err(e) => {
                 warn!(session = %self.id, "could not start a connection: {e}");
                 Box::pin(self.after_close(CloseReason::ConnectionLost { detail: e.to_string() })).await;
+            }
+        }
+    }
+
+    /// The session's own proxy, read at every connection so a change applies at the next one.
+    fn session_proxy(&self) -> Option<crate::engine::proxy::Proxy> {
+        let url = self.store.session(&self.id).ok().flatten()?.proxy?;
+        match crate::engine::proxy::Proxy::parse(&url) {
+            Ok(proxy) => Some(proxy),
+            Err(e) => {
+                warn!(session = %self.id, "ignoring the session's proxy: {e}");
+                None
             }
         }
     }

@@ -58,6 +58,8 @@ pub struct SessionRecord {
     /// WhatsApp accepted a login with the current credentials at least once. Credentials
     /// saved at pair-success but never confirmed may belong to a pairing the server dropped.
     pub link_confirmed: bool,
+    /// This session's outbound proxy URL (secret: shown masked only).
+    pub proxy: Option<String>,
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
@@ -100,6 +102,7 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         PRIMARY KEY (session, key)
     );",
+    "ALTER TABLE sessions ADD COLUMN proxy TEXT;",
 ];
 
 pub struct Store {
@@ -155,7 +158,7 @@ impl Store {
     pub fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.db()
             .query_row(
-                "SELECT id, webhook, created_at, me, link_confirmed FROM sessions WHERE id = ?1",
+                "SELECT id, webhook, created_at, me, link_confirmed, proxy FROM sessions WHERE id = ?1",
                 params![id],
                 row_to_record,
             )
@@ -165,8 +168,9 @@ impl Store {
 
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let db = self.db();
-        let mut statement =
-            db.prepare("SELECT id, webhook, created_at, me, link_confirmed FROM sessions ORDER BY created_at, id")?;
+        let mut statement = db.prepare(
+            "SELECT id, webhook, created_at, me, link_confirmed, proxy FROM sessions ORDER BY created_at, id",
+        )?;
         let rows = statement.query_map([], row_to_record)?;
         rows.map(|row| row?).collect()
     }
@@ -181,6 +185,11 @@ impl Store {
     pub fn set_webhook(&self, id: &str, webhook: Option<&WebhookConfig>) -> Result<bool, StoreError> {
         let json = webhook.map(|w| serde_json::to_string(&StoredWebhook::from(w)).expect("webhook serializes"));
         Ok(self.db().execute("UPDATE sessions SET webhook = ?2 WHERE id = ?1", params![id, json])? == 1)
+    }
+
+    /// Sets (or with `None` removes) the session's proxy; false for an unknown session.
+    pub fn set_proxy(&self, id: &str, proxy: Option<&str>) -> Result<bool, StoreError> {
+        Ok(self.db().execute("UPDATE sessions SET proxy = ?2 WHERE id = ?1", params![id, proxy])? == 1)
     }
 
     pub fn set_link_confirmed(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
@@ -223,6 +232,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
     let created_at: String = row.get(2)?;
     let me: Option<String> = row.get(3)?;
     let link_confirmed: bool = row.get(4)?;
+    let proxy: Option<String> = row.get(5)?;
     Ok((|| {
         let webhook = webhook
             .map(|json| serde_json::from_str::<StoredWebhook>(&json))
@@ -233,7 +243,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
             .map(|json| serde_json::from_str::<Me>(&json))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("identity of {id}: {e}")))?;
-        Ok(SessionRecord { id: id.clone(), webhook, created_at, me, link_confirmed })
+        Ok(SessionRecord { id: id.clone(), webhook, created_at, me, link_confirmed, proxy })
     })())
 }
 

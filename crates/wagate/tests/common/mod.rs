@@ -39,6 +39,7 @@ pub fn gateway_config(sim: &Simulator, data_dir: &Path) -> Config {
         api_key: None,
         sessions: SessionConfig::default(),
         webhooks: WebhookSettings::default(),
+        proxy: None,
     }
 }
 
