@@ -147,9 +147,18 @@ impl SessionManager {
 
     /// Creates the session if it is new, and starts it unless it is already running.
     /// Returns its state and whether it was created.
-    pub async fn create(&self, id: &str, webhook: Option<&WebhookConfig>) -> Result<(SessionView, bool), SessionError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        webhook: Option<&WebhookConfig>,
+        proxy: Option<&str>,
+    ) -> Result<(SessionView, bool), SessionError> {
         validate_id(id)?;
         let (record, created) = self.store.create_session(id, webhook)?;
+        if created && proxy.is_some() {
+            // Before the first connection, so that it already uses the proxy.
+            self.store.set_proxy(id, proxy)?;
+        }
         if !self.sessions().contains_key(id) {
             let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
             self.spawn(id, identity.or(record.me), record.link_confirmed);

@@ -2,6 +2,7 @@
 //! process), and small helpers to call both and wait for states.
 #![allow(dead_code)]
 
+pub mod proxies;
 pub mod receiver;
 
 use std::net::SocketAddr;
@@ -147,7 +148,13 @@ impl GatewayProcess {
 
     /// With extra `wagate serve` arguments.
     pub fn spawn_with(sim: &Simulator, data_dir: &Path, port: u16, extra: &[&str]) -> Self {
+        Self::spawn_with_env(sim, data_dir, port, extra, &[])
+    }
+
+    /// With extra arguments and environment variables.
+    pub fn spawn_with_env(sim: &Simulator, data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
+            .envs(env.iter().copied())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)

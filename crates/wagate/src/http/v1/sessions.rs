@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::http::error::{ApiError, JsonBody};
@@ -25,7 +25,7 @@ use crate::store::WebhookConfig;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/sessions", post(create).get(list))
-        .route("/v1/sessions/{id}", get(show).delete(delete))
+        .route("/v1/sessions/{id}", get(show).put(update).delete(delete))
         .route("/v1/sessions/{id}/qr", get(qr_code))
         .route("/v1/sessions/{id}/pair-code", post(pair_code))
         .route("/v1/sessions/{id}/start", post(start))
@@ -40,13 +40,22 @@ type ApiResult<T> = Result<T, ApiError>;
 struct CreateSession {
     id: String,
     webhook: Option<WebhookConfig>,
+    proxy: Option<String>,
+}
+
+/// A proxy URL as given, checked; the answer shows it masked.
+fn checked_proxy(url: &str) -> ApiResult<String> {
+    crate::engine::proxy::Proxy::parse(url).map(|p| p.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 async fn create(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody<CreateSession>) -> ApiResult<Response> {
     if let Some(webhook) = &body.webhook {
         validate_webhook_url(&webhook.url)?;
     }
-    let (view, created) = state.manager.create(&body.id, body.webhook.as_ref()).await?;
+    if let Some(proxy) = &body.proxy {
+        checked_proxy(proxy)?;
+    }
+    let (view, created) = state.manager.create(&body.id, body.webhook.as_ref(), body.proxy.as_deref()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
 }
@@ -69,8 +78,34 @@ fn found(state: &AppState, id: &str) -> ApiResult<SessionView> {
     state.manager.get(id).ok_or_else(|| crate::session::SessionError::NotFound.into())
 }
 
-async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
-    Ok(Json(found(&state, &id)?))
+async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let view = found(&state, &id)?;
+    let mut value = serde_json::to_value(view).map_err(internal)?;
+    let proxy = state.manager.store().session(&id).map_err(internal)?.and_then(|r| r.proxy);
+    value["proxy"] = proxy.as_deref().map(checked_proxy).transpose()?.into();
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateSession {
+    /// A proxy URL, or null to remove it. Applies from the next connection.
+    proxy: Option<String>,
+}
+
+async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateSession>,
+) -> ApiResult<Json<Value>> {
+    let masked = body.proxy.as_deref().map(checked_proxy).transpose()?;
+    found(&state, &id)?;
+    state.manager.store().set_proxy(&id, body.proxy.as_deref()).map_err(internal)?;
+    Ok(Json(json!({ "id": id, "proxy": masked, "applies": "from the next connection" })))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 #[derive(Deserialize)]
