@@ -80,8 +80,8 @@ fn found(state: &AppState, id: &str) -> ApiResult<SessionView> {
 
 async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let view = found(&state, &id)?;
-    let mut value = serde_json::to_value(view).map_err(internal)?;
-    let proxy = state.manager.store().session(&id).map_err(internal)?.and_then(|r| r.proxy);
+    let mut value = serde_json::to_value(view).map_err(ApiError::internal)?;
+    let proxy = state.manager.store().session(&id).map_err(ApiError::internal)?.and_then(|r| r.proxy);
     value["proxy"] = proxy.as_deref().map(checked_proxy).transpose()?.into();
     Ok(Json(value))
 }
@@ -100,12 +100,8 @@ async fn update(
 ) -> ApiResult<Json<Value>> {
     let masked = body.proxy.as_deref().map(checked_proxy).transpose()?;
     found(&state, &id)?;
-    state.manager.store().set_proxy(&id, body.proxy.as_deref()).map_err(internal)?;
+    state.manager.store().set_proxy(&id, body.proxy.as_deref()).map_err(ApiError::internal)?;
     Ok(Json(json!({ "id": id, "proxy": masked, "applies": "from the next connection" })))
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 #[derive(Deserialize)]

@@ -26,10 +26,6 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
 /// The API shows a webhook without its secrets, saying only whether they are set.
 fn view(webhook: &WebhookConfig) -> Value {
     json!({
@@ -46,7 +42,7 @@ fn session_exists(state: &AppState, id: &str) -> ApiResult<()> {
 
 async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     session_exists(&state, &id)?;
-    let record = state.manager.store().session(&id).map_err(internal)?.ok_or(SessionError::NotFound)?;
+    let record = state.manager.store().session(&id).map_err(ApiError::internal)?.ok_or(SessionError::NotFound)?;
     match record.webhook {
         Some(webhook) => Ok(Json(view(&webhook))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "this session has no webhook of its own")),
@@ -63,7 +59,7 @@ async fn replace(
         return Err(ApiError::bad_request("events, when given, must name at least one event"));
     }
     session_exists(&state, &id)?;
-    if !state.manager.store().set_webhook(&id, Some(&webhook)).map_err(internal)? {
+    if !state.manager.store().set_webhook(&id, Some(&webhook)).map_err(ApiError::internal)? {
         return Err(SessionError::NotFound.into());
     }
     Ok(Json(view(&webhook)))
@@ -71,7 +67,7 @@ async fn replace(
 
 async fn remove(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     session_exists(&state, &id)?;
-    state.manager.store().set_webhook(&id, None).map_err(internal)?;
+    state.manager.store().set_webhook(&id, None).map_err(ApiError::internal)?;
     Ok(Json(json!({ "id": id, "webhook": null })))
 }
 
@@ -81,7 +77,7 @@ async fn test(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Api
     let outbox = state.manager.outbox();
     let endpoint = outbox
         .endpoint(&id)
-        .map_err(internal)?
+        .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::conflict("this session has no webhook (and no default webhook is set)"))?;
     let now = now_ms();
     let event_id = envelope::new_event_id(now);
@@ -94,7 +90,7 @@ async fn test(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Api
         data: &data,
         v: 1,
     })
-    .map_err(internal)?;
+    .map_err(ApiError::internal)?;
     Ok(Json(send_once(outbox, &endpoint, &event_id, &body).await))
 }
 
@@ -117,12 +113,12 @@ async fn deliveries(
     };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let session = query.session.as_deref().filter(|s| !s.is_empty());
-    Ok(Json(state.manager.store().deliveries(session, status, limit).map_err(internal)?))
+    Ok(Json(state.manager.store().deliveries(session, status, limit).map_err(ApiError::internal)?))
 }
 
 async fn retry(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let outbox = state.manager.outbox();
-    match outbox.store().retry_event(&id, now_ms()).map_err(internal)? {
+    match outbox.store().retry_event(&id, now_ms()).map_err(ApiError::internal)? {
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such webhook event")),
         Some(DeliveryStatus::Delivered) => Err(ApiError::conflict("that event was delivered already")),
         Some(_) => {
