@@ -50,7 +50,13 @@ async fn bench(events: usize, sessions: usize) {
 
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let webhook = WebhookConfig { url, secret: Some("whsec_YmVuY2htYXJr".into()), events: None, token: None };
+    let webhook = WebhookConfig {
+        url,
+        secret: Some("whsec_YmVuY2htYXJr".into()),
+        events: None,
+        token: None,
+        format: Default::default(),
+    };
     for session in 0..sessions {
         store.create_session(&format!("bench-{session}"), Some(&webhook)).unwrap();
     }

@@ -62,7 +62,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 anyhow::bail!("--webhook-url must be an http:// or https:// URL, got '{url}'");
             }
-            Some(WebhookConfig { url, secret: args.webhook_secret, events: None, token: None })
+            Some(WebhookConfig {
+                url,
+                secret: args.webhook_secret,
+                events: None,
+                token: None,
+                format: Default::default(),
+            })
         }
         None => None,
     };

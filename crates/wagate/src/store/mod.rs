@@ -39,6 +39,17 @@ pub struct WebhookConfig {
     /// Sent as `X-Webhook-Token` (the ERPNext app's token); never shown by the API.
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
+    /// `native` (the signed envelope) or `compat` (the ERPNext Node service's bodies).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Native,
+    Compat,
 }
 
 impl WebhookConfig {
@@ -216,11 +227,19 @@ struct StoredWebhook {
     events: Option<Vec<String>>,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    format: WebhookFormat,
 }
 
 impl From<&WebhookConfig> for StoredWebhook {
     fn from(w: &WebhookConfig) -> Self {
-        Self { url: w.url.clone(), secret: w.secret.clone(), events: w.events.clone(), token: w.token.clone() }
+        Self {
+            url: w.url.clone(),
+            secret: w.secret.clone(),
+            events: w.events.clone(),
+            token: w.token.clone(),
+            format: w.format,
+        }
     }
 }
 
@@ -238,7 +257,13 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
             .map(|json| serde_json::from_str::<StoredWebhook>(&json))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("webhook of {id}: {e}")))?
-            .map(|w| WebhookConfig { url: w.url, secret: w.secret, events: w.events, token: w.token });
+            .map(|w| WebhookConfig {
+                url: w.url,
+                secret: w.secret,
+                events: w.events,
+                token: w.token,
+                format: w.format,
+            });
         let me = me
             .map(|json| serde_json::from_str::<Me>(&json))
             .transpose()
@@ -278,6 +303,7 @@ mod tests {
             secret: Some("s3cret".into()),
             events: Some(vec!["connection.update".into()]),
             token: Some("t".into()),
+            format: WebhookFormat::Compat,
         };
         let (record, created) = store.create_session("WA-Acme", Some(&hook)).unwrap();
         assert!(created);

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use super::retry::{self, Verdict};
 use super::signing::signature;
 use super::{now_ms, Outbox};
-use crate::store::{OutboxEvent, WebhookConfig};
+use crate::store::{OutboxEvent, WebhookConfig, WebhookFormat};
 
 /// Requests in flight at once, over all sessions.
 const MAX_IN_FLIGHT: usize = 64;
@@ -139,6 +139,10 @@ async fn post(client: &reqwest::Client, endpoint: &WebhookConfig, id: &str, body
     }
     if let Some(token) = endpoint.token.as_deref() {
         request = request.header("X-Webhook-Token", token);
+    }
+    if endpoint.format == WebhookFormat::Compat {
+        // The ERPNext app's handler checks for it.
+        request = request.header("X-Requested-With", "XMLHttpRequest");
     }
     let response = request.body(body.to_string()).send().await.map_err(describe_error)?;
     let status = response.status().as_u16();

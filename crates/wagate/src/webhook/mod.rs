@@ -2,6 +2,7 @@
 //! before anything is sent; one dispatcher delivers them, in order per session, signed,
 //! with retries and a dead letter.
 
+pub mod compat;
 mod dispatcher;
 pub mod envelope;
 pub mod retry;
@@ -15,7 +16,7 @@ use tracing::warn;
 
 pub use dispatcher::{send_once, Dispatcher, TestOutcome};
 
-use crate::store::{Store, StoreError, WebhookConfig};
+use crate::store::{Store, StoreError, WebhookConfig, WebhookFormat};
 
 /// Delivery settings (`wagate serve --webhook-*`).
 #[derive(Debug, Clone)]
@@ -82,9 +83,16 @@ impl Outbox {
         }
         let now = now_ms();
         let id = envelope::new_event_id(now);
-        let body =
-            serde_json::to_string(&envelope::Envelope { id: &id, event, session, timestamp_ms: now, data, v: 1 })
-                .expect("envelopes serialize");
+        let body = match endpoint.format {
+            WebhookFormat::Native => {
+                serde_json::to_string(&envelope::Envelope { id: &id, event, session, timestamp_ms: now, data, v: 1 })
+            }
+            WebhookFormat::Compat => match compat::body(session, event, data) {
+                Some(body) => serde_json::to_string(&body),
+                None => return Ok(None),
+            },
+        }
+        .expect("bodies serialize");
         self.store.enqueue_event(&id, session, event, &body, now)?;
         self.wake.notify_one();
         Ok(Some(id))

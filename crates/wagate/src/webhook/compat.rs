@@ -1,0 +1,118 @@
+//! The webhook bodies of the ERPNext app's Node service (COMPAT.md): flattened
+//! `{sessionId, event, ...}` with its status words. wagate keeps their shape but maps
+//! receipts correctly (server ack -> Sent, delivery -> Delivered, read -> Read).
+
+use serde_json::{json, Map, Value};
+
+/// The compat body for an event, or `None` when the Node service had no such event
+/// (intermediate states such as `connecting` or `pairing`).
+pub fn body(session: &str, event: &str, data: &Value) -> Option<Value> {
+    let fields = match event {
+        "connection.update" => connection_update(data)?,
+        "messages.upsert" => json!({ "messages": [message(data)] }),
+        "message.status" => json!({
+            "messageId": data["id"],
+            "status": status_word(data["status"].as_str()?)?,
+            "timestamp": data["timestamp_ms"],
+        }),
+        "webhook.test" => data.clone(),
+        _ => return None,
+    };
+    let mut body = Map::new();
+    body.insert("sessionId".into(), json!(session));
+    body.insert("event".into(), json!(event));
+    if let Value::Object(fields) = fields {
+        body.extend(fields);
+    }
+    Some(Value::Object(body))
+}
+
+/// The Node service's status strings.
+pub fn state_word(state: &str) -> Option<&'static str> {
+    match state {
+        "awaiting_scan" => Some("QR Scan Required"),
+        "connected" => Some("Connected"),
+        "connecting" | "pairing" => Some("Connecting"),
+        "stopped" | "reconnecting" | "logged_out" | "replaced" | "banned" | "outdated" | "failed" => {
+            Some("Disconnected")
+        }
+        _ => None,
+    }
+}
+
+fn connection_update(view: &Value) -> Option<Value> {
+    let word = state_word(view["state"].as_str()?)?;
+    if word == "Connecting" {
+        return None;
+    }
+    let mut fields = json!({ "status": word });
+    if word == "Disconnected" {
+        fields["error"] = view["detail"].clone();
+    }
+    if word == "QR Scan Required" {
+        if let Some(qr) = view["qr"].as_str() {
+            fields["qr"] = json!(qr);
+        }
+    }
+    Some(fields)
+}
+
+fn status_word(status: &str) -> Option<&'static str> {
+    match status {
+        "sent" => Some("Sent"),
+        "delivered" => Some("Delivered"),
+        "read" | "played" => Some("Read"),
+        _ => None,
+    }
+}
+
+fn message(data: &Value) -> Value {
+    let text = match data["text"].as_str() {
+        Some(text) => json!(text),
+        None => json!(format!("[Media: {}]", data["type"].as_str().unwrap_or("unknown"))),
+    };
+    json!({
+        "id": data["id"],
+        "from": data["sender_phone"],
+        "text": text,
+        "timestamp": data["timestamp"],
+        "pushName": data["push_name"],
+        "media": null,
+        "isGroup": data["is_group"],
+        "groupId": data["group_id"],
+        "groupName": null,
+        "replyTo": data["quoted_id"].as_str().map(|id| json!({ "messageId": id, "text": null })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_service_shapes() {
+        let qr = body("WA-Acme", "connection.update", &json!({ "state": "awaiting_scan", "qr": "2@x" })).unwrap();
+        assert_eq!(
+            qr,
+            json!({ "sessionId": "WA-Acme", "event": "connection.update", "status": "QR Scan Required", "qr": "2@x" })
+        );
+        assert!(body("WA-Acme", "connection.update", &json!({ "state": "pairing" })).is_none());
+        let down =
+            body("WA-Acme", "connection.update", &json!({ "state": "logged_out", "detail": "unlinked" })).unwrap();
+        assert_eq!(down["status"], "Disconnected");
+        assert_eq!(down["error"], "unlinked");
+        let read = body("s", "message.status", &json!({ "id": "M1", "status": "read", "timestamp_ms": 5 })).unwrap();
+        assert_eq!(
+            read,
+            json!({ "sessionId": "s", "event": "message.status", "messageId": "M1", "status": "Read", "timestamp": 5 })
+        );
+        let upsert = body(
+            "s",
+            "messages.upsert",
+            &json!({ "id": "M2", "sender_phone": "1555", "type": "image", "timestamp": 7, "is_group": false }),
+        )
+        .unwrap();
+        assert_eq!(upsert["messages"][0]["text"], "[Media: image]");
+        assert_eq!(upsert["messages"][0]["from"], "1555");
+    }
+}
