@@ -2,6 +2,7 @@
 //! COMPAT.md at the root and `/metrics`.
 
 mod auth;
+mod compat;
 pub mod error;
 mod health;
 pub mod qr;
@@ -24,8 +25,9 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let v1 = v1::routes().layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
-    Router::new().merge(v1).merge(health::routes()).with_state(state)
+    let guarded =
+        v1::routes().merge(compat::routes()).layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+    Router::new().merge(guarded).merge(health::routes()).with_state(state)
 }
 
 /// Serves until `shutdown` completes.

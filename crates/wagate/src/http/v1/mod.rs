@@ -2,6 +2,7 @@
 
 mod messages;
 mod sessions;
+pub use sessions::{phone_digits, validate_webhook_url};
 mod webhooks;
 
 use std::sync::Arc;

@@ -1,0 +1,244 @@
+//! The ERPNext app's Node service API (COMPAT.md) at the root paths, on the native code
+//! paths: same request fields, answer shapes and status words, so the app works
+//! unchanged. Calling `/sessions/start` again and again never disturbs a pairing: it only
+//! reads the state of the one supervisor that owns the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::qr::png_data_url;
+use super::AppState;
+use crate::session::{SessionError, SessionView, StateKind};
+use crate::store::{WebhookConfig, WebhookFormat};
+use crate::webhook::compat::state_word;
+
+/// `/sessions/start` answers within this (ERPNext's HTTP timeout is 30 s).
+const START_WAIT: Duration = Duration::from_secs(20);
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(root))
+        .route("/sessions/start", post(start))
+        .route("/sessions/send", post(send))
+        .route("/sessions/check-number", post(check_number))
+        .route("/sessions/contact-info", post(not_yet))
+        .route("/sessions/group-metadata", post(not_yet))
+        .route("/sessions/subscribe-presence", post(not_yet))
+        .route("/sessions/{id}/status", get(status))
+        .route("/sessions/{id}", get(show).delete(delete))
+}
+
+/// The Node service's error shape: a status and `{"error": "..."}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn from_api(error: ApiError) -> Response {
+    error.into_response()
+}
+
+async fn root(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let active = state.manager.list().iter().filter(|s| s.state == StateKind::Connected).count();
+    Json(json!({
+        "service": "wagate (WhatsApp gateway, compatible with the whatsapp_integration Node service)",
+        "status": "running",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": state.started.elapsed().as_secs(),
+        "activeSessions": active,
+    }))
+}
+
+fn word(view: &SessionView) -> &'static str {
+    state_word(serde_json::to_value(view.state).ok().as_ref().and_then(Value::as_str).unwrap_or_default())
+        .unwrap_or("Disconnected")
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartRequest {
+    session_id: Option<String>,
+    webhook_url: Option<String>,
+    webhook_token: Option<String>,
+}
+
+async fn start(State(state): State<Arc<AppState>>, body: Option<Json<StartRequest>>) -> Response {
+    let Some(Json(request)) = body else {
+        return error(StatusCode::BAD_REQUEST, "sessionId is required");
+    };
+    let Some(id) = request.session_id.filter(|id| !id.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "sessionId is required");
+    };
+    if let Some(url) = request.webhook_url.filter(|u| !u.is_empty()) {
+        if let Err(e) = super::v1::validate_webhook_url(&url) {
+            return from_api(e);
+        }
+        let webhook = WebhookConfig {
+            url,
+            secret: None,
+            events: None,
+            token: request.webhook_token.filter(|t| !t.is_empty()),
+            format: WebhookFormat::Compat,
+        };
+        // Recorded before the session starts, so its first events already go there.
+        let store = state.manager.store();
+        let saved = crate::session::validate_id(&id)
+            .map_err(ApiError::from)
+            .and_then(|()| store.create_session(&id, Some(&webhook)).map_err(ApiError::internal))
+            .and_then(|_| store.set_webhook(&id, Some(&webhook)).map_err(ApiError::internal));
+        if let Err(e) = saved {
+            return from_api(e);
+        }
+    }
+    let subscription = match state.manager.create(&id, None, None).await {
+        Ok(_) => state.manager.subscribe(&id),
+        Err(e) => return from_api(e.into()),
+    };
+    let Some((mut view, mut changes)) = subscription else {
+        return error(StatusCode::NOT_FOUND, "Session not found");
+    };
+    // Wait for something to show: a QR code or the connection.
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    while !matches!(view.state, StateKind::Connected | StateKind::AwaitingScan) {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Ok(Ok(next)) => view = next,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                view = state.manager.get(&id).unwrap_or(view);
+            }
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    match (view.state, view.qr.as_deref()) {
+        (StateKind::Connected, _) => Json(json!({ "status": "Connected" })).into_response(),
+        (StateKind::AwaitingScan, Some(qr)) => match png_data_url(qr) {
+            Ok(url) => Json(json!({ "qr": url, "status": "QR Scan Required" })).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        _ => Json(json!({ "status": "Initializing", "message": view.detail })).into_response(),
+    }
+}
+
+async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.manager.get(&id) {
+        Some(view) => Json(json!({ "status": word(&view) })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Session not found"),
+    }
+}
+
+async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Some(view) = state.manager.get(&id) else {
+        return error(StatusCode::NOT_FOUND, "Session not found");
+    };
+    let qr = view.qr.as_deref().filter(|_| view.state == StateKind::AwaitingScan).and_then(|qr| png_data_url(qr).ok());
+    let has_webhook = state.manager.outbox().endpoint(&id).ok().flatten().is_some();
+    Json(json!({ "status": word(&view), "qr": qr, "hasWebhook": has_webhook })).into_response()
+}
+
+async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.manager.delete(&id).await {
+        Ok(()) => Json(json!({ "status": "logged out" })).into_response(),
+        Err(SessionError::NotFound) => error(StatusCode::NOT_FOUND, "Session not found"),
+        Err(e) => from_api(e.into()),
+    }
+}
+
+/// COMPAT.md's receiver rules: strip spaces and `+`; with `@` it is a JID; with `-` or
+/// longer than 15 characters a group; otherwise a phone number.
+pub fn receiver_jid(receiver: &str) -> String {
+    let cleaned: String = receiver.chars().filter(|c| *c != ' ' && *c != '+').collect();
+    if cleaned.contains('@') {
+        cleaned
+    } else if cleaned.contains('-') || cleaned.len() > 15 {
+        format!("{cleaned}@g.us")
+    } else {
+        format!("{cleaned}@s.whatsapp.net")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendRequest {
+    session_id: Option<String>,
+    receiver: Option<String>,
+    message: Option<String>,
+    media: Option<Value>,
+}
+
+async fn send(State(state): State<Arc<AppState>>, body: Option<Json<SendRequest>>) -> Response {
+    let Some(Json(request)) = body else {
+        return error(StatusCode::BAD_REQUEST, "sessionId, receiver and message are required");
+    };
+    let (Some(id), Some(receiver)) = (request.session_id, request.receiver) else {
+        return error(StatusCode::BAD_REQUEST, "sessionId and receiver are required");
+    };
+    if request.media.is_some() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "sending media is not supported by this wagate version yet");
+    }
+    let Some(text) = request.message.filter(|m| !m.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "message is required");
+    };
+    match state.manager.send_text(&id, &receiver_jid(&receiver), &text, None).await {
+        Ok(sent) => {
+            Json(json!({ "status": "sent", "messageId": sent.id, "timestamp": sent.created_ms / 1000 })).into_response()
+        }
+        Err(SessionError::NotConnected(_)) => error(StatusCode::BAD_REQUEST, "Session not connected"),
+        Err(SessionError::NotFound) => error(StatusCode::BAD_REQUEST, "Session not connected"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckRequest {
+    session_id: Option<String>,
+    phone: Option<String>,
+}
+
+async fn check_number(State(state): State<Arc<AppState>>, body: Option<Json<CheckRequest>>) -> Response {
+    let Some(Json(CheckRequest { session_id: Some(id), phone: Some(phone) })) = body else {
+        return error(StatusCode::BAD_REQUEST, "sessionId and phone are required");
+    };
+    let Some(digits) = super::v1::phone_digits(&phone) else {
+        return error(StatusCode::BAD_REQUEST, format!("'{phone}' is not a phone number"));
+    };
+    match state.manager.check_numbers(&id, std::slice::from_ref(&digits)).await {
+        Ok(results) => {
+            let found = results.into_iter().next();
+            Json(json!({
+                "status": "success",
+                "exists": found.as_ref().is_some_and(|r| r.exists),
+                "jid": found.and_then(|r| r.jid),
+            }))
+            .into_response()
+        }
+        Err(SessionError::NotConnected(_)) | Err(SessionError::NotFound) => {
+            error(StatusCode::BAD_REQUEST, "Session not connected")
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn not_yet() -> Response {
+    error(StatusCode::NOT_IMPLEMENTED, "this call is not supported by this wagate version yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receivers_follow_the_node_service_rules() {
+        assert_eq!(receiver_jid("+91 98765 43210"), "919876543210@s.whatsapp.net");
+        assert_eq!(receiver_jid("1555@s.whatsapp.net"), "1555@s.whatsapp.net");
+        assert_eq!(receiver_jid("1555-1612345678"), "1555-1612345678@g.us");
+        assert_eq!(receiver_jid("120363025246125486"), "120363025246125486@g.us");
+    }
+}
