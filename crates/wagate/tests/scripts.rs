@@ -1,0 +1,59 @@
+//! `scripts/start.sh`, `status.sh` and `stop.sh` (the Node service's operator scripts),
+//! run from another working directory against a real `wagate` binary.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{free_port, start_sim};
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_status_stop_work_from_anywhere() {
+    let sim = start_sim().await;
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let run = |name: &str, args: &[&str]| {
+        Command::new(script(name))
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env("WAGATE_HOME", home.path())
+            .env("WAGATE_BIN", env!("CARGO_BIN_EXE_wagate"))
+            .env("WAGATE_LISTEN", &listen)
+            .output()
+            .expect("the script runs")
+    };
+
+    let started = run("start.sh", &["--wa-url", &sim.endpoints.ws_url]);
+    let out = String::from_utf8_lossy(&started.stdout);
+    assert!(started.status.success(), "{out}{}", String::from_utf8_lossy(&started.stderr));
+    assert!(out.contains("wagate started"), "{out}");
+    let pid = std::fs::read_to_string(home.path().join("wagate.pid")).unwrap();
+
+    let again = run("start.sh", &["--wa-url", &sim.endpoints.ws_url]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already running"));
+
+    let status = run("status.sh", &[]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{out}");
+    assert!(out.contains(&format!("running (pid {})", pid.trim())), "{out}");
+    assert!(out.contains("\"status\":\"healthy\""), "{out}");
+    assert!(home.path().join("whatsapp-service.log").exists());
+    assert!(home.path().join("sessions/wagate.db").exists());
+
+    let stopped = run("stop.sh", &[]);
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    assert!(String::from_utf8_lossy(&stopped.stdout).contains("wagate stopped"));
+    assert!(!home.path().join("wagate.pid").exists());
+    let status = run("status.sh", &[]);
+    assert_eq!(status.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("stopped"));
+    let log = std::fs::read_to_string(home.path().join("whatsapp-service.log")).unwrap();
+    assert!(log.contains("closing WhatsApp connections"), "a clean SIGTERM exit: {log}");
+    sim.stop().await;
+}
