@@ -155,7 +155,7 @@ async fn pair_code(
 
 /// `ABCD1234` -> `ABCD-1234`, as WhatsApp shows it.
 fn display_code(code: &str) -> String {
-    if code.len() == 8 && !code.contains('-') {
+    if code.len() == 8 && code.is_ascii() && !code.contains('-') {
         format!("{}-{}", &code[..4], &code[4..])
     } else {
         code.to_string()
