@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -5,6 +5,7 @@ mod auth;
 mod compat;
 pub mod error;
 mod health;
+pub use health::resident_memory_bytes;
 pub mod qr;
 mod v1;
 
@@ -25,9 +26,18 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let guarded =
-        v1::routes().merge(compat::routes()).layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+    let guarded = v1::routes()
+        .merge(compat::routes())
+        .route("/metrics", axum::routing::get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new().merge(guarded).merge(health::routes()).with_state(state)
+}
+
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl axum::response::IntoResponse {
+    let body = crate::metrics::METRICS.render(&state.manager);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
 /// Serves until `shutdown` completes.

@@ -230,7 +230,11 @@ impl SessionManager {
         idempotency_key: Option<&str>,
     ) -> Result<SentMessage, SessionError> {
         let conn = self.connection(id).await?;
+        let started = std::time::Instant::now();
         let sent = conn.send_text(to, text).await.map_err(engine_failure)?;
+        let metrics = &crate::metrics::METRICS;
+        metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.messages_sent.with_label_values(&["text"]).inc();
         self.store.record_sent(id, &sent.id, &sent.to, idempotency_key, sent.timestamp_ms)?;
         supervisor::record_status(&self.outbox, id, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
         info!(session = %id, message = %sent.id, "message sent");

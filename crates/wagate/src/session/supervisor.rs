@@ -191,6 +191,7 @@ impl Supervisor {
             }
             EngineEvent::Paired { me } => {
                 info!(session = %self.id, phone = ?me.phone, "phone linked the session; finishing pairing");
+                crate::metrics::METRICS.pairings.inc();
                 self.confirm_link(false);
                 self.remember_me(me);
                 self.set(StateKind::Pairing, None, None);
@@ -209,6 +210,7 @@ impl Supervisor {
             }
             EngineEvent::Messages(messages) => {
                 for message in messages.iter().filter(|m| !m.from_me) {
+                    crate::metrics::METRICS.messages_received.with_label_values(&[message.kind.as_str()]).inc();
                     let data = serde_json::to_value(message).expect("messages serialize");
                     self.outbox.record_or_log(&self.id, "messages.upsert", &data);
                 }
@@ -256,10 +258,12 @@ impl Supervisor {
         info!(session = %self.id, ?close, ?decision, "connection ended");
         match decision {
             Decision::ReconnectNow { reason: why } => {
+                crate::metrics::METRICS.reconnects.with_label_values(&[why]).inc();
                 self.set(StateKind::Connecting, Some(why), None);
                 self.open(why).await;
             }
             Decision::Retry { state, reason: why, code, schedule } => {
+                crate::metrics::METRICS.reconnects.with_label_values(&[why]).inc();
                 let last_error = match &close {
                     CloseReason::ConnectionLost { detail } => Some(detail.clone()),
                     _ => None,

@@ -189,7 +189,9 @@ async fn deliver(outbox: &Outbox, client: &reqwest::Client, event: OutboxEvent) 
         }
     };
     let attempt = event.attempts + 1;
+    let started = Instant::now();
     let outcome = post(client, &endpoint, &event.id, &event.body).await;
+    crate::metrics::METRICS.webhook_seconds.observe(started.elapsed().as_secs_f64());
     let now = now_ms();
     let (verdict, status, error, retry_after) = match &outcome {
         Ok(answer) => {
@@ -199,6 +201,12 @@ async fn deliver(outbox: &Outbox, client: &reqwest::Client, event: OutboxEvent) 
         }
         Err(why) => (Verdict::Retry, None, Some(why.clone()), None),
     };
+    let label = match verdict {
+        Verdict::Delivered => "delivered",
+        Verdict::Retry => "retry",
+        Verdict::Dead => "dead",
+    };
+    crate::metrics::METRICS.webhook_deliveries.with_label_values(&[label]).inc();
     let result = match verdict {
         Verdict::Delivered => {
             let status = status.unwrap_or_default();
