@@ -91,11 +91,7 @@ impl Metrics {
     pub fn render(&self, manager: &SessionManager) -> String {
         self.sessions.reset();
         for session in manager.list() {
-            let state = serde_json::to_value(session.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            self.sessions.with_label_values(&[state.as_str()]).inc();
+            self.sessions.with_label_values(&[session.state.as_str()]).inc();
         }
         if let Ok(pending) = manager.store().pending_count() {
             self.outbox_depth.set(i64::try_from(pending).unwrap_or(i64::MAX));

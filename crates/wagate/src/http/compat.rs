@@ -58,8 +58,7 @@ async fn root(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 fn word(view: &SessionView) -> &'static str {
-    state_word(serde_json::to_value(view.state).ok().as_ref().and_then(Value::as_str).unwrap_or_default())
-        .unwrap_or("Disconnected")
+    state_word(view.state.as_str()).unwrap_or("Disconnected")
 }
 
 #[derive(Deserialize)]

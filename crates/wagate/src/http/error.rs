@@ -54,10 +54,7 @@ impl From<SessionError> for ApiError {
         };
         let message = match error {
             SessionError::NotFound => "Session not found".to_string(),
-            SessionError::NotConnected(state) => format!(
-                "the session is not connected (state: {})",
-                serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-            ),
+            SessionError::NotConnected(state) => format!("the session is not connected (state: {})", state.as_str()),
             other => other.to_string(),
         };
         Self::new(status, message)

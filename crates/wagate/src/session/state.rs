@@ -22,6 +22,23 @@ pub enum StateKind {
 }
 
 impl StateKind {
+    /// The snake_case name used in the API and webhooks (the same as its JSON form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Connecting => "connecting",
+            Self::AwaitingScan => "awaiting_scan",
+            Self::Pairing => "pairing",
+            Self::Connected => "connected",
+            Self::Reconnecting => "reconnecting",
+            Self::LoggedOut => "logged_out",
+            Self::Replaced => "replaced",
+            Self::Banned => "banned",
+            Self::Outdated => "outdated",
+            Self::Failed => "failed",
+        }
+    }
+
     /// States in which the session holds or is opening a connection (or has one scheduled)
     /// on its own; a `start` then changes nothing.
     pub fn is_active(self) -> bool {
@@ -147,4 +164,29 @@ pub fn explain(state: StateKind, reason: Option<&str>, code: Option<u16>) -> Str
         (StateKind::Failed, _) => "The session stopped after an error; see the reason. Start it again to retry.",
     };
     text.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_json_form() {
+        use StateKind::*;
+        for state in [
+            Stopped,
+            Connecting,
+            AwaitingScan,
+            Pairing,
+            Connected,
+            Reconnecting,
+            LoggedOut,
+            Replaced,
+            Banned,
+            Outdated,
+            Failed,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
 }

@@ -121,7 +121,7 @@ async fn qr_code(
     let (StateKind::AwaitingScan, Some(code)) = (view.state, view.qr.as_deref()) else {
         return Err(ApiError::conflict(format!(
             "the session is not waiting for a scan (state: {})",
-            serde_json::to_value(view.state).unwrap_or_default().as_str().unwrap_or("?")
+            view.state.as_str()
         )));
     };
     let bytes =
