@@ -186,8 +186,11 @@ async fn a_refusing_receiver_dead_letters_at_once_and_a_retry_delivers_later() {
     receiver
         .wait_for("the retried event", common::WAIT, |r| r.iter().any(|x| x.id() == id && x.answered == Some(200)))
         .await;
-    let (_, after) = api.get("/v1/webhooks/deliveries?session=WA-Dead&status=delivered").await;
-    assert!(after.as_array().unwrap().iter().any(|d| d["id"] == id), "{after}");
+    // The gateway records the outcome after the receiver's answer reaches it.
+    api.wait_for("/v1/webhooks/deliveries?session=WA-Dead&status=delivered", "the retried event delivered", |after| {
+        after.as_array().is_some_and(|list| list.iter().any(|d| d["id"] == id))
+    })
+    .await;
     let (status, _) = api.post(&format!("/v1/webhooks/deliveries/{id}/retry"), json!({})).await;
     assert_eq!(status, 409, "a delivered event is not sent again");
     let (status, _) = api.post("/v1/webhooks/deliveries/evt_nope/retry", json!({})).await;
