@@ -310,8 +310,11 @@ async fn fault(State(state): State<Arc<SimState>>, Body(request): Body<FaultRequ
     Ok(Json(json!({ "jid": addr.to_string(), "kind": request.kind, "applies": "now" })))
 }
 
-async fn stats(State(state): State<Arc<SimState>>) -> Json<crate::state::Stats> {
-    Json(state.lock().stats.clone())
+async fn stats(State(state): State<Arc<SimState>>) -> Json<Value> {
+    let stats = state.lock().stats.clone();
+    let mut body = serde_json::to_value(stats).unwrap_or_default();
+    body["media"] = serde_json::to_value(state.media.stats()).unwrap_or_default();
+    Json(body)
 }
 
 #[derive(Serialize)]

@@ -8,6 +8,8 @@ pub enum SimError {
     RootKey(String),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
+    #[error("media host TLS: {0}")]
+    Tls(String),
 }
 
 /// An error answer of the control API: a status and `{"error": "..."}`.

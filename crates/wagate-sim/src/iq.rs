@@ -77,6 +77,7 @@ pub fn answer(ctx: &IqContext<'_>, iq: &Node) -> IqAnswer {
         ("usync", "usync") => IqAnswer::reply(usync(ctx, iq)),
         ("w:sync:app:state", "sync") => IqAnswer::reply(app_state_sync(iq)),
         ("md", "remove-companion-device") => remove_companion(ctx, iq),
+        ("w:m", "media_conn") => IqAnswer::reply(iq_result(iq, vec![crate::media::media_conn_node(&ctx.state.media)])),
         _ => {
             record_unknown(ctx, &xmlns, &kind, first_tag);
             IqAnswer::reply(iq_result(iq, vec![]))

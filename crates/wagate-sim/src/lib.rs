@@ -15,6 +15,7 @@ mod error;
 mod iq;
 mod jid;
 mod keys;
+mod media;
 mod nodes;
 mod noise;
 mod pair_code;

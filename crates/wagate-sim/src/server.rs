@@ -19,6 +19,7 @@ use crate::conn::{self, ConnCommand};
 use crate::control;
 use crate::error::SimError;
 use crate::keys::ServerKeys;
+use crate::media::MediaServer;
 use crate::state::{SimConfig, SimState};
 
 /// What a client or test needs to reach a running simulator; also the line the binary
@@ -27,6 +28,8 @@ use crate::state::{SimConfig, SimState};
 pub struct Endpoints {
     pub ws_url: String,
     pub control_url: String,
+    /// The media host (HTTPS, self-signed certificate) that uploads and downloads go to.
+    pub media_url: String,
     pub root_public_key: String,
 }
 
@@ -42,14 +45,20 @@ impl Simulator {
     pub async fn start(listen: SocketAddr, keys: ServerKeys, config: SimConfig) -> Result<Self, SimError> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let media = MediaServer::bind(addr.ip())?;
         let endpoints = Endpoints {
             ws_url: format!("ws://{addr}/ws/chat"),
             control_url: format!("http://{addr}"),
+            media_url: format!("https://{}", media.store.hostname),
             root_public_key: keys.root_public_hex(),
         };
-        let state = SimState::new(keys, config);
+        let state = SimState::new(keys, config, media.store.clone());
         let app = Router::new().route("/ws/chat", get(websocket)).merge(control::routes()).with_state(state.clone());
         let (shutdown, stopped) = oneshot::channel::<()>();
+        let (media_shutdown, media_stopped) = oneshot::channel::<()>();
+        tokio::spawn(media.serve(async {
+            let _ = media_stopped.await;
+        }));
         // Stanzas are small and latency matters: no Nagle delay on the server's writes.
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -57,6 +66,7 @@ impl Simulator {
         let task = tokio::spawn(async move {
             let server = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
+                let _ = media_shutdown.send(());
             });
             if let Err(e) = server.await {
                 tracing::error!("simulator server failed: {e}");

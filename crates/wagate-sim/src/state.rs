@@ -12,6 +12,7 @@ use crate::accounts::Accounts;
 use crate::conn::ConnCommand;
 use crate::jid::DeviceAddr;
 use crate::keys::ServerKeys;
+use crate::media::MediaStore;
 
 pub type ConnId = u64;
 
@@ -168,12 +169,13 @@ impl Inner {
 pub struct SimState {
     pub keys: ServerKeys,
     pub config: SimConfig,
+    pub media: Arc<MediaStore>,
     inner: Mutex<Inner>,
 }
 
 impl SimState {
-    pub fn new(keys: ServerKeys, config: SimConfig) -> Arc<Self> {
-        Arc::new(Self { keys, config, inner: Mutex::new(Inner::default()) })
+    pub fn new(keys: ServerKeys, config: SimConfig, media: Arc<MediaStore>) -> Arc<Self> {
+        Arc::new(Self { keys, config, media, inner: Mutex::new(Inner::default()) })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -40,10 +40,14 @@ impl Gateway {
         let outbox = Outbox::new(Arc::new(store), config.webhooks.clone());
         // Deliveries left pending by the last run (a crash included) start going out at once.
         let dispatcher = Dispatcher::spawn(outbox.clone()).context("setting up webhook delivery")?;
-        let manager = SessionManager::new(engine, outbox, config.sessions.clone());
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let mut sessions = config.sessions.clone();
+        if sessions.public_url.is_empty() {
+            sessions.public_url = format!("http://{addr}");
+        }
+        let manager = SessionManager::new(engine, outbox, sessions);
         let restored = manager.restore().await.context("restoring the sessions of the data directory")?;
         let state =
             Arc::new(AppState { manager: manager.clone(), api_key: config.api_key.clone(), started: Instant::now() });

@@ -3,6 +3,7 @@
 
 mod common;
 
+use base64::Engine as _;
 use common::receiver::Receiver;
 use common::{link, start_gateway_with, start_sim, Api};
 use serde_json::json;
@@ -146,15 +147,50 @@ async fn sending_needs_a_connected_session_and_a_valid_request() {
     let (status, body) = api.post("/v1/sessions/Q/messages", json!({ "to": "15556000099", "text": "hi" })).await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("awaiting_scan"), "{body}");
-    for (request, what) in [
-        (json!({ "to": "nonsense", "text": "hi" }), "bad recipient"),
-        (json!({ "to": "15556000099" }), "nothing to send"),
-        (json!({ "to": "15556000099", "text": "" }), "empty text"),
-        (json!({ "to": "15556000099", "sticker": {} }), "unknown type"),
+    let two_megabytes = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 2 * 1024 * 1024]);
+    for (request, what, says) in [
+        (json!({ "to": "nonsense", "text": "hi" }), "bad recipient", "neither a phone number"),
+        (json!({ "to": "15556000099" }), "nothing to send", "exactly one of"),
+        (json!({ "to": "15556000099", "text": "hi", "image": { "base64": "aGk=" } }), "two contents", "exactly one of"),
+        (json!({ "to": "15556000099", "text": "" }), "empty text", "text must be"),
+        (json!({ "to": "15556000099", "poll": {} }), "unknown type", "unknown field `poll`"),
+        (json!({ "to": "15556000099", "sticker": {} }), "no file", "give 'url' or 'base64'"),
+        (json!({ "to": "15556000099", "image": { "base64": "%%%" } }), "bad base64", "not valid base64"),
+        (json!({ "to": "15556000099", "sticker": { "base64": two_megabytes } }), "oversized", "limit of 1 MB"),
+        (json!({ "to": "15556000099", "document": { "url": "ftp://x/y" } }), "bad url", "only http"),
+        (
+            json!({ "to": "15556000099", "document": { "url": "http://127.0.0.1:9/x.pdf" } }),
+            "unfetchable",
+            "could not fetch",
+        ),
+        (
+            json!({ "to": "15556000099", "image": { "base64": "aGk=", "voice": true } }),
+            "voice image",
+            "only applies to audio",
+        ),
+        (
+            json!({ "to": "15556000099", "location": { "latitude": 91.0, "longitude": 0.0 } }),
+            "bad location",
+            "latitude",
+        ),
+        (
+            json!({ "to": "15556000099", "contact": { "name": "Ann" } }),
+            "contact without number",
+            "give 'phone' or 'vcard'",
+        ),
+        (
+            json!({ "to": "15556000099", "reaction": { "message_id": "NOPE", "emoji": "x" } }),
+            "unknown target",
+            "no message 'NOPE'",
+        ),
+        (json!({ "to": "15556000099", "text": "hi", "reply_to": "NOPE" }), "unknown reply", "no message 'NOPE'"),
     ] {
         let (status, body) = api.post("/v1/sessions/Q/messages", request).await;
         assert_eq!(status, 400, "{what}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(says), "{what}: {body}");
     }
+    let (status, body) = api.get("/v1/sessions/Q/media/NOPE").await;
+    assert_eq!(status, 404, "{body}");
     let (status, _) = api.post("/v1/sessions/nope/messages", json!({ "to": "15556000099", "text": "hi" })).await;
     assert_eq!(status, 404);
     let (status, _) = api.get("/v1/sessions/Q/messages/nope").await;

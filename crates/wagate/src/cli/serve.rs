@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// API key required from callers that are not on this machine.
     #[arg(long, env = "WAGATE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// The gateway's address as webhook receivers reach it, e.g. `https://wa.example.com`;
+    /// media links in events start with it. Default: `http://<listen address>`.
+    #[arg(long, env = "WAGATE_PUBLIC_URL")]
+    public_url: Option<String>,
     /// QR cycles to offer before a session gives up waiting for a scan.
     #[arg(long, env = "WAGATE_QR_CYCLES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     qr_cycles: u32,
@@ -77,7 +81,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         wa_url: args.wa_url,
         api_key: args.api_key.filter(|k| !k.is_empty()),
-        sessions: SessionConfig { qr_cycles: args.qr_cycles, ..SessionConfig::default() },
+        sessions: SessionConfig {
+            qr_cycles: args.qr_cycles,
+            public_url: public_url(args.public_url.as_deref())?,
+            ..SessionConfig::default()
+        },
         proxy: args.proxy.filter(|p| !p.is_empty()),
         webhooks: WebhookSettings {
             default: default_webhook,
@@ -103,6 +111,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         info!("stopped");
         anyhow::Ok(())
     })
+}
+
+fn public_url(url: Option<&str>) -> anyhow::Result<String> {
+    match url.map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty()) {
+        None => Ok(String::new()),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(url.to_string()),
+        Some(url) => anyhow::bail!("--public-url must be an http:// or https:// URL, got '{url}'"),
+    }
 }
 
 async fn shutdown_signal() {

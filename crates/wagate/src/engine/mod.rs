@@ -1,6 +1,9 @@
 //! The engine: the only part of wagate that knows the WhatsApp client library. The rest of
 //! the gateway sees this small trait and wagate's own event and reason types.
 
+mod compose;
+mod content;
+mod media_http;
 mod normalize;
 pub mod proxy;
 mod transport;
@@ -12,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+pub use content::{Contact, Content, InboundMedia, Location, MediaKind, MediaRef, MediaUpload, MessageRef, Outgoing};
 pub use whatsapp::WhatsAppEngine;
 
 /// Who a linked session is on WhatsApp.
@@ -54,11 +58,13 @@ pub enum CloseReason {
 }
 
 /// A message someone sent to the session, in wagate's own shape.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Inbound {
     pub id: String,
     /// The chat: the sender's JID for a direct message, the group's for a group.
     pub chat: String,
+    /// Who wrote it, without the device part (`<phone>@s.whatsapp.net` or `<lid>@lid`).
+    pub sender: String,
     pub sender_phone: Option<String>,
     pub sender_lid: Option<String>,
     pub push_name: Option<String>,
@@ -75,6 +81,12 @@ pub struct Inbound {
     /// The message this one answers (reply) or reacts to.
     pub quoted_id: Option<String>,
     pub reaction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<InboundMedia>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Contact>,
     pub from_me: bool,
     pub offline: bool,
 }
@@ -128,7 +140,7 @@ pub struct Sent {
 }
 
 /// What a connection reports, in order. After `Closed` nothing more comes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
     /// Messages received (live or from the offline queue).
     Messages(Vec<Inbound>),
@@ -169,6 +181,8 @@ pub enum EngineError {
     BadRecipient(String),
     #[error("sending failed: {0}")]
     Send(String),
+    #[error("media transfer failed: {0}")]
+    Media(String),
 }
 
 /// Where a session's engine keeps its credentials and Signal state.
@@ -188,8 +202,11 @@ impl EngineStore {
 pub trait Connection: Send + Sync {
     /// Asks WhatsApp for an 8-character code to type on the phone instead of scanning.
     async fn request_pair_code(&self, phone: &str) -> Result<String, EngineError>;
-    /// Sends a text message to a JID (user or group); returns once it was sent.
-    async fn send_text(&self, to: &str, text: &str) -> Result<Sent, EngineError>;
+    /// Sends a message to a JID (user or group), uploading its media first; returns once
+    /// WhatsApp acknowledged it.
+    async fn send(&self, to: &str, message: &Outgoing) -> Result<Sent, EngineError>;
+    /// Downloads and decrypts a received file.
+    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError>;
     /// Asks WhatsApp which of these phone numbers (digits) have an account.
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError>;
     /// Unlinks the device on WhatsApp (best effort when offline) and closes.

@@ -7,6 +7,7 @@ use wacore::types::presence::ReceiptType;
 use waproto::whatsapp as wa;
 use waproto::whatsapp::message::protocol_message;
 
+use super::content::{Contact, InboundMedia, Location, MediaKind, MediaRef};
 use super::{phone_of_jid, DeliveryState, Inbound};
 
 /// The kind of a message and its text or caption; `None` for protocol traffic that is not
@@ -73,6 +74,87 @@ fn classify(message: &wa::Message) -> Option<(&'static str, Option<String>, Opti
     Some(("unknown", None, None))
 }
 
+/// The fields every media message type has, borrowed from whichever one a message holds.
+struct CdnFile<'a> {
+    kind: MediaKind,
+    direct_path: &'a Option<String>,
+    media_key: &'a Option<Vec<u8>>,
+    file_sha256: &'a Option<Vec<u8>>,
+    file_enc_sha256: &'a Option<Vec<u8>>,
+    file_length: Option<u64>,
+    mimetype: &'a Option<String>,
+    filename: Option<&'a String>,
+}
+
+macro_rules! cdn_file {
+    ($kind:expr, $m:expr, $filename:expr) => {
+        CdnFile {
+            kind: $kind,
+            direct_path: &$m.direct_path,
+            media_key: &$m.media_key,
+            file_sha256: &$m.file_sha256,
+            file_enc_sha256: &$m.file_enc_sha256,
+            file_length: $m.file_length,
+            mimetype: &$m.mimetype,
+            filename: $filename,
+        }
+    };
+}
+
+/// The CDN location and keys of the file a message carries, with what events show of it.
+fn media_of(message: &wa::Message) -> Option<InboundMedia> {
+    let message = message.get_base_message();
+    let captioned_document = message
+        .document_with_caption_message
+        .as_option()
+        .and_then(|wrapper| wrapper.message.as_option())
+        .and_then(|inner| inner.document_message.as_option());
+    let file = if let Some(m) = message.image_message.as_option() {
+        cdn_file!(MediaKind::Image, m, None)
+    } else if let Some(m) = message.video_message.as_option() {
+        cdn_file!(MediaKind::Video, m, None)
+    } else if let Some(m) = message.audio_message.as_option() {
+        cdn_file!(MediaKind::Audio, m, None)
+    } else if let Some(m) = message.document_message.as_option().or(captioned_document) {
+        cdn_file!(MediaKind::Document, m, m.file_name.as_ref().or(m.title.as_ref()))
+    } else if let Some(m) = message.sticker_message.as_option() {
+        cdn_file!(MediaKind::Sticker, m, None)
+    } else {
+        return None;
+    };
+    let file_sha256 = file.file_sha256.clone()?;
+    Some(InboundMedia {
+        mimetype: file.mimetype.clone(),
+        filename: file.filename.cloned(),
+        size: file.file_length.unwrap_or(0),
+        sha256: hex::encode(&file_sha256),
+        url: None,
+        location: MediaRef {
+            kind: file.kind,
+            direct_path: file.direct_path.clone()?,
+            media_key: file.media_key.clone()?,
+            file_sha256,
+            file_enc_sha256: file.file_enc_sha256.clone()?,
+            file_length: file.file_length.unwrap_or(0),
+        },
+    })
+}
+
+fn location_of(message: &wa::Message) -> Option<Location> {
+    let location = message.get_base_message().location_message.as_option()?;
+    Some(Location {
+        latitude: location.degrees_latitude?,
+        longitude: location.degrees_longitude?,
+        name: location.name.clone(),
+        address: location.address.clone(),
+    })
+}
+
+fn contact_of(message: &wa::Message) -> Option<Contact> {
+    let contact = message.get_base_message().contact_message.as_option()?;
+    Some(Contact { display_name: contact.display_name.clone().unwrap_or_default(), vcard: contact.vcard.clone()? })
+}
+
 pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
     let (kind, text, quoted_id) = classify(message)?;
     let sender = info.source.sender.to_string();
@@ -88,6 +170,7 @@ pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
         id: info.id.clone(),
         group_id: is_group.then(|| chat.split('@').next().unwrap_or_default().to_string()),
         chat,
+        sender: non_device(&sender),
         sender_phone,
         sender_lid,
         push_name: Some(info.push_name.clone()).filter(|n| !n.is_empty()),
@@ -97,6 +180,9 @@ pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
         kind: kind.to_string(),
         is_group,
         quoted_id,
+        media: media_of(message),
+        location: location_of(message),
+        contact: contact_of(message),
         from_me: info.source.is_from_me,
         offline: info.is_offline,
     })

@@ -129,6 +129,24 @@ impl Proxy {
         Ok(Self { kind, host: host.to_string(), port, username, password })
     }
 
+    /// The same proxy for HTTP clients (media uploads and downloads). SOCKS5 resolves
+    /// names at the proxy, as the WebSocket tunnel does.
+    pub fn for_http_client(&self) -> Result<reqwest::Proxy, ProxyError> {
+        let (scheme, host) = match self.kind {
+            ProxyKind::HttpConnect => ("http", self.host.as_str()),
+            ProxyKind::Socks5 => ("socks5h", self.host.as_str()),
+        };
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        let mut url = reqwest::Url::parse(&format!("{scheme}://{host}:{}", self.port))
+            .map_err(|e| ProxyError::BadUrl(e.to_string()))?;
+        if let Some(user) = &self.username {
+            url.set_username(user).map_err(|()| ProxyError::BadUrl("the username cannot be used".into()))?;
+            url.set_password(self.password.as_deref())
+                .map_err(|()| ProxyError::BadUrl("the password cannot be used".into()))?;
+        }
+        reqwest::Proxy::all(url).map_err(|e| ProxyError::BadUrl(e.to_string()))
+    }
+
     /// Opens a TCP connection to `host:port` through the proxy.
     pub async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
         let mut stream = TcpStream::connect((self.host.as_str(), self.port))

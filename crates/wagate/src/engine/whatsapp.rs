@@ -16,6 +16,8 @@ use wacore::store::traits::DeviceStore;
 use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
 
+use super::content::{Content, MediaKind, MediaRef, Outgoing};
+use super::media_http::MediaHttp;
 use super::proxy::Proxy;
 use super::{
     phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me, NumberCheck, Sent,
@@ -161,8 +163,11 @@ impl Engine for WhatsAppEngine {
     ) -> Result<Box<dyn Connection>, EngineError> {
         let backend = open_store(store).await?;
         let dial_error = Arc::new(Mutex::new(None));
-        let transport =
-            super::transport::Dialer::new(self.ws_url.as_deref(), self.proxy_for(proxy)?, dial_error.clone());
+        let proxy = self.proxy_for(proxy)?;
+        // Media goes the same way as the WebSocket. Only the simulator's media host has a
+        // self-signed certificate.
+        let media_http = MediaHttp::new(proxy.as_ref(), self.ws_url.is_some())?;
+        let transport = super::transport::Dialer::new(self.ws_url.as_deref(), proxy, dial_error.clone());
         let tracker = Arc::new(CloseTracker::default());
         let acks = Arc::new(AckWaiters::default());
         let bridge = Arc::new(EventBridge {
@@ -174,6 +179,7 @@ impl Engine for WhatsAppEngine {
         let mut builder = Bot::builder()
             .with_backend(backend)
             .with_transport_factory(transport)
+            .with_http_client(media_http)
             .with_event_handler(BridgeRef(bridge.clone()));
         if self.ws_url.is_some() {
             builder = builder.with_version(SANDBOX_VERSION);
@@ -254,26 +260,37 @@ impl Connection for WhatsAppConnection {
         self.client.pair_with_code(options).await.map_err(|e| EngineError::PairCode(format!("{e}")))
     }
 
-    /// Returns once the server acked the message (not merely once it was written).
-    async fn send_text(&self, to: &str, text: &str) -> Result<Sent, EngineError> {
-        use wacore::proto_helpers::MessageBuilderExt;
+    /// Uploads the media first, if any; returns once the server acked the message (not
+    /// merely once it was written).
+    async fn send(&self, to: &str, message: &Outgoing) -> Result<Sent, EngineError> {
         let jid: wacore_binary::Jid = to.parse().map_err(|_| EngineError::BadRecipient(to.to_string()))?;
+        let uploaded = match &message.content {
+            Content::Media(media) => Some(
+                self.client
+                    .upload(media.data.clone(), media_type(media.kind), whatsapp_rust::UploadOptions::new())
+                    .await
+                    .map_err(|e| EngineError::Media(format!("upload of the {} failed: {e:#}", media.kind.as_str())))?,
+            ),
+            _ => None,
+        };
+        let own_jid = self.client.pn().map(|j| format!("{}@{}", j.user, j.server)).unwrap_or_default();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let proto = super::compose::message(&message.content, message.reply_to.as_ref(), uploaded, &own_jid, now_ms);
         let id = self.client.generate_message_id();
         let acked = self.acks.expect(&id);
         let options = whatsapp_rust::SendOptions::default().with_message_id(id.clone());
-        let sent =
-            match self.client.send_message_with_options(jid, waproto::whatsapp::Message::text(text), options).await {
-                Ok(sent) => sent,
-                Err(e) => {
-                    self.acks.forget(&id);
-                    return Err(EngineError::Send(format!("{e}")));
-                }
-            };
+        let sent = match self.client.send_message_with_options(jid, proto, options).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.acks.forget(&id);
+                return Err(EngineError::Send(format!("{e}")));
+            }
+        };
         match tokio::time::timeout(ACK_TIMEOUT, acked).await {
             Ok(Ok(None)) => Ok(Sent {
                 id: sent.message_id,
                 to: sent.to.to_string(),
-                timestamp_ms: u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
+                timestamp_ms: u64::try_from(now_ms).unwrap_or(0),
             }),
             Ok(Ok(Some(error))) => Err(EngineError::Send(format!("WhatsApp refused the message: {error}"))),
             Ok(Err(_)) => {
@@ -284,6 +301,18 @@ impl Connection for WhatsAppConnection {
                 Err(EngineError::Send("WhatsApp did not acknowledge the message in time".into()))
             }
         }
+    }
+
+    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError> {
+        let params = whatsapp_rust::download::DownloadParams::encrypted(
+            media.direct_path.clone(),
+            &media.media_key,
+            &media.file_sha256,
+            &media.file_enc_sha256,
+            media.file_length,
+            media_type(media.kind),
+        );
+        self.client.download_from_params(&params).await.map_err(|e| EngineError::Media(format!("{e:#}")))
     }
 
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError> {
@@ -316,6 +345,17 @@ impl Connection for WhatsAppConnection {
         self.tracker.closed_by_us();
         self.client.disconnect().await;
         self.wait_done().await;
+    }
+}
+
+fn media_type(kind: MediaKind) -> wacore::download::MediaType {
+    use wacore::download::MediaType;
+    match kind {
+        MediaKind::Image => MediaType::Image,
+        MediaKind::Video => MediaType::Video,
+        MediaKind::Audio => MediaType::Audio,
+        MediaKind::Document => MediaType::Document,
+        MediaKind::Sticker => MediaType::Sticker,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::qr::png_data_url;
 use super::AppState;
+use crate::engine::{Content, MediaKind, MediaUpload, Outgoing};
 use crate::session::{SessionError, SessionView, StateKind};
 use crate::store::{WebhookConfig, WebhookFormat};
 use crate::webhook::compat::state_word;
@@ -28,7 +29,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(root))
         .route("/sessions/start", post(start))
-        .route("/sessions/send", post(send))
+        .route("/sessions/send", post(send).layer(DefaultBodyLimit::max(super::error::MAX_BODY)))
         .route("/sessions/check-number", post(check_number))
         .route("/sessions/contact-info", post(not_yet))
         .route("/sessions/group-metadata", post(not_yet))
@@ -168,7 +169,38 @@ struct SendRequest {
     session_id: Option<String>,
     receiver: Option<String>,
     message: Option<String>,
-    media: Option<Value>,
+    media: Option<CompatMedia>,
+}
+
+#[derive(Deserialize)]
+struct CompatMedia {
+    data: Option<String>,
+    mimetype: Option<String>,
+    filename: Option<String>,
+}
+
+/// COMPAT.md's media rules: the kind follows the MIME type, audio whose file name says
+/// `voice_note` is a voice note, and the message is the caption unless it is the file name.
+fn media_content(media: CompatMedia, message: Option<String>) -> Result<Content, ApiError> {
+    let data = media.data.filter(|d| !d.is_empty()).ok_or_else(|| ApiError::bad_request("media.data is required"))?;
+    let mimetype = media
+        .mimetype
+        .filter(|m| m.contains('/'))
+        .ok_or_else(|| ApiError::bad_request("media.mimetype is required"))?;
+    let kind = match mimetype.split('/').next().unwrap_or_default() {
+        "image" => MediaKind::Image,
+        "video" => MediaKind::Video,
+        "audio" => MediaKind::Audio,
+        _ => MediaKind::Document,
+    };
+    let filename = media.filename.filter(|f| !f.is_empty());
+    let voice = kind == MediaKind::Audio && filename.as_deref().is_some_and(|f| f.contains("voice_note"));
+    let caption = message.filter(|m| Some(m) != filename.as_ref() && kind != MediaKind::Audio);
+    let data = crate::http::media_input::decode_base64(&data, kind.max_bytes(), "media")?;
+    if data.is_empty() {
+        return Err(ApiError::bad_request("media.data is empty"));
+    }
+    Ok(Content::Media(MediaUpload { kind, data, mimetype, filename, caption, voice }))
 }
 
 async fn send(State(state): State<Arc<AppState>>, body: Option<Json<SendRequest>>) -> Response {
@@ -178,13 +210,16 @@ async fn send(State(state): State<Arc<AppState>>, body: Option<Json<SendRequest>
     let (Some(id), Some(receiver)) = (request.session_id, request.receiver) else {
         return error(StatusCode::BAD_REQUEST, "sessionId and receiver are required");
     };
-    if request.media.is_some() {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "sending media is not supported by this wagate version yet");
-    }
-    let Some(text) = request.message.filter(|m| !m.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "message is required");
+    let content = match (request.media, request.message.filter(|m| !m.is_empty())) {
+        (Some(media), message) => match media_content(media, message) {
+            Ok(content) => content,
+            Err(e) => return error(e.status, e.message),
+        },
+        (None, Some(text)) => Content::Text(text),
+        (None, None) => return error(StatusCode::BAD_REQUEST, "message is required"),
     };
-    match state.manager.send_text(&id, &receiver_jid(&receiver), &text, None).await {
+    let message = Outgoing { content, reply_to: None };
+    match state.manager.send(&id, &receiver_jid(&receiver), &message, None).await {
         Ok(sent) => {
             Json(json!({ "status": "sent", "messageId": sent.id, "timestamp": sent.created_ms / 1000 })).into_response()
         }

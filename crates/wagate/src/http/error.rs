@@ -50,6 +50,7 @@ impl From<SessionError> for ApiError {
             SessionError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::NotConnected(_) | SessionError::IdempotencyInProgress => StatusCode::CONFLICT,
             SessionError::Send(_) => StatusCode::BAD_GATEWAY,
+            SessionError::UnknownMessage(_) | SessionError::NoMedia(_) => StatusCode::NOT_FOUND,
             SessionError::Store(_) | SessionError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match error {
@@ -61,6 +62,9 @@ impl From<SessionError> for ApiError {
     }
 }
 
+/// The largest request body: a 100 MB document in base64, with room for the JSON around it.
+pub const MAX_BODY: usize = 140 * 1024 * 1024;
+
 /// A JSON body whose rejection (malformed JSON, wrong field types, missing content type)
 /// is a 400 in the same shape as every other error.
 pub struct JsonBody<T>(pub T);
@@ -71,6 +75,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the {} MB this call takes", MAX_BODY / (1024 * 1024)),
+            )),
             Err(rejection) => Err(ApiError::bad_request(rejection_message(&rejection))),
         }
     }

@@ -5,6 +5,7 @@ mod auth;
 mod compat;
 pub mod error;
 mod health;
+mod media_input;
 pub use health::resident_memory_bytes;
 pub mod qr;
 mod v1;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
-use crate::engine::{DeliveryState, Engine, EngineError, NumberCheck};
-use crate::store::{KeyClaim, SentMessage, Store, StoreError, WebhookConfig};
+use crate::engine::{DeliveryState, Engine, EngineError, MessageRef, NumberCheck, Outgoing};
+use crate::store::{KeyClaim, SentMessage, Store, StoreError, StoredMedia, WebhookConfig};
 use crate::webhook::Outbox;
 pub use state::{SessionView, StateKind};
 use supervisor::{Command, Spawned, Supervisor};
@@ -26,11 +26,14 @@ pub struct SessionConfig {
     pub qr_cycles: u32,
     /// At most this many connections per session per minute, whatever callers do.
     pub max_opens_per_minute: u32,
+    /// Where callers reach this gateway (`http://host:port`, no trailing slash); events
+    /// link to media downloads under it. Empty: the address the gateway listens on.
+    pub public_url: String,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { qr_cycles: 3, max_opens_per_minute: 10 }
+        Self { qr_cycles: 3, max_opens_per_minute: 10, public_url: String::new() }
     }
 }
 
@@ -52,6 +55,10 @@ pub enum SessionError {
     IdempotencyInProgress,
     #[error("WhatsApp refused or failed the request: {0}")]
     Send(String),
+    #[error("no message '{0}' in this session")]
+    UnknownMessage(String),
+    #[error("message '{0}' has no file")]
+    NoMedia(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -196,13 +203,13 @@ impl SessionManager {
         self.command(id, |reply| Command::PairCode { phone, reply }).await?
     }
 
-    /// Sends a text; with an idempotency key, a repeated call returns the first result and
-    /// never sends twice.
-    pub async fn send_text(
+    /// Sends a message; with an idempotency key, a repeated call returns the first result
+    /// and never sends twice.
+    pub async fn send(
         &self,
         id: &str,
         to: &str,
-        text: &str,
+        message: &Outgoing,
         idempotency_key: Option<&str>,
     ) -> Result<SentMessage, SessionError> {
         if self.get(id).is_none() {
@@ -215,32 +222,64 @@ impl SessionManager {
                 KeyClaim::InProgress => return Err(SessionError::IdempotencyInProgress),
             }
         }
-        let result = self.send_text_now(id, to, text, idempotency_key).await;
+        let result = self.send_now(id, to, message, idempotency_key).await;
         if let (Err(_), Some(key)) = (&result, idempotency_key) {
             self.store.release_idempotency_key(id, key)?;
         }
         result
     }
 
-    async fn send_text_now(
+    async fn send_now(
         &self,
         id: &str,
         to: &str,
-        text: &str,
+        message: &Outgoing,
         idempotency_key: Option<&str>,
     ) -> Result<SentMessage, SessionError> {
         let conn = self.connection(id).await?;
         let started = std::time::Instant::now();
-        let sent = conn.send_text(to, text).await.map_err(engine_failure)?;
+        let sent = conn.send(to, message).await.map_err(engine_failure)?;
         let metrics = &crate::metrics::METRICS;
         metrics.send_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.messages_sent.with_label_values(&["text"]).inc();
+        metrics.messages_sent.with_label_values(&[message.content.kind()]).inc();
         self.store.record_sent(id, &sent.id, &sent.to, idempotency_key, sent.timestamp_ms)?;
         supervisor::record_status(&self.outbox, id, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
-        info!(session = %id, message = %sent.id, "message sent");
+        info!(session = %id, message = %sent.id, kind = message.content.kind(), "message sent");
         self.store
             .sent_message(id, &sent.id)?
             .ok_or_else(|| SessionError::Send("the sent message was not recorded".into()))
+    }
+
+    /// A message of this session's chats, received or sent, for a reply or a reaction.
+    pub fn message_ref(&self, id: &str, message_id: &str) -> Result<MessageRef, SessionError> {
+        if let Some(received) = self.store.received_message(id, message_id)? {
+            return Ok(MessageRef {
+                id: received.id,
+                chat: received.chat,
+                sender: Some(received.sender),
+                text: received.text,
+            });
+        }
+        match self.store.sent_message(id, message_id)? {
+            Some(sent) => Ok(MessageRef { id: sent.id, chat: sent.chat, sender: None, text: None }),
+            None => Err(SessionError::UnknownMessage(message_id.to_string())),
+        }
+    }
+
+    /// Downloads and decrypts the file of a received message.
+    pub async fn download_media(&self, id: &str, message_id: &str) -> Result<(Vec<u8>, StoredMedia), SessionError> {
+        if self.get(id).is_none() {
+            return Err(SessionError::NotFound);
+        }
+        let media = self
+            .store
+            .received_message(id, message_id)?
+            .ok_or_else(|| SessionError::UnknownMessage(message_id.to_string()))?
+            .media
+            .ok_or_else(|| SessionError::NoMedia(message_id.to_string()))?;
+        let conn = self.connection(id).await?;
+        let bytes = conn.download(&media.location).await.map_err(engine_failure)?;
+        Ok((bytes, media))
     }
 
     /// Which of these phone numbers are on WhatsApp.

@@ -209,9 +209,18 @@ impl Supervisor {
                 self.set(StateKind::Connected, None, None);
             }
             EngineEvent::Messages(messages) => {
-                for message in messages.iter().filter(|m| !m.from_me) {
+                for mut message in messages.into_iter().filter(|m| !m.from_me) {
                     crate::metrics::METRICS.messages_received.with_label_values(&[message.kind.as_str()]).inc();
-                    let data = serde_json::to_value(message).expect("messages serialize");
+                    if let Some(media) = &mut message.media {
+                        media.url =
+                            Some(format!("{}/v1/sessions/{}/media/{}", self.config.public_url, self.id, message.id));
+                    }
+                    // Kept before the event goes out, so a receiver can fetch the media or
+                    // reply as soon as it hears of the message.
+                    if let Err(e) = self.store.record_received(&self.id, &message, crate::webhook::now_ms()) {
+                        warn!(session = %self.id, message = %message.id, "could not keep a received message: {e}");
+                    }
+                    let data = serde_json::to_value(&message).expect("messages serialize");
                     self.outbox.record_or_log(&self.id, "messages.upsert", &data);
                 }
             }

@@ -12,8 +12,10 @@ use crate::engine::{EngineStore, Me};
 
 mod messages;
 mod outbox;
+mod received;
 pub use messages::{KeyClaim, SentMessage};
 pub use outbox::{Delivery, DeliveryStatus, OutboxEvent};
+pub use received::{ReceivedMessage, StoredMedia};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -114,6 +116,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session, key)
     );",
     "ALTER TABLE sessions ADD COLUMN proxy TEXT;",
+    "CREATE TABLE received_messages (
+        session TEXT NOT NULL,
+        id TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        text TEXT,
+        media TEXT,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (session, id)
+    );
+    CREATE INDEX received_messages_age ON received_messages (received_ms);",
 ];
 
 pub struct Store {
@@ -209,7 +223,9 @@ impl Store {
     }
 
     pub fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.db().execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
+        let db = self.db();
+        db.execute("DELETE FROM received_messages WHERE session = ?1", params![id])?;
+        Ok(db.execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
     }
 
     /// Checks the database file itself (for `doctor` and `/health`).

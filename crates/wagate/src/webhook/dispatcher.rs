@@ -117,7 +117,17 @@ fn prune(outbox: &Outbox) {
         Ok(count) => info!("pruned {count} delivered webhook events"),
         Err(e) => warn!("could not prune delivered webhook events: {e}"),
     }
+    // What replies and media downloads need of received messages; WhatsApp's CDN keeps
+    // files for about a month, so older references are of no use.
+    let before = now_ms().saturating_sub(RECEIVED_RETENTION.as_millis() as u64);
+    match outbox.store().prune_received(before) {
+        Ok(0) => {}
+        Ok(count) => info!("forgot {count} received messages older than 30 days"),
+        Err(e) => warn!("could not prune received messages: {e}"),
+    }
 }
+
+const RECEIVED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One HTTP answer.
 struct Answer {

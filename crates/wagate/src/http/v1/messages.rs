@@ -2,22 +2,26 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::error::{ApiError, JsonBody};
+use crate::engine::{Contact, Content, Location, MediaKind, MessageRef, Outgoing};
+use crate::http::error::{ApiError, JsonBody, MAX_BODY};
+use crate::http::media_input::FileInput;
 use crate::http::AppState;
 use crate::session::SessionError;
 use crate::store::SentMessage;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/sessions/{id}/messages", post(send))
+        .route("/v1/sessions/{id}/messages", post(send).layer(DefaultBodyLimit::max(MAX_BODY)))
         .route("/v1/sessions/{id}/messages/{message_id}", get(show))
+        .route("/v1/sessions/{id}/media/{message_id}", get(media))
         .route("/v1/sessions/{id}/contacts/check", post(check_contacts))
 }
 
@@ -51,17 +55,43 @@ async fn check_contacts(
     Ok(Json(json!({ "results": results })))
 }
 
-/// Message types the API knows; all but `text` arrive with the media and rich-message work.
-const PLANNED_TYPES: [&str; 8] = ["document", "image", "video", "audio", "location", "contact", "reaction", "reply_to"];
 /// WhatsApp refuses texts longer than this.
 const MAX_TEXT: usize = 65_536;
+/// The content fields of a send request; exactly one must be given.
+const CONTENT_FIELDS: &str = "text, document, image, video, audio, sticker, location, contact or reaction";
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SendRequest {
     to: String,
     text: Option<String>,
-    #[serde(flatten)]
-    other: serde_json::Map<String, Value>,
+    document: Option<FileInput>,
+    image: Option<FileInput>,
+    video: Option<FileInput>,
+    audio: Option<FileInput>,
+    sticker: Option<FileInput>,
+    location: Option<Location>,
+    contact: Option<ContactInput>,
+    reaction: Option<ReactionInput>,
+    /// The id of a message of this chat to answer.
+    reply_to: Option<String>,
+}
+
+/// A contact card: a ready vCard, or a name and phone number to make one from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactInput {
+    name: String,
+    phone: Option<String>,
+    vcard: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReactionInput {
+    message_id: String,
+    /// One emoji; empty removes an earlier reaction.
+    emoji: String,
 }
 
 /// The JID for `to`: a JID as given, a group id, or a phone number in any common format
@@ -102,16 +132,6 @@ async fn send(
     headers: HeaderMap,
     JsonBody(request): JsonBody<SendRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(kind) = request.other.keys().find(|k| PLANNED_TYPES.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!("message type '{kind}' is not supported yet; send 'text'")));
-    }
-    if let Some(unknown) = request.other.keys().next() {
-        return Err(ApiError::bad_request(format!("unknown field '{unknown}'")));
-    }
-    let text = request.text.ok_or_else(|| ApiError::bad_request("nothing to send: give 'text'"))?;
-    if text.is_empty() || text.len() > MAX_TEXT {
-        return Err(ApiError::bad_request(format!("text must be 1 to {MAX_TEXT} bytes")));
-    }
     let to = recipient_jid(&request.to)?;
     let key = headers
         .get("idempotency-key")
@@ -121,8 +141,118 @@ async fn send(
     if key.as_deref().is_some_and(|k| k.is_empty() || k.len() > 200) {
         return Err(ApiError::bad_request("Idempotency-Key must be 1 to 200 characters"));
     }
-    let sent = state.manager.send_text(&id, &to, &text, key.as_deref()).await?;
+    state.manager.get(&id).ok_or(SessionError::NotFound)?;
+    let reply_to = request.reply_to.as_deref().map(|m| known_message(&state, &id, m)).transpose()?;
+    let content = content_of(&state, &id, request).await?;
+    let sent = state.manager.send(&id, &to, &Outgoing { content, reply_to }, key.as_deref()).await?;
     Ok(Json(json!({ "id": sent.id, "status": "sent", "timestamp": sent.created_ms, "to": sent.chat })))
+}
+
+/// A message a reply or reaction points at; unknown ids are the caller's mistake.
+fn known_message(state: &AppState, session: &str, message_id: &str) -> Result<MessageRef, ApiError> {
+    state.manager.message_ref(session, message_id).map_err(|e| match e {
+        SessionError::UnknownMessage(_) => ApiError::bad_request(format!(
+            "no message '{message_id}' in this session (replies and reactions need a message it sent or received)"
+        )),
+        other => other.into(),
+    })
+}
+
+/// The one content field of a request, checked and loaded.
+async fn content_of(state: &AppState, session: &str, request: SendRequest) -> Result<Content, ApiError> {
+    let SendRequest { text, document, image, video, audio, sticker, location, contact, reaction, .. } = request;
+    let files = [
+        (MediaKind::Document, document),
+        (MediaKind::Image, image),
+        (MediaKind::Video, video),
+        (MediaKind::Audio, audio),
+        (MediaKind::Sticker, sticker),
+    ];
+    let given = usize::from(text.is_some())
+        + files.iter().filter(|(_, f)| f.is_some()).count()
+        + usize::from(location.is_some())
+        + usize::from(contact.is_some())
+        + usize::from(reaction.is_some());
+    if given != 1 {
+        return Err(ApiError::bad_request(format!("give exactly one of {CONTENT_FIELDS}")));
+    }
+    if let Some(text) = text {
+        if text.is_empty() || text.len() > MAX_TEXT {
+            return Err(ApiError::bad_request(format!("text must be 1 to {MAX_TEXT} bytes")));
+        }
+        return Ok(Content::Text(text));
+    }
+    if let Some((kind, Some(file))) = files.into_iter().find(|(_, f)| f.is_some()) {
+        return Ok(Content::Media(file.load(kind).await?));
+    }
+    if let Some(location) = location {
+        if !(-90.0..=90.0).contains(&location.latitude) || !(-180.0..=180.0).contains(&location.longitude) {
+            return Err(ApiError::bad_request("location: latitude must be -90..90 and longitude -180..180"));
+        }
+        return Ok(Content::Location(location));
+    }
+    if let Some(contact) = contact {
+        return Ok(Content::Contact(contact_card(contact)?));
+    }
+    let reaction = reaction.expect("exactly one content field is set");
+    if reaction.emoji.chars().count() > 10 {
+        return Err(ApiError::bad_request("reaction: 'emoji' must be one emoji (or empty to remove a reaction)"));
+    }
+    let target = known_message(state, session, &reaction.message_id)?;
+    Ok(Content::Reaction { target, emoji: reaction.emoji })
+}
+
+fn contact_card(contact: ContactInput) -> Result<Contact, ApiError> {
+    if contact.name.trim().is_empty() {
+        return Err(ApiError::bad_request("contact: 'name' is required"));
+    }
+    let vcard = match (contact.vcard, contact.phone) {
+        (Some(vcard), None) if vcard.contains("BEGIN:VCARD") => vcard,
+        (Some(_), None) => return Err(ApiError::bad_request("contact: 'vcard' is not a vCard (BEGIN:VCARD ...)")),
+        (None, Some(phone)) => {
+            let digits = super::sessions::phone_digits(&phone)
+                .ok_or_else(|| ApiError::bad_request(format!("contact: '{phone}' is not a phone number")))?;
+            // WhatsApp shows a "Message" button for cards whose number carries `waid`.
+            format!(
+                "BEGIN:VCARD\nVERSION:3.0\nFN:{}\nTEL;type=CELL;waid={digits}:+{digits}\nEND:VCARD",
+                contact.name.replace(['\n', '\r'], " ")
+            )
+        }
+        _ => return Err(ApiError::bad_request("contact: give 'phone' or 'vcard' (one of them)")),
+    };
+    Ok(Contact { display_name: contact.name, vcard })
+}
+
+/// The file of a received message, decrypted; WhatsApp's CDN is asked each time.
+async fn media(
+    State(state): State<Arc<AppState>>,
+    Path((id, message_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (bytes, media) = state.manager.download_media(&id, &message_id).await?;
+    let mimetype = media.mimetype.unwrap_or_else(|| "application/octet-stream".into());
+    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, mimetype)], bytes).into_response();
+    if let Some(value) = media.filename.as_deref().and_then(content_disposition) {
+        response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// `attachment` with the file name; names beyond ASCII go in RFC 5987's `filename*`.
+fn content_disposition(name: &str) -> Option<HeaderValue> {
+    let name: String = name.chars().filter(|c| !c.is_control()).collect();
+    let value = if name.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        format!("attachment; filename=\"{}\"", name.replace(['"', '\\'], "_"))
+    } else {
+        let encoded: String = name
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => char::from(b).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        format!("attachment; filename*=UTF-8''{encoded}")
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 async fn show(
@@ -154,5 +284,12 @@ mod tests {
         assert!(recipient_jid("hello").is_err());
         assert!(recipient_jid("123").is_err());
         assert!(recipient_jid("@x").is_err());
+    }
+
+    #[test]
+    fn download_names_survive_any_characters() {
+        assert_eq!(content_disposition("invoice 7.pdf").unwrap(), "attachment; filename=\"invoice 7.pdf\"");
+        assert_eq!(content_disposition("a\"b.pdf").unwrap(), "attachment; filename=\"a_b.pdf\"");
+        assert_eq!(content_disposition("facture é.pdf").unwrap(), "attachment; filename*=UTF-8''facture%20%C3%A9.pdf");
     }
 }

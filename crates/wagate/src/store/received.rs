@@ -1,0 +1,92 @@
+//! Messages this gateway received: enough of each to download its file later and to reply
+//! or react to it (a reply names the quoted message's author and shows its text).
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{Store, StoreError};
+use crate::engine::{Inbound, MediaRef};
+
+/// A received message as kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub id: String,
+    pub chat: String,
+    pub sender: String,
+    pub kind: String,
+    pub text: Option<String>,
+    pub media: Option<StoredMedia>,
+}
+
+/// Where a received file is and what it is called.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredMedia {
+    #[serde(flatten)]
+    pub location: MediaRef,
+    pub mimetype: Option<String>,
+    pub filename: Option<String>,
+}
+
+impl Store {
+    pub fn record_received(&self, session: &str, message: &Inbound, now_ms: u64) -> Result<(), StoreError> {
+        let media = message.media.as_ref().map(|m| {
+            let stored = StoredMedia {
+                location: m.location.clone(),
+                mimetype: m.mimetype.clone(),
+                filename: m.filename.clone(),
+            };
+            serde_json::to_string(&stored).expect("media references serialize")
+        });
+        self.db().execute(
+            "INSERT INTO received_messages (session, id, chat, sender, kind, text, media, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+            params![
+                session,
+                message.id,
+                message.chat,
+                message.sender,
+                message.kind,
+                message.text,
+                media,
+                now_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn received_message(&self, session: &str, id: &str) -> Result<Option<ReceivedMessage>, StoreError> {
+        let row = self
+            .db()
+            .query_row(
+                "SELECT id, chat, sender, kind, text, media FROM received_messages WHERE session = ?1 AND id = ?2",
+                params![session, id],
+                |row| {
+                    Ok((
+                        ReceivedMessage {
+                            id: row.get(0)?,
+                            chat: row.get(1)?,
+                            sender: row.get(2)?,
+                            kind: row.get(3)?,
+                            text: row.get(4)?,
+                            media: None,
+                        },
+                        row.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(mut message, media)| {
+            message.media = media
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("media of message {id}: {e}")))?;
+            Ok(message)
+        })
+        .transpose()
+    }
+
+    /// Forgets received messages older than `before_ms`; WhatsApp's CDN drops their files
+    /// after a few weeks anyway.
+    pub fn prune_received(&self, before_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.db().execute("DELETE FROM received_messages WHERE received_ms < ?1", params![before_ms as i64])?)
+    }
+}
