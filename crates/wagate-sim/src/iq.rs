@@ -75,6 +75,8 @@ pub fn answer(ctx: &IqContext<'_>, iq: &Node) -> IqAnswer {
         )),
         ("blocklist", _) if kind == "get" => IqAnswer::reply(iq_result(iq, vec![NodeBuilder::new("list").build()])),
         ("usync", "usync") => IqAnswer::reply(usync(ctx, iq)),
+        ("w:g2", "query") => IqAnswer::reply(crate::groups::answer_query(ctx, iq)),
+        ("w:g2", "participating") => IqAnswer::reply(crate::groups::answer_participating(ctx, iq)),
         ("w:sync:app:state", "sync") => IqAnswer::reply(app_state_sync(iq)),
         ("md", "remove-companion-device") => remove_companion(ctx, iq),
         _ => {

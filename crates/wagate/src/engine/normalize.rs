@@ -87,6 +87,7 @@ pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
     Some(Inbound {
         id: info.id.clone(),
         group_id: is_group.then(|| chat.split('@').next().unwrap_or_default().to_string()),
+        group_subject: None,
         chat,
         sender_phone,
         sender_lid,

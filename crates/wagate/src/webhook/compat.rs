@@ -80,7 +80,7 @@ fn message(data: &Value) -> Value {
         "media": null,
         "isGroup": data["is_group"],
         "groupId": data["group_id"],
-        "groupName": null,
+        "groupName": data["group_subject"],
         "replyTo": data["quoted_id"].as_str().map(|id| json!({ "messageId": id, "text": null })),
     })
 }
