@@ -288,7 +288,9 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                     }
                     ("devices", None) => parts
                         .push(NodeBuilder::new("devices").children([NodeBuilder::new("device-list").build()]).build()),
-                    ("lid", Some(account)) => {
+                    // A user asked for by LID has no other LID to learn (Baileys would store
+                    // the LID as its own phone number).
+                    ("lid", Some(account)) if !jid.as_deref().is_some_and(|j| j.ends_with("@lid")) => {
                         parts.push(NodeBuilder::new("lid").attr("val", format!("{}@lid", account.lid)).build())
                     }
                     ("contact", found) => {
