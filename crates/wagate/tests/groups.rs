@@ -95,6 +95,24 @@ async fn a_group_message_reaches_every_other_member_with_the_group_subject() {
     let (status, body) = api.get("/v1/sessions/B/groups/15551234567").await;
     assert_eq!(status, 400, "a phone number is not a group id: {body}");
 
+    // The Node service's call for the same (COMPAT.md).
+    let (status, compat) = api.post("/sessions/group-metadata", json!({ "sessionId": "A", "groupId": digits })).await;
+    assert_eq!(status, 200, "{compat}");
+    assert_eq!(compat["status"], "success");
+    assert_eq!(compat["metadata"]["id"], gid);
+    assert_eq!(compat["metadata"]["subject"], "Invoices");
+    let owner =
+        compat["metadata"]["participants"].as_array().unwrap().iter().find(|p| p["phone"] == PHONES[0]).cloned();
+    let owner = owner.unwrap_or_else(|| panic!("the owner is listed: {compat}"));
+    assert_eq!(owner["id"], PHONES[0], "{compat}");
+    assert_eq!(owner["admin"], "superadmin", "{compat}");
+    assert!(owner["full_id"].as_str().unwrap().ends_with("@lid"), "{compat}");
+    let (status, body) =
+        api.post("/sessions/group-metadata", json!({ "sessionId": "A", "groupId": "120363999999999999" })).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api.post("/sessions/group-metadata", json!({ "sessionId": "A" })).await;
+    assert_eq!(status, 400, "{body}");
+
     // A message from each member reaches the two others, once, named by the group.
     let mut first_id = Value::Null;
     for (n, sender) in ["A", "B", "C"].iter().enumerate() {
@@ -159,6 +177,9 @@ async fn group_endpoints_need_a_connected_session() {
     }
     let (status, _) = api.get("/v1/sessions/nope/groups").await;
     assert_eq!(status, 404);
+    let (status, body) =
+        api.post("/sessions/group-metadata", json!({ "sessionId": "Q", "groupId": "120363000000000001" })).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("Session not connected")), "{body}");
     gw.stop().await;
     sim.stop().await;
 }
