@@ -114,5 +114,10 @@ mod tests {
         .unwrap();
         assert_eq!(upsert["messages"][0]["text"], "[Media: image]");
         assert_eq!(upsert["messages"][0]["from"], "1555");
+        let in_group =
+            json!({ "id": "M3", "text": "hi", "is_group": true, "group_id": "1203", "group_subject": "Team" });
+        let upsert = body("s", "messages.upsert", &in_group).unwrap();
+        assert_eq!(upsert["messages"][0]["groupId"], "1203");
+        assert_eq!(upsert["messages"][0]["groupName"], "Team");
     }
 }
