@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/control/fault", post(fault))
         .route("/control/stats", get(stats))
         .route("/control/unknown-iqs", get(unknown_iqs))
+        .route("/control/groups", post(create_group))
 }
 
 /// JSON bodies whose rejections are `{"error": ...}` like every other error.
@@ -327,4 +328,50 @@ struct UnknownIqCount {
 async fn unknown_iqs(State(state): State<Arc<SimState>>) -> Json<Vec<UnknownIqCount>> {
     let inner = state.lock();
     Json(inner.unknown_iqs.iter().map(|(iq, count)| UnknownIqCount { iq: iq.clone(), count: *count }).collect())
+}
+
+#[derive(Deserialize)]
+struct GroupRequest {
+    subject: String,
+    owner: String,
+    #[serde(default)]
+    participants: Vec<String>,
+}
+
+/// WhatsApp's limit on a group subject, in characters.
+const MAX_SUBJECT: usize = 100;
+
+/// Creates a group of accounts the simulator knows (they have linked a device).
+async fn create_group(State(state): State<Arc<SimState>>, Body(request): Body<GroupRequest>) -> Result<Json<Value>> {
+    let subject = request.subject.trim().to_string();
+    if subject.is_empty() || subject.chars().count() > MAX_SUBJECT {
+        return Err(ControlError::bad_request(format!("subject must be 1 to {MAX_SUBJECT} characters")));
+    }
+    let owner = phone_of(&request.owner)?;
+    let participants = request.participants.iter().map(|p| phone_of(p)).collect::<Result<Vec<_>>>()?;
+    let mut inner = state.lock();
+    if let Some(unknown) = std::iter::once(&owner).chain(&participants).find(|p| inner.accounts.get(**p).is_none()) {
+        return Err(ControlError::not_found(format!("no account with phone number {unknown}; link a device first")));
+    }
+    let group = inner.groups.create(subject, owner, &participants).clone();
+    info!(group = %group.id, members = group.members.len(), "phone created a group");
+    let members: Vec<Value> = group
+        .members
+        .iter()
+        .map(|phone| {
+            json!({
+                "phone": phone.to_string(),
+                "jid": format!("{phone}@s.whatsapp.net"),
+                "lid": inner.accounts.get(*phone).map(|a| format!("{}@lid", a.lid)),
+                "admin": *phone == group.owner,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": format!("{}@g.us", group.id),
+        "subject": group.subject,
+        "owner": format!("{}@s.whatsapp.net", group.owner),
+        "creation": group.creation,
+        "participants": members,
+    })))
 }

@@ -75,6 +75,8 @@ pub fn answer(ctx: &IqContext<'_>, iq: &Node) -> IqAnswer {
         )),
         ("blocklist", _) if kind == "get" => IqAnswer::reply(iq_result(iq, vec![NodeBuilder::new("list").build()])),
         ("usync", "usync") => IqAnswer::reply(usync(ctx, iq)),
+        ("w:g2", "query") => IqAnswer::reply(crate::groups::answer_query(ctx, iq)),
+        ("w:g2", "participating") => IqAnswer::reply(crate::groups::answer_participating(ctx, iq)),
         ("w:sync:app:state", "sync") => IqAnswer::reply(app_state_sync(iq)),
         ("md", "remove-companion-device") => remove_companion(ctx, iq),
         ("w:m", "media_conn") => IqAnswer::reply(iq_result(iq, vec![crate::media::media_conn_node(&ctx.state.media)])),
@@ -287,7 +289,9 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                     }
                     ("devices", None) => parts
                         .push(NodeBuilder::new("devices").children([NodeBuilder::new("device-list").build()]).build()),
-                    ("lid", Some(account)) => {
+                    // A user asked for by LID has no other LID to learn (Baileys would store
+                    // the LID as its own phone number).
+                    ("lid", Some(account)) if !jid.as_deref().is_some_and(|j| j.ends_with("@lid")) => {
                         parts.push(NodeBuilder::new("lid").attr("val", format!("{}@lid", account.lid)).build())
                     }
                     ("contact", found) => {

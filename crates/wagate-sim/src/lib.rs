@@ -12,6 +12,8 @@ mod conn;
 mod control;
 mod crypto;
 mod error;
+mod group_relay;
+mod groups;
 mod iq;
 mod jid;
 mod keys;

@@ -18,7 +18,7 @@ pub const OFFLINE_QUEUE_LIMIT: usize = 2000;
 /// How a device is addressed: by phone number or by LID. Deliveries use the same form
 /// for the sender, because clients key their Signal sessions on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Addressing {
+pub enum Addressing {
     Pn,
     Lid,
 }
@@ -30,7 +30,7 @@ fn device_jid(accounts: &Accounts, addr: DeviceAddr, addressing: Addressing) -> 
     }
 }
 
-fn resolve(accounts: &Accounts, jid: &str) -> Option<(DeviceAddr, Addressing)> {
+pub fn resolve(accounts: &Accounts, jid: &str) -> Option<(DeviceAddr, Addressing)> {
     let parsed = parse_device_jid(jid)?;
     let addressing = match parsed {
         AnyDeviceJid::Pn { .. } => Addressing::Pn,
@@ -74,6 +74,9 @@ pub fn take_offline(inner: &mut Inner, addr: DeviceAddr) -> Vec<Node> {
 /// Routes a `<message>` from `sender`: each `<participants><to jid=..>` gets its `<enc>`.
 /// Returns the server ack for the sender.
 pub fn relay_message(inner: &mut Inner, sender: DeviceAddr, message: &Node) -> Node {
+    if attr(message, "to").is_some_and(|to| to.ends_with("@g.us")) {
+        return crate::group_relay::relay_group_message(inner, sender, message);
+    }
     let id = attr(message, "id").unwrap_or_default();
     let to = message.attrs.get("to").cloned().unwrap_or_else(|| NodeValue::String("".into()));
     let now = unix_now().to_string();
@@ -122,7 +125,17 @@ pub fn relay_message(inner: &mut Inner, sender: DeviceAddr, message: &Node) -> N
         }
         deliver(inner, addr, builder.children(content).build());
     }
-    let mut ack = NodeBuilder::new("ack").attr("class", "message").attr("id", id).attr("from", to).attr("t", now);
+    message_ack(message)
+}
+
+/// `<ack class="message" id from=<to> t [phash]>`: the server took the message.
+pub fn message_ack(message: &Node) -> Node {
+    let to = message.attrs.get("to").cloned().unwrap_or_else(|| NodeValue::String("".into()));
+    let mut ack = NodeBuilder::new("ack")
+        .attr("class", "message")
+        .attr("id", attr(message, "id").unwrap_or_default())
+        .attr("from", to)
+        .attr("t", unix_now().to_string());
     if let Some(phash) = message.attrs.get("phash") {
         ack = ack.attr("phash", phash.clone());
     }
@@ -134,6 +147,9 @@ pub fn relay_message(inner: &mut Inner, sender: DeviceAddr, message: &Node) -> N
 pub fn relay_receipt(inner: &mut Inner, reader: DeviceAddr, receipt: &Node) -> Node {
     let id = attr(receipt, "id").unwrap_or_default();
     let target = attr(receipt, "to").unwrap_or_default();
+    if target.ends_with("@g.us") {
+        return crate::group_relay::relay_group_receipt(inner, reader, receipt);
+    }
     if let Some((addr, addressing)) = resolve(&inner.accounts, &target) {
         let from = device_jid(&inner.accounts, reader, addressing);
         let mut forwarded = Node::new("receipt", receipt.attrs.clone(), receipt.content.clone());

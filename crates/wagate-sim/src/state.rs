@@ -137,6 +137,7 @@ pub struct Inner {
     pub failures: HashMap<DeviceAddr, PendingFailure>,
     /// Stanzas waiting for devices that are offline, flushed at their next login.
     pub offline: HashMap<DeviceAddr, std::collections::VecDeque<wacore_binary::Node>>,
+    pub groups: crate::groups::Groups,
     pub stats: Stats,
     pub unknown_iqs: BTreeMap<UnknownIq, u64>,
     next_conn: ConnId,

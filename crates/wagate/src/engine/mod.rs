@@ -78,6 +78,8 @@ pub struct Inbound {
     pub text: Option<String>,
     pub is_group: bool,
     pub group_id: Option<String>,
+    /// The group's name, from the session's cache of group metadata.
+    pub group_subject: Option<String>,
     /// The message this one answers (reply) or reacts to.
     pub quoted_id: Option<String>,
     pub reaction: Option<String>,
@@ -129,6 +131,30 @@ pub struct NumberCheck {
     pub exists: bool,
     pub jid: Option<String>,
     pub lid: Option<String>,
+}
+
+/// A group the session is in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupInfo {
+    /// The group JID, `<digits>@g.us`.
+    pub id: String,
+    pub subject: String,
+    /// The creator's JID (a LID in LID-addressed groups) and phone number.
+    pub owner: Option<String>,
+    pub owner_phone: Option<String>,
+    /// Seconds since the epoch.
+    pub creation: Option<u64>,
+    pub description: Option<String>,
+    pub participants: Vec<GroupMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupMember {
+    pub jid: String,
+    pub phone: Option<String>,
+    pub lid: Option<String>,
+    pub admin: bool,
+    pub super_admin: bool,
 }
 
 /// A message the server accepted.
@@ -209,6 +235,10 @@ pub trait Connection: Send + Sync {
     async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError>;
     /// Asks WhatsApp which of these phone numbers (digits) have an account.
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError>;
+    /// Every group the account is in.
+    async fn groups(&self) -> Result<Vec<GroupInfo>, EngineError>;
+    /// One group's metadata; `None` when there is no such group or the account is not in it.
+    async fn group(&self, jid: &str) -> Result<Option<GroupInfo>, EngineError>;
     /// Unlinks the device on WhatsApp (best effort when offline) and closes.
     async fn logout(&self);
     /// Closes the connection; its events end with `Closed(ClosedByUs)` unless it had

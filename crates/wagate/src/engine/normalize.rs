@@ -169,6 +169,7 @@ pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
     Some(Inbound {
         id: info.id.clone(),
         group_id: is_group.then(|| chat.split('@').next().unwrap_or_default().to_string()),
+        group_subject: None,
         chat,
         sender: non_device(&sender),
         sender_phone,

@@ -20,7 +20,8 @@ use super::content::{Content, MediaKind, MediaRef, Outgoing};
 use super::media_http::MediaHttp;
 use super::proxy::Proxy;
 use super::{
-    phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, Me, NumberCheck, Sent,
+    phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, GroupInfo, GroupMember, Me,
+    NumberCheck, Sent,
 };
 
 /// The client version announced to a non-WhatsApp server (the simulator), which cannot
@@ -335,6 +336,23 @@ impl Connection for WhatsAppConnection {
             .collect())
     }
 
+    async fn groups(&self) -> Result<Vec<GroupInfo>, EngineError> {
+        let groups = self.client.groups().get_participating().await.map_err(|e| EngineError::Send(format!("{e}")))?;
+        let mut groups: Vec<GroupInfo> = groups.into_values().map(group_info).collect();
+        groups.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(groups)
+    }
+
+    async fn group(&self, jid: &str) -> Result<Option<GroupInfo>, EngineError> {
+        let jid: wacore_binary::Jid = jid.parse().map_err(|_| EngineError::BadRecipient(jid.to_string()))?;
+        match self.client.groups().get_metadata(&jid).await {
+            Ok(metadata) => Ok(Some(group_info(metadata))),
+            // Not found, or not a member (WhatsApp does not tell the two apart to outsiders).
+            Err(whatsapp_rust::GroupError::Iq(whatsapp_rust::IqError::ServerError { code: 403 | 404, .. })) => Ok(None),
+            Err(e) => Err(EngineError::Send(format!("{e}"))),
+        }
+    }
+
     async fn logout(&self) {
         self.tracker.closed_by_us();
         self.client.logout().await;
@@ -372,6 +390,36 @@ struct BridgeRef(Arc<EventBridge>);
 impl EventHandler for BridgeRef {
     fn handle_event(&self, event: Arc<Event>) {
         self.0.handle_event(event);
+    }
+}
+
+fn group_info(metadata: whatsapp_rust::GroupMetadata) -> GroupInfo {
+    let participants = metadata
+        .participants
+        .iter()
+        .map(|p| {
+            let jid = p.jid.to_string();
+            let (phone, lid) = if p.jid.is_lid() {
+                (p.phone_number.as_ref().map(|j| j.user.to_string()), Some(jid.clone()))
+            } else {
+                (phone_of_jid(&jid), p.lid.as_ref().map(|j| j.to_string()))
+            };
+            GroupMember { jid, phone, lid, admin: p.is_admin(), super_admin: p.is_super_admin() }
+        })
+        .collect();
+    let owner_phone = metadata
+        .creator_pn
+        .as_ref()
+        .map(|j| j.user.to_string())
+        .or_else(|| metadata.creator.as_ref().filter(|j| !j.is_lid()).map(|j| j.user.to_string()));
+    GroupInfo {
+        id: metadata.id.to_string(),
+        subject: metadata.subject,
+        owner: metadata.creator.map(|j| j.to_string()),
+        owner_phone,
+        creation: metadata.creation_time,
+        description: metadata.description,
+        participants,
     }
 }
 

@@ -32,7 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/sessions/send", post(send).layer(DefaultBodyLimit::max(super::error::MAX_BODY)))
         .route("/sessions/check-number", post(check_number))
         .route("/sessions/contact-info", post(not_yet))
-        .route("/sessions/group-metadata", post(not_yet))
+        .route("/sessions/group-metadata", post(group_metadata))
         .route("/sessions/subscribe-presence", post(not_yet))
         .route("/sessions/{id}/status", get(status))
         .route("/sessions/{id}", get(show).delete(delete))
@@ -253,6 +253,60 @@ async fn check_number(State(state): State<Arc<AppState>>, body: Option<Json<Chec
             }))
             .into_response()
         }
+        Err(SessionError::NotConnected(_)) | Err(SessionError::NotFound) => {
+            error(StatusCode::BAD_REQUEST, "Session not connected")
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupRequest {
+    session_id: Option<String>,
+    group_id: Option<String>,
+}
+
+/// One group as the Node service described it: members by phone digits, full JID and
+/// Baileys' admin word (`superadmin`, `admin` or null).
+async fn group_metadata(State(state): State<Arc<AppState>>, body: Option<Json<GroupRequest>>) -> Response {
+    let Some(Json(GroupRequest { session_id: Some(id), group_id: Some(group_id) })) = body else {
+        return error(StatusCode::BAD_REQUEST, "sessionId and groupId are required");
+    };
+    let jid = receiver_jid(&group_id);
+    if !jid.ends_with("@g.us") {
+        return error(StatusCode::BAD_REQUEST, format!("'{group_id}' is not a group id"));
+    }
+    match state.manager.group(&id, &jid).await {
+        Ok(Some(group)) => {
+            let participants: Vec<Value> = group
+                .participants
+                .iter()
+                .map(|p| {
+                    let user = p.jid.split('@').next().unwrap_or_default();
+                    json!({
+                        "id": p.phone.as_deref().unwrap_or(user),
+                        "phone": p.phone,
+                        "full_id": p.jid,
+                        "admin": if p.super_admin { Some("superadmin") } else { p.admin.then_some("admin") },
+                    })
+                })
+                .collect();
+            Json(json!({
+                "status": "success",
+                "metadata": {
+                    "id": group.id,
+                    "subject": group.subject,
+                    "owner": group.owner_phone,
+                    "creation": group.creation,
+                    "desc": group.description,
+                    "size": participants.len(),
+                    "participants": participants,
+                },
+            }))
+            .into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("the session is not in a group {jid}")),
         Err(SessionError::NotConnected(_)) | Err(SessionError::NotFound) => {
             error(StatusCode::BAD_REQUEST, "Session not connected")
         }

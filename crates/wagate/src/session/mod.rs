@@ -2,6 +2,7 @@
 //! and the manager the HTTP API and the CLI talk to.
 
 pub mod backoff;
+mod group_names;
 pub mod policy;
 pub mod state;
 mod supervisor;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
-use crate::engine::{DeliveryState, Engine, EngineError, MessageRef, NumberCheck, Outgoing};
+use crate::engine::{DeliveryState, Engine, EngineError, GroupInfo, MessageRef, NumberCheck, Outgoing};
 use crate::store::{KeyClaim, SentMessage, Store, StoreError, StoredMedia, WebhookConfig};
 use crate::webhook::Outbox;
 pub use state::{SessionView, StateKind};
@@ -286,6 +287,18 @@ impl SessionManager {
     pub async fn check_numbers(&self, id: &str, phones: &[String]) -> Result<Vec<NumberCheck>, SessionError> {
         let conn = self.connection(id).await?;
         conn.check_numbers(phones).await.map_err(engine_failure)
+    }
+
+    /// Every group the session's account is in.
+    pub async fn groups(&self, id: &str) -> Result<Vec<GroupInfo>, SessionError> {
+        let conn = self.connection(id).await?;
+        conn.groups().await.map_err(engine_failure)
+    }
+
+    /// One group's metadata; `None` when the account is not in such a group.
+    pub async fn group(&self, id: &str, group_jid: &str) -> Result<Option<GroupInfo>, SessionError> {
+        let conn = self.connection(id).await?;
+        conn.group(group_jid).await.map_err(engine_failure)
     }
 
     /// The session's live connection; `NotConnected` with its state otherwise.

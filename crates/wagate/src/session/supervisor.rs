@@ -66,6 +66,7 @@ pub(super) struct Supervisor {
     /// When connections were opened in the last minute (rate limit).
     opens: VecDeque<Instant>,
     pending_pair_code: Option<(String, oneshot::Sender<Result<String, SessionError>>)>,
+    group_names: super::group_names::GroupNames,
 }
 
 /// What the manager keeps of a running supervisor.
@@ -110,6 +111,7 @@ impl Supervisor {
             connected_at: None,
             opens: VecDeque::new(),
             pending_pair_code: None,
+            group_names: Default::default(),
         };
         tokio::spawn(supervisor.run(inbox));
         Spawned { mailbox, view: view_rx, changes }
@@ -208,7 +210,8 @@ impl Supervisor {
                 self.connected_at = Some(Instant::now());
                 self.set(StateKind::Connected, None, None);
             }
-            EngineEvent::Messages(messages) => {
+            EngineEvent::Messages(mut messages) => {
+                self.name_groups(&mut messages).await;
                 for mut message in messages.into_iter().filter(|m| !m.from_me) {
                     crate::metrics::METRICS.messages_received.with_label_values(&[message.kind.as_str()]).inc();
                     if let Some(media) = &mut message.media {
@@ -240,6 +243,14 @@ impl Supervisor {
                 self.events = None;
                 self.after_close(close).await;
             }
+        }
+    }
+
+    /// Fills in the subject of each group message's group.
+    async fn name_groups(&mut self, messages: &mut [crate::engine::Inbound]) {
+        let Some(conn) = self.conn.clone() else { return };
+        for message in messages.iter_mut().filter(|m| m.is_group && !m.from_me) {
+            message.group_subject = self.group_names.subject(&self.id, conn.as_ref(), &message.chat).await;
         }
     }
 

@@ -80,7 +80,7 @@ fn message(data: &Value) -> Value {
         "media": null,
         "isGroup": data["is_group"],
         "groupId": data["group_id"],
-        "groupName": null,
+        "groupName": data["group_subject"],
         "replyTo": data["quoted_id"].as_str().map(|id| json!({ "messageId": id, "text": null })),
     })
 }
@@ -114,5 +114,10 @@ mod tests {
         .unwrap();
         assert_eq!(upsert["messages"][0]["text"], "[Media: image]");
         assert_eq!(upsert["messages"][0]["from"], "1555");
+        let in_group =
+            json!({ "id": "M3", "text": "hi", "is_group": true, "group_id": "1203", "group_subject": "Team" });
+        let upsert = body("s", "messages.upsert", &in_group).unwrap();
+        assert_eq!(upsert["messages"][0]["groupId"], "1203");
+        assert_eq!(upsert["messages"][0]["groupName"], "Team");
     }
 }

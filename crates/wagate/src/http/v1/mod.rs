@@ -1,5 +1,6 @@
 //! The native API, `/v1`.
 
+mod groups;
 mod messages;
 mod sessions;
 pub use sessions::{phone_digits, validate_webhook_url};
@@ -12,5 +13,5 @@ use axum::Router;
 use super::AppState;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    sessions::routes().merge(webhooks::routes()).merge(messages::routes())
+    sessions::routes().merge(webhooks::routes()).merge(messages::routes()).merge(groups::routes())
 }

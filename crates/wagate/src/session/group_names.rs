@@ -1,0 +1,50 @@
+//! Group subjects for inbound group messages. Each group is looked up once and kept for a
+//! while, so a busy group does not cost an iq per message.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::engine::Connection;
+
+/// A renamed group shows its new subject at the latest after this long.
+const KEEP_FOR: Duration = Duration::from_secs(600);
+/// A lookup holds up the session's loop: never longer than this.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// More groups than this and the cache starts over (a bound, not an expected size).
+const MAX_GROUPS: usize = 1000;
+
+#[derive(Default)]
+pub(super) struct GroupNames {
+    /// Group JID -> subject (`None`: the group could not be read) and when it was looked up.
+    known: HashMap<String, (Option<String>, Instant)>,
+}
+
+impl GroupNames {
+    /// The subject of group `jid`, from the cache or else asked of WhatsApp.
+    pub(super) async fn subject(&mut self, session: &str, conn: &dyn Connection, jid: &str) -> Option<String> {
+        if let Some((subject, at)) = self.known.get(jid) {
+            if at.elapsed() < KEEP_FOR {
+                return subject.clone();
+            }
+        }
+        let subject = match tokio::time::timeout(LOOKUP_TIMEOUT, conn.group(jid)).await {
+            Ok(Ok(group)) => group.map(|g| g.subject),
+            Ok(Err(e)) => {
+                warn!(session = %session, group = %jid, "could not look up the group's subject: {e}");
+                return None;
+            }
+            Err(_) => {
+                warn!(session = %session, group = %jid, "looking up the group's subject took too long");
+                return None;
+            }
+        };
+        if self.known.len() >= MAX_GROUPS {
+            self.known.clear();
+        }
+        self.known.insert(jid.to_string(), (subject.clone(), Instant::now()));
+        subject
+    }
+}

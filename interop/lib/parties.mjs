@@ -1,0 +1,109 @@
+// The parties of a wagate <-> Baileys test: a wagate gateway (child process) with a webhook
+// receiver, and Baileys clients linked to simulated phones.
+import { spawn } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import http from 'node:http'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import makeWASocket, { useMultiFileAuthState } from 'baileys'
+import { control, makeRecordingLogger, waitUntil } from './harness.mjs'
+
+export const WAIT = 30000
+
+function freePort () {
+  return new Promise(resolve => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** A webhook receiver that keeps every body it gets, in order. */
+export async function startHookServer () {
+  const hooks = []
+  const server = http.createServer((req, res) => {
+    let body = ''
+    req.on('data', c => { body += c })
+    req.on('end', () => { hooks.push(JSON.parse(body)); res.end('{}') })
+  })
+  await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
+  const stop = () => { server.closeAllConnections(); server.close() }
+  return { hooks, url: `http://127.0.0.1:${server.address().port}/hook`, stop }
+}
+
+/** `wagate serve` (WAGATE_BIN) against the simulator, sending every event to `hookUrl`. */
+export async function startGateway (sim, hookUrl) {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-data-'))
+  const port = await freePort()
+  const url = `http://127.0.0.1:${port}`
+  const child = spawn(process.env.WAGATE_BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
+    '--log-file', path.join(dataDir, 'wagate.log'), '--wa-url', sim.info.ws_url, '--webhook-url', hookUrl],
+  { stdio: ['ignore', 'pipe', 'pipe'] })
+  const logs = []
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding('utf8')
+    stream.on('data', chunk => logs.push(...chunk.split('\n').filter(Boolean)))
+  }
+  const api = async (method, route, body) => {
+    const res = await fetch(url + route, {
+      method, headers: { 'content-type': 'application/json' }, body: body ? JSON.stringify(body) : undefined
+    })
+    return { status: res.status, json: await res.json().catch(() => null) }
+  }
+  const stop = async () => {
+    const exited = new Promise(resolve => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await exited
+    await rm(dataDir, { recursive: true, force: true })
+  }
+  await waitUntil(() => fetch(url + '/health').then(r => r.ok, () => false), WAIT, 'wagate to listen')
+  return { api, logs, stop }
+}
+
+/** Creates wagate session `id` and links it to `phone` by scanning its QR. */
+export async function linkSession (gateway, sim, id, phone) {
+  await gateway.api('POST', '/v1/sessions', { id })
+  const view = await waitUntil(async () => {
+    const { json } = await gateway.api('GET', `/v1/sessions/${id}`)
+    return json?.state === 'awaiting_scan' && json
+  }, WAIT, `the QR of session ${id}`)
+  const scanned = await control(sim.info.control_url, 'POST', '/control/scan', { qr: view.qr, phone })
+  if (scanned.status !== 200) throw new Error(`scan for ${id}: ${scanned.text}`)
+  await waitUntil(async () => (await gateway.api('GET', `/v1/sessions/${id}`)).json?.state === 'connected',
+    WAIT, `session ${id} connected`)
+}
+
+/**
+ * A Baileys client linked to `phone`: QR, scan, the 515 restart with saved credentials, open.
+ * Returns { sock, log (recording logger), incoming (messages.upsert messages), stop }.
+ */
+export async function linkBaileys (sim, phone) {
+  const authDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-baileys-'))
+  const open = async () => {
+    const { state: auth, saveCreds } = await useMultiFileAuthState(authDir)
+    const log = makeRecordingLogger()
+    const sock = makeWASocket({ waWebSocketUrl: sim.info.ws_url, auth, logger: log.logger, defaultQueryTimeoutMs: 10000 })
+    sock.ev.on('creds.update', saveCreds)
+    return { sock, log }
+  }
+  const first = await open()
+  const qr = await new Promise(resolve => first.sock.ev.on('connection.update', u => { if (u.qr) resolve(u.qr) }))
+  const closed = new Promise(resolve => first.sock.ev.on('connection.update', u => { if (u.connection === 'close') resolve() }))
+  const linked = await control(sim.info.control_url, 'POST', '/control/scan', { qr, phone })
+  if (linked.status !== 200) throw new Error(`scan for Baileys ${phone}: ${linked.text}`)
+  await closed
+  const { sock, log } = await open()
+  await new Promise((resolve, reject) => sock.ev.on('connection.update', u => {
+    if (u.connection === 'open') resolve()
+    if (u.connection === 'close') reject(new Error(`Baileys ${phone} closed instead of opening`))
+  }))
+  const incoming = []
+  sock.ev.on('messages.upsert', ({ messages }) => incoming.push(...messages))
+  const stop = async () => {
+    sock.end(undefined)
+    await rm(authDir, { recursive: true, force: true })
+  }
+  return { sock, log, incoming, stop, phone }
+}
