@@ -2,8 +2,10 @@
 //! the gateway sees this small trait and wagate's own event and reason types.
 
 mod normalize;
+pub mod probe;
 pub mod proxy;
 mod transport;
+pub use transport::WHATSAPP_WS_URL;
 mod whatsapp;
 
 use std::path::{Path, PathBuf};
