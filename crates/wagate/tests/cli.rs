@@ -80,6 +80,11 @@ async fn status_shows_the_running_gateway_then_the_registry_when_stopped() {
     control.post("/control/unlink", json!({ "jid": gone })).await;
     api.wait_state("WA-Gone", "logged_out").await;
 
+    // One gateway per data directory: the lock file says who holds it.
+    let second = wagate::server::Gateway::start(common::gateway_config(&sim, data.path())).await;
+    let error = format!("{:#}", second.err().expect("a second gateway on the same data directory is refused"));
+    assert!(error.contains(&format!("another wagate (pid {}) is already using", std::process::id())), "{error}");
+
     // No --url: the gateway's address comes from the data directory's lock file.
     let run = wagate(&["status", "--data-dir", text(data.path())]).await;
     assert_eq!(run.code, 0, "{run}");
