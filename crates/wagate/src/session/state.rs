@@ -175,8 +175,8 @@ pub fn reason_words(why: &str, code: Option<u16>) -> String {
         (reason::PAIRING_INCOMPLETE, _) => "unfinished pairing, linking anew",
         (other, _) => return with_code(other, code),
     };
-    let shown_code = words.ends_with(')') || code.is_none();
-    if shown_code {
+    // Words that name their code already keep it; the others get the code that came.
+    if words.ends_with(')') {
         words.to_string()
     } else {
         with_code(words, code)
