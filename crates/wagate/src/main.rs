@@ -1,7 +1,10 @@
 fn main() {
     // Operators read this line; the error chain says what was wrong (no backtrace).
-    if let Err(error) = wagate::cli::main() {
-        eprintln!("wagate: {error:#}");
-        std::process::exit(1);
+    match wagate::cli::main() {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("wagate: {error:#}");
+            std::process::exit(1);
+        }
     }
 }

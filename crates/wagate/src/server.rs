@@ -13,7 +13,9 @@ use crate::config::{check_wa_url, Config};
 use crate::engine::proxy::Proxy;
 use crate::engine::WhatsAppEngine;
 use crate::http::{self, AppState};
+use crate::session::state::timestamp;
 use crate::session::SessionManager;
+use crate::store::lock::{DataDirLock, LockOwner};
 use crate::store::Store;
 use crate::webhook::{Dispatcher, Outbox};
 
@@ -25,11 +27,16 @@ pub struct Gateway {
     stop: Option<oneshot::Sender<()>>,
     http: JoinHandle<std::io::Result<()>>,
     dispatcher: Dispatcher,
+    /// Held while the gateway runs: no second gateway on this data directory, and
+    /// `wagate status` / `restore` can tell that this one runs.
+    _lock: DataDirLock,
 }
 
 impl Gateway {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         check_wa_url(config.wa_url.as_deref())?;
+        let mut lock = DataDirLock::acquire(&config.data_dir)?;
+        let started_at = chrono::Utc::now();
         let store = Store::open(&config.data_dir)
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
         let proxy = config.proxy.as_deref().map(Proxy::parse).transpose().context("--proxy / WAGATE_PROXY")?;
@@ -43,19 +50,26 @@ impl Gateway {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let owner =
+            LockOwner { pid: std::process::id(), listen: Some(addr.to_string()), started_at: timestamp(started_at) };
+        lock.record(&owner).context("writing the data directory's lock file")?;
         let mut sessions = config.sessions.clone();
         if sessions.public_url.is_empty() {
             sessions.public_url = format!("http://{addr}");
         }
         let manager = SessionManager::new(engine, outbox, sessions);
         let restored = manager.restore().await.context("restoring the sessions of the data directory")?;
-        let state =
-            Arc::new(AppState { manager: manager.clone(), api_key: config.api_key.clone(), started: Instant::now() });
+        let state = Arc::new(AppState {
+            manager: manager.clone(),
+            api_key: config.api_key.clone(),
+            started: Instant::now(),
+            started_at,
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(http::serve(listener, state, async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, manager, restored, stop: Some(stop), http, dispatcher })
+        Ok(Self { addr, manager, restored, stop: Some(stop), http, dispatcher, _lock: lock })
     }
 
     /// Closes every WhatsApp connection cleanly, then stops serving.

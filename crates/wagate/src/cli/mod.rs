@@ -1,9 +1,20 @@
 //! `wagate <command>`.
 
+mod archive;
+mod backup;
+mod client;
+mod doctor;
+mod link;
 mod logging;
+mod restore;
 mod serve;
+mod sessions;
+mod status;
+mod table;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "wagate", version, about = "WhatsApp linked-device gateway")]
@@ -16,12 +27,71 @@ struct Cli {
 enum Command {
     /// Run the gateway in the foreground (logs to stderr and the log file; stops on SIGTERM/SIGINT).
     Serve(serve::ServeArgs),
+    /// Is the gateway running, since when, and how are its sessions (exit 0 running, 3 stopped).
+    Status(status::StatusArgs),
+    /// Check the data directory, the clock, the way to WhatsApp and every session; explain what to do.
+    Doctor(doctor::DoctorArgs),
+    /// Write a consistent archive of the data directory, also while the gateway runs.
+    Backup(backup::BackupArgs),
+    /// Put an archive made by `wagate backup` back as the data directory (the gateway must be stopped).
+    Restore(restore::RestoreArgs),
+    /// List, log out or delete sessions through the running gateway.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
+    /// Link a session: show its QR code here (or a pairing code) and wait until it is connected.
+    Link(link::LinkArgs),
 }
 
-/// Entry point of the binary.
-pub fn main() -> anyhow::Result<()> {
+/// The data directory an operator command looks at.
+#[derive(Args, Debug, Clone)]
+struct DataDirArg {
+    /// Data directory of the gateway (as given to `wagate serve`).
+    #[arg(long, env = "WAGATE_DATA_DIR", default_value = "./sessions")]
+    data_dir: PathBuf,
+}
+
+/// How an operator command reaches the running gateway.
+#[derive(Args, Debug, Clone)]
+struct GatewayArgs {
+    /// The gateway's URL [default: the address the gateway of the data directory listens on,
+    /// else http://127.0.0.1:3000].
+    #[arg(long, env = "WAGATE_URL")]
+    url: Option<String>,
+    /// API key, needed only when the gateway is on another machine.
+    #[arg(long, env = "WAGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// Exit codes of the operator commands (LSB-like for `status`).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// Something failed (a FAIL in `doctor`, an error answer, a failed link).
+    pub const FAILED: i32 = 1;
+    /// The gateway is not running.
+    pub const NOT_RUNNING: i32 = 3;
+    /// A gateway process exists but does not answer.
+    pub const UNKNOWN: i32 = 4;
+}
+
+/// Entry point of the binary; returns the exit code.
+pub fn main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args).map(|()| exit::OK),
+        Command::Status(args) => block_on(status::run(args)),
+        Command::Doctor(args) => block_on(doctor::run(args)),
+        Command::Backup(args) => backup::run(args).map(|()| exit::OK),
+        Command::Restore(args) => restore::run(args).map(|()| exit::OK),
+        Command::Sessions(command) => block_on(sessions::run(command)),
+        Command::Link(args) => block_on(link::run(args)),
     }
+}
+
+/// Runs an operator command's async part. Name lookups that outlive their deadline must
+/// not hold up the exit, hence the short shutdown.
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(work);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }

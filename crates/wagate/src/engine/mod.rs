@@ -5,8 +5,10 @@ mod compose;
 mod content;
 mod media_http;
 mod normalize;
+pub mod probe;
 pub mod proxy;
 mod transport;
+pub use transport::WHATSAPP_WS_URL;
 mod whatsapp;
 
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::net::TcpStream;
 
 use super::proxy::Proxy;
-use tokio_websockets::ClientBuilder;
+use tokio_websockets::{ClientBuilder, Connector, MaybeTlsStream, WebSocketStream};
 use whatsapp_rust::transport::{default_tls_connector, from_websocket, Transport, TransportEvent, TransportFactory};
 
 /// WhatsApp Web's own WebSocket endpoint and the `Origin` it expects.
@@ -43,34 +43,69 @@ impl TransportFactory for Dialer {
 
 impl Dialer {
     async fn dial(&self) -> Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>), anyhow::Error> {
-        let uri: http::Uri = self.url.parse().map_err(|e| anyhow::anyhow!("bad WhatsApp URL {}: {e}", self.url))?;
-        let host = uri.host().ok_or_else(|| anyhow::anyhow!("the WhatsApp URL {} has no host", self.url))?;
+        let target = Target::parse(&self.url)?;
+        let tcp = target.connect(self.proxy.as_ref()).await?;
+        let stream = target.secure(tcp).await?;
+        let (ws, _) = target.upgrade(stream).await?;
+        Ok(from_websocket(ws))
+    }
+}
+
+/// Where a WhatsApp URL points, and the steps to reach it: TCP (direct or through a
+/// proxy), TLS for `wss://`, the WebSocket upgrade. `wagate doctor` runs them one by one.
+pub(super) struct Target {
+    pub uri: http::Uri,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("bad WhatsApp URL {url}: {e}"))?;
+        let host = uri.host().ok_or_else(|| anyhow::anyhow!("the WhatsApp URL {url} has no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let secure = match uri.scheme_str() {
+        let tls = match uri.scheme_str() {
             Some("wss") => true,
             Some("ws") => false,
             other => anyhow::bail!("the WhatsApp URL must be ws:// or wss://, not {other:?}"),
         };
-        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let tcp = match &self.proxy {
-            Some(proxy) => proxy.connect(&host, port).await?,
-            None => TcpStream::connect((host.as_str(), port))
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Self { uri, host, port, tls })
+    }
+
+    pub async fn connect(&self, proxy: Option<&Proxy>) -> anyhow::Result<TcpStream> {
+        let (host, port) = (self.host.as_str(), self.port);
+        let tcp = match proxy {
+            Some(proxy) => proxy.connect(host, port).await?,
+            None => TcpStream::connect((host, port))
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to {host}:{port}: {e}"))?,
         };
         tcp.set_nodelay(true)?;
-        let stream = if secure {
-            default_tls_connector().wrap(&host, tcp).await
+        Ok(tcp)
+    }
+
+    pub async fn secure(&self, tcp: TcpStream) -> anyhow::Result<MaybeTlsStream<TcpStream>> {
+        if self.tls {
+            default_tls_connector().wrap(&self.host, tcp).await
         } else {
-            tokio_websockets::Connector::Plain.wrap(&host, tcp).await
+            Connector::Plain.wrap(&self.host, tcp).await
         }
-        .map_err(|e| anyhow::anyhow!("TLS with {host} failed: {e}"))?;
-        let (ws, _) = ClientBuilder::from_uri(uri)
+        .map_err(|e| anyhow::anyhow!("TLS with {} failed: {e}", self.host))
+    }
+
+    /// The WebSocket upgrade; the server's answer comes with it (its `Date` header tells
+    /// `doctor` the server's clock).
+    pub async fn upgrade(
+        &self,
+        stream: MaybeTlsStream<TcpStream>,
+    ) -> anyhow::Result<(WebSocketStream<MaybeTlsStream<TcpStream>>, http::Response<()>)> {
+        ClientBuilder::from_uri(self.uri.clone())
             .add_header(http::header::ORIGIN, http::HeaderValue::from_static(ORIGIN))
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .connect_on(stream)
             .await
-            .map_err(|e| anyhow::anyhow!("WebSocket upgrade with {host} failed: {e}"))?;
-        Ok(from_websocket(ws))
+            .map_err(|e| anyhow::anyhow!("WebSocket upgrade with {} failed: {e}", self.host))
     }
 }

@@ -27,6 +27,9 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "status": "healthy",
         "uptime": state.started.elapsed().as_secs(),
+        "startedAt": timestamp(state.started_at),
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
         "memory": { "rss": resident_memory_bytes() },
         "sessions": {
             "total": sessions.len(),

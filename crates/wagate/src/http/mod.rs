@@ -24,6 +24,8 @@ pub struct AppState {
     pub manager: Arc<SessionManager>,
     pub api_key: Option<String>,
     pub started: Instant,
+    /// The same moment on the wall clock, for `/health`.
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

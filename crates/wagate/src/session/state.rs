@@ -1,11 +1,11 @@
 //! A session's state as the API and the events show it, with the words an operator needs.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::Me;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StateKind {
     Stopped,
@@ -117,7 +117,90 @@ impl SessionView {
     /// Fills `detail` from the state and reason.
     pub fn explained(mut self) -> Self {
         self.detail = explain(self.state, self.reason.as_deref(), self.code);
+        if let Some(until) = &self.banned_until {
+            self.detail = format!("{} The ban ends at {until}.", self.detail);
+        }
         self
+    }
+}
+
+/// What the registry keeps of a session's last state, so that `wagate status` and
+/// `wagate doctor` can explain it while the gateway is not running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastState {
+    pub state: StateKind,
+    pub reason: Option<String>,
+    pub code: Option<u16>,
+    pub since: String,
+    pub banned_until: Option<String>,
+}
+
+impl From<&SessionView> for LastState {
+    fn from(view: &SessionView) -> Self {
+        Self {
+            state: view.state,
+            reason: view.reason.clone(),
+            code: view.code,
+            since: view.since.clone(),
+            banned_until: view.banned_until.clone(),
+        }
+    }
+}
+
+/// A reason in a few plain words, with its protocol code, for tables and one-line summaries
+/// (`explain` says what to do about it).
+pub fn reason_words(why: &str, code: Option<u16>) -> String {
+    let words = match (why, code) {
+        (reason::STARTED, _) => "started",
+        (reason::RESTORED, _) => "restored after a gateway restart",
+        (reason::RESTART_REQUIRED, _) => "normal restart after pairing (515)",
+        (reason::CONNECTION_LOST, _) => "connection lost",
+        (reason::STREAM_ERROR, Some(500)) => "bad session (500)",
+        (reason::STREAM_ERROR, Some(503)) => "WhatsApp unavailable (503)",
+        (reason::STREAM_ERROR, Some(408)) => "connection timed out (408)",
+        (reason::STREAM_ERROR, Some(428)) => "connection closed by WhatsApp (428)",
+        (reason::STREAM_ERROR, _) => "stream error",
+        (reason::QR_TIMEOUT, _) => "no QR code scanned in time",
+        (reason::LOGGED_OUT, Some(403)) => "account locked by WhatsApp (403)",
+        (reason::LOGGED_OUT, Some(406)) => "logged out by WhatsApp (406)",
+        (reason::LOGGED_OUT, _) => "unlinked from the phone (401)",
+        (reason::LOGOUT_REQUESTED, _) => "logged out on request",
+        (reason::REPLACED, _) => "the same account connected elsewhere (440)",
+        (reason::TEMP_BANNED, _) => "temporarily banned (402)",
+        (reason::OUTDATED, _) => "wagate too old for WhatsApp (405)",
+        (reason::MULTI_DEVICE_MISMATCH, _) => "multi-device mismatch (411)",
+        (reason::BAD_SESSION, _) => "bad session, repeated (500)",
+        (reason::LOGIN_FAILURE, _) => "login refused",
+        (reason::STOPPED, _) => "stopped by the gateway",
+        (reason::PAIRING_INCOMPLETE, _) => "unfinished pairing, linking anew",
+        (other, _) => return with_code(other, code),
+    };
+    // Words that name their code already keep it; the others get the code that came.
+    if words.ends_with(')') {
+        words.to_string()
+    } else {
+        with_code(words, code)
+    }
+}
+
+fn with_code(words: &str, code: Option<u16>) -> String {
+    match code {
+        Some(code) => format!("{words} ({code})"),
+        None => words.to_string(),
+    }
+}
+
+/// The reminder for sessions whose linking failed or that were unlinked: a full phone
+/// refuses new companions, and nothing on wagate's side says so.
+pub const COMPANION_LIMIT_HINT: &str = "A phone links at most 4 companion devices: if linking fails, unlink one in \
+     WhatsApp > Settings > Linked devices, then link again.";
+
+/// Whether [`COMPANION_LIMIT_HINT`] applies to a session in this state.
+pub fn needs_companion_hint(state: StateKind, why: Option<&str>) -> bool {
+    match state {
+        StateKind::LoggedOut => why != Some(reason::LOGOUT_REQUESTED),
+        StateKind::Failed => why == Some(reason::QR_TIMEOUT),
+        _ => why == Some(reason::PAIRING_INCOMPLETE),
     }
 }
 
@@ -144,11 +227,14 @@ pub fn explain(state: StateKind, reason: Option<&str>, code: Option<u16>) -> Str
             "The connection to WhatsApp was lost; reconnecting automatically with back-off. Nothing to do unless it persists (check the network or proxy)."
         }
         (StateKind::LoggedOut, Some(reason::LOGOUT_REQUESTED)) => "Logged out as requested. Start the session to link it again with a new QR code.",
+        (StateKind::LoggedOut, _) if code == Some(403) => {
+            "WhatsApp locked this account (403) and unlinked the device. Its keys were deleted; once the account is usable on the phone again, start the session and scan a new QR code."
+        }
         (StateKind::LoggedOut, _) => {
             "This device was unlinked (removed from the phone's Linked devices, or refused by WhatsApp). Its keys were deleted; start the session and scan a new QR code to link again."
         }
         (StateKind::Replaced, _) => {
-            "Another connection with the same credentials took over (the same session runs elsewhere). Stop the other instance; wagate retries only after a long pause."
+            "Another connection with the same credentials took over (440: the same account is connected elsewhere, such as a second wagate on a copy of this data directory). Stop the other instance; wagate retries only after a long pause."
         }
         (StateKind::Banned, _) => "WhatsApp temporarily banned this account (402). wagate will not reconnect before the ban ends.",
         (StateKind::Outdated, _) => "WhatsApp refuses this client version (405). Update wagate, then start the session again.",
@@ -187,6 +273,24 @@ mod tests {
             Failed,
         ] {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(serde_json::from_value::<StateKind>(state.as_str().into()).unwrap(), state);
         }
+    }
+
+    #[test]
+    fn reasons_in_plain_words() {
+        assert_eq!(reason_words(reason::RESTART_REQUIRED, None), "normal restart after pairing (515)");
+        assert_eq!(reason_words(reason::LOGGED_OUT, Some(401)), "unlinked from the phone (401)");
+        assert_eq!(reason_words(reason::STREAM_ERROR, Some(502)), "stream error (502)");
+        assert_eq!(reason_words(reason::LOGIN_FAILURE, Some(409)), "login refused (409)");
+        assert_eq!(reason_words("something_new", Some(7)), "something_new (7)");
+        assert!(explain(StateKind::Replaced, Some(reason::REPLACED), Some(440)).contains("connected elsewhere"));
+        assert!(explain(StateKind::LoggedOut, Some(reason::LOGGED_OUT), Some(403)).contains("locked"));
+        let mut view = SessionView::new("a", StateKind::Banned, Some(reason::TEMP_BANNED), None);
+        view.banned_until = Some("2030-01-01T00:00:00.000Z".into());
+        assert!(view.explained().detail.ends_with("The ban ends at 2030-01-01T00:00:00.000Z."));
+        assert!(needs_companion_hint(StateKind::LoggedOut, Some(reason::LOGGED_OUT)));
+        assert!(!needs_companion_hint(StateKind::LoggedOut, Some(reason::LOGOUT_REQUESTED)));
+        assert!(!needs_companion_hint(StateKind::Connected, None));
     }
 }

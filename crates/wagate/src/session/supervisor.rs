@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::backoff::STABLE_AFTER;
 use super::policy::{self, Decision, Situation};
-use super::state::{reason, timestamp, SessionView, StateKind};
+use super::state::{reason, timestamp, LastState, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
 use crate::engine::{CloseReason, Connection, DeliveryState, Engine, EngineEvent, EngineStore, Me};
 use crate::store::Store;
@@ -325,7 +325,7 @@ impl Supervisor {
                 let mut view = self.view_for(StateKind::Banned, Some(reason::TEMP_BANNED), Some(402));
                 view.banned_until =
                     Some(timestamp(Utc::now() + chrono::Duration::from_std(expire).unwrap_or_default()));
-                self.publish_view(view);
+                self.publish_view(view.explained());
             }
             Decision::Stop { state, reason: why, code } => self.set(state, Some(why), code),
         }
@@ -491,6 +491,14 @@ impl Supervisor {
         if changed || view.qr != self.view.qr {
             let data = serde_json::to_value(&view).expect("views serialize");
             self.outbox.record_or_log(&self.id, "connection.update", &data);
+        }
+        // Kept for `wagate status` / `doctor` while the gateway is down. The stop at shutdown
+        // is not recorded: the state before it says more about the session.
+        let shutting_down = view.state == StateKind::Stopped && view.reason.as_deref() == Some(reason::STOPPED);
+        if changed && !shutting_down {
+            if let Err(e) = self.store.set_last_state(&self.id, &LastState::from(&view)) {
+                warn!(session = %self.id, "could not record the session's state in the registry: {e}");
+            }
         }
         self.view = view.clone();
         let _ = self.changes.send(view.clone());

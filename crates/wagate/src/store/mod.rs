@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineStore, Me};
+use crate::session::state::LastState;
 
+pub mod lock;
 mod messages;
 mod outbox;
 mod received;
@@ -25,6 +27,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("there is no wagate database at {0}")]
+    Missing(PathBuf),
+    #[error("the database has schema {found}, this wagate expects {expected}; run `wagate serve` once to update it")]
+    SchemaBehind { found: usize, expected: usize },
 }
 
 /// Where a session's events go.
@@ -73,6 +79,8 @@ pub struct SessionRecord {
     pub link_confirmed: bool,
     /// This session's outbound proxy URL (secret: shown masked only).
     pub proxy: Option<String>,
+    /// The last state the gateway recorded (see [`LastState`]).
+    pub last_state: Option<LastState>,
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
@@ -128,7 +136,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session, id)
     );
     CREATE INDEX received_messages_age ON received_messages (received_ms);",
+    "ALTER TABLE sessions ADD COLUMN last_state TEXT;",
 ];
+
+/// The schema version this build writes (`PRAGMA user_version` once migrated).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// The registry's file inside a data directory.
+pub const DB_FILE: &str = "wagate.db";
+/// The folder of the sessions' engine databases inside a data directory.
+pub const ENGINE_DIR: &str = "engine";
+
+const SESSION_COLUMNS: &str = "id, webhook, created_at, me, link_confirmed, proxy, last_state";
 
 pub struct Store {
     data_dir: PathBuf,
@@ -139,13 +158,33 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir.join("engine"))
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
-        let mut db = Connection::open(data_dir.join("wagate.db"))?;
+        let mut db = Connection::open(data_dir.join(DB_FILE))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         // Every committed change reaches the disk before the call returns: a crash right
         // after never loses what the API already confirmed.
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut db)?;
+        Ok(Self { data_dir: data_dir.to_path_buf(), db: Mutex::new(db) })
+    }
+
+    /// Opens an existing registry for reading only (the operator commands): creates
+    /// nothing, migrates nothing, and refuses a schema this build does not read.
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Missing(path));
+        }
+        let db =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        let found = schema_version(&db)?;
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::SchemaBehind { found, expected: SCHEMA_VERSION });
+        }
+        if found > SCHEMA_VERSION {
+            return Err(newer_schema(found));
+        }
         Ok(Self { data_dir: data_dir.to_path_buf(), db: Mutex::new(db) })
     }
 
@@ -182,20 +221,14 @@ impl Store {
 
     pub fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.db()
-            .query_row(
-                "SELECT id, webhook, created_at, me, link_confirmed, proxy FROM sessions WHERE id = ?1",
-                params![id],
-                row_to_record,
-            )
+            .query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), params![id], row_to_record)
             .optional()?
             .transpose()
     }
 
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let db = self.db();
-        let mut statement = db.prepare(
-            "SELECT id, webhook, created_at, me, link_confirmed, proxy FROM sessions ORDER BY created_at, id",
-        )?;
+        let mut statement = db.prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"))?;
         let rows = statement.query_map([], row_to_record)?;
         rows.map(|row| row?).collect()
     }
@@ -222,6 +255,12 @@ impl Store {
         Ok(())
     }
 
+    pub fn set_last_state(&self, id: &str, state: &LastState) -> Result<(), StoreError> {
+        let json = serde_json::to_string(state).expect("states serialize");
+        self.db().execute("UPDATE sessions SET last_state = ?2 WHERE id = ?1", params![id, json])?;
+        Ok(())
+    }
+
     pub fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
         let db = self.db();
         db.execute("DELETE FROM received_messages WHERE session = ?1", params![id])?;
@@ -232,6 +271,30 @@ impl Store {
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         Ok(self.db().query_row("PRAGMA quick_check", [], |row| row.get(0))?)
     }
+
+    /// The thorough check (`PRAGMA integrity_check`): "ok", or the problems found.
+    pub fn full_integrity_check(&self) -> Result<String, StoreError> {
+        integrity_check(&self.db())
+    }
+}
+
+/// `PRAGMA integrity_check` of any SQLite database: "ok", or its first problems.
+pub fn integrity_check(db: &Connection) -> Result<String, StoreError> {
+    let mut statement = db.prepare("PRAGMA integrity_check(5)")?;
+    let lines = statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(lines.join("; "))
+}
+
+/// `PRAGMA user_version`: how many migrations a registry has had.
+pub fn schema_version(db: &Connection) -> Result<usize, StoreError> {
+    let done: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    Ok(usize::try_from(done).unwrap_or(usize::MAX))
+}
+
+fn newer_schema(found: usize) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the database is from a newer wagate (schema {found}, this build knows {SCHEMA_VERSION})"
+    ))
 }
 
 /// The stored form keeps the secrets (the API form never shows them).
@@ -268,6 +331,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
     let me: Option<String> = row.get(3)?;
     let link_confirmed: bool = row.get(4)?;
     let proxy: Option<String> = row.get(5)?;
+    let last_state: Option<String> = row.get(6)?;
     Ok((|| {
         let webhook = webhook
             .map(|json| serde_json::from_str::<StoredWebhook>(&json))
@@ -284,18 +348,16 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
             .map(|json| serde_json::from_str::<Me>(&json))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("identity of {id}: {e}")))?;
-        Ok(SessionRecord { id: id.clone(), webhook, created_at, me, link_confirmed, proxy })
+        // An unreadable last state only costs the display of it.
+        let last_state = last_state.and_then(|json| serde_json::from_str(&json).ok());
+        Ok(SessionRecord { id: id.clone(), webhook, created_at, me, link_confirmed, proxy, last_state })
     })())
 }
 
 fn migrate(db: &mut Connection) -> Result<(), StoreError> {
-    let done: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let done = usize::try_from(done).unwrap_or(usize::MAX);
-    if done > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "the database is from a newer wagate (schema {done}, this build knows {})",
-            MIGRATIONS.len()
-        )));
+    let done = schema_version(db)?;
+    if done > SCHEMA_VERSION {
+        return Err(newer_schema(done));
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(done) {
         let tx = db.transaction()?;
@@ -329,7 +391,22 @@ mod tests {
         let me = Me { jid: Some("1555:1@s.whatsapp.net".into()), phone: Some("1555".into()), ..Default::default() };
         store.set_me("WA-Acme", Some(&me)).unwrap();
         store.set_link_confirmed("WA-Acme", true).unwrap();
+        let last = LastState {
+            state: crate::session::StateKind::LoggedOut,
+            reason: Some("logged_out".into()),
+            code: Some(401),
+            since: "2026-01-01T00:00:00.000Z".into(),
+            banned_until: None,
+        };
+        store.set_last_state("WA-Acme", &last).unwrap();
         drop(store);
+
+        let read_only = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(read_only.sessions().unwrap()[0].last_state, Some(last));
+        assert!(read_only.set_me("WA-Acme", None).is_err(), "a read-only registry refuses writes");
+        assert_eq!(read_only.full_integrity_check().unwrap(), "ok");
+        drop(read_only);
+        assert!(matches!(Store::open_read_only(&dir.path().join("nowhere")), Err(StoreError::Missing(_))));
 
         let store = Store::open(dir.path()).unwrap();
         let records = store.sessions().unwrap();
