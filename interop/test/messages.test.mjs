@@ -3,29 +3,18 @@
 // Needs WAGATE_BIN (a sandbox build of `wagate`) and the simulator binary (see harness).
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import makeWASocket, { useMultiFileAuthState, WA_CERT_DETAILS } from 'baileys'
-import { control, formatEntry, makeRecordingLogger, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
+import { control, formatEntry, makeRecordingLogger, startGateway, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
 
 const WAGATE_PHONE = '15557000001'
 const BAILEYS_PHONE = '15557000002'
 const WAIT = 30000
 
-const s = { hooks: [], incoming: [], logs: [] }
-
-function freePort () {
-  return new Promise(resolve => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
+const s = { hooks: [], incoming: [] }
 
 async function api (method, route, body) {
   const res = await fetch(s.gatewayUrl + route, {
@@ -36,7 +25,7 @@ async function api (method, route, body) {
 
 function context () {
   const problems = (s.baileysLog?.entries ?? []).filter(e => e.level === 'warn' || e.level === 'error').map(formatEntry)
-  return tail(problems, 15, '\nBaileys warnings/errors:') + tail(s.logs, 25, '\nwagate output:') +
+  return tail(problems, 15, '\nBaileys warnings/errors:') + tail(s.gateway?.logs ?? [], 25, '\nwagate output:') +
     (s.sim ? tail(s.sim.output, 15, '\nsimulator output:') : '')
 }
 
@@ -61,29 +50,17 @@ describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
     })
     await new Promise(resolve => s.hookServer.listen(0, '127.0.0.1', resolve))
     const hookUrl = `http://127.0.0.1:${s.hookServer.address().port}/hook`
-    s.dataDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-data-'))
     s.authDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-baileys-'))
-    const port = await freePort()
-    s.gatewayUrl = `http://127.0.0.1:${port}`
-    s.gateway = spawn(process.env.WAGATE_BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', s.dataDir,
-      '--log-file', path.join(s.dataDir, 'wagate.log'), '--wa-url', s.sim.info.ws_url, '--webhook-url', hookUrl],
-    { stdio: ['ignore', 'pipe', 'pipe'] })
-    for (const stream of [s.gateway.stdout, s.gateway.stderr]) {
-      stream.setEncoding('utf8')
-      stream.on('data', chunk => s.logs.push(...chunk.split('\n').filter(Boolean)))
-    }
-    await waitUntil(() => fetch(s.gatewayUrl + '/health').then(r => r.ok, () => false), WAIT, 'wagate to listen')
+    s.gateway = await startGateway({ waUrl: s.sim.info.ws_url, extraArgs: ['--webhook-url', hookUrl] })
+    s.gatewayUrl = s.gateway.url
   })
 
   after(async () => {
     s.baileys?.end(undefined)
-    const exited = s.gateway && new Promise(resolve => s.gateway.once('exit', resolve))
-    s.gateway?.kill('SIGTERM')
-    await exited
+    await s.gateway?.stop()
     s.hookServer?.closeAllConnections()
     s.hookServer?.close()
     await s.sim?.stop()
-    await rm(s.dataDir, { recursive: true, force: true })
     await rm(s.authDir, { recursive: true, force: true })
   })
 
