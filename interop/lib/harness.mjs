@@ -1,7 +1,10 @@
-// Helpers for the Baileys <-> wagate-sim interop test: start/stop the simulator,
-// a recording pino-compatible logger, and bookkeeping of the iqs Baileys sends.
+// Helpers for the interop and console tests: start/stop the simulator and a gateway, a
+// recording pino-compatible logger, and bookkeeping of the iqs Baileys sends.
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import net from 'node:net'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -115,6 +118,58 @@ export async function startSimulator ({ bin = simBinaryPath(), readyTimeoutMs = 
     e.message += tail(output, 20, '\nsimulator output:')
     throw e
   }
+}
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort () {
+  return new Promise(resolve => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * Starts `$WAGATE_BIN serve` on a free port of 127.0.0.1 with a fresh data directory, talking
+ * to the simulator at `waUrl`; resolves once /health answers. stop() ends it (SIGTERM) and
+ * removes the data directory.
+ */
+export async function startGateway ({ waUrl, extraArgs = [], bin = process.env.WAGATE_BIN, readyTimeoutMs = 30000, dataDir: keptDir, port: keptPort }) {
+  if (!bin) throw new Error('WAGATE_BIN must point at a sandbox build of wagate')
+  // A restart passes the data directory (and port) of the gateway it replaces; that
+  // directory is then the caller's to remove.
+  const dataDir = keptDir ?? await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-data-'))
+  const port = keptPort ?? await freePort()
+  const url = `http://127.0.0.1:${port}`
+  const child = spawn(bin, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
+    '--log-file', path.join(dataDir, 'wagate.log'), '--wa-url', waUrl, ...extraArgs],
+  { stdio: ['ignore', 'pipe', 'pipe'] })
+  const logs = [] // what wagate printed, for diagnostics
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding('utf8')
+    stream.on('data', chunk => logs.push(...chunk.split('\n').filter(Boolean)))
+  }
+  const exited = new Promise(resolve => child.once('exit', resolve))
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+    await exited
+    if (!keptDir) await rm(dataDir, { recursive: true, force: true })
+  }
+  const api = async (method, route, body) => {
+    const res = await fetch(url + route, {
+      method, headers: { 'content-type': 'application/json' }, body: body ? JSON.stringify(body) : undefined
+    })
+    return { status: res.status, json: await res.json().catch(() => null) }
+  }
+  try {
+    await waitUntil(() => fetch(url + '/health').then(r => r.ok, () => false), readyTimeoutMs, 'wagate to listen')
+  } catch (e) {
+    await stop()
+    e.message += tail(logs, 20, '\nwagate output:')
+    throw e
+  }
+  return { url, port, dataDir, child, logs, api, stop }
 }
 
 /** Formats the last n lines of a list for an error message. */

@@ -1,65 +1,43 @@
 // The parties of a wagate <-> Baileys test: a wagate gateway (child process) with a webhook
 // receiver, and Baileys clients linked to simulated phones.
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import makeWASocket, { useMultiFileAuthState } from 'baileys'
-import { control, makeRecordingLogger, waitUntil } from './harness.mjs'
+import { control, makeRecordingLogger, startGateway as startWagate, waitUntil } from './harness.mjs'
 
 export const WAIT = 30000
 
-function freePort () {
-  return new Promise(resolve => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-/** A webhook receiver that keeps every body it gets, in order. */
+/**
+ * A webhook receiver that keeps every body it gets, in order. It also serves the files put
+ * in `files` (path -> {type, bytes}), for sends by URL.
+ */
 export async function startHookServer () {
   const hooks = []
+  const files = new Map()
   const server = http.createServer((req, res) => {
+    const file = files.get(req.url)
+    if (req.method === 'GET' && file) {
+      res.writeHead(200, { 'content-type': file.type, 'content-length': file.bytes.length })
+      return res.end(file.bytes)
+    }
     let body = ''
     req.on('data', c => { body += c })
     req.on('end', () => { hooks.push(JSON.parse(body)); res.end('{}') })
   })
   await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
   const stop = () => { server.closeAllConnections(); server.close() }
-  return { hooks, url: `http://127.0.0.1:${server.address().port}/hook`, stop }
+  const base = `http://127.0.0.1:${server.address().port}`
+  return { hooks, files, base, url: `${base}/hook`, stop }
 }
 
-/** `wagate serve` (WAGATE_BIN) against the simulator, sending every event to `hookUrl`. */
-export async function startGateway (sim, hookUrl) {
-  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-data-'))
-  const port = await freePort()
-  const url = `http://127.0.0.1:${port}`
-  const child = spawn(process.env.WAGATE_BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
-    '--log-file', path.join(dataDir, 'wagate.log'), '--wa-url', sim.info.ws_url, '--webhook-url', hookUrl],
-  { stdio: ['ignore', 'pipe', 'pipe'] })
-  const logs = []
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.setEncoding('utf8')
-    stream.on('data', chunk => logs.push(...chunk.split('\n').filter(Boolean)))
-  }
-  const api = async (method, route, body) => {
-    const res = await fetch(url + route, {
-      method, headers: { 'content-type': 'application/json' }, body: body ? JSON.stringify(body) : undefined
-    })
-    return { status: res.status, json: await res.json().catch(() => null) }
-  }
-  const stop = async () => {
-    const exited = new Promise(resolve => child.once('exit', resolve))
-    child.kill('SIGTERM')
-    await exited
-    await rm(dataDir, { recursive: true, force: true })
-  }
-  await waitUntil(() => fetch(url + '/health').then(r => r.ok, () => false), WAIT, 'wagate to listen')
-  return { api, logs, stop }
+/**
+ * `wagate serve` (WAGATE_BIN) against the simulator, sending every event to `hookUrl`;
+ * `keep` ({dataDir, port}) restarts a stopped gateway on its data.
+ */
+export function startGateway (sim, hookUrl, keep = {}) {
+  return startWagate({ waUrl: sim.info.ws_url, extraArgs: ['--webhook-url', hookUrl], ...keep })
 }
 
 /** Creates wagate session `id` and links it to `phone` by scanning its QR. */

@@ -1,23 +1,22 @@
-// wagate <-> Baileys 7 through wagate-sim: texts both ways and a read receipt. The simulator
-// relays without decrypting, so each arrival proves Signal interop between the two clients.
-// Needs WAGATE_BIN (a sandbox build of `wagate`) and the simulator binary (see harness).
+// wagate <-> Baileys 7 through wagate-sim: texts, media, locations, replies, reactions, read
+// receipts and the offline queue, both ways. The simulator relays without decrypting, so each
+// arrival proves Signal interop between the two clients, and each file that comes out intact
+// proves the media encryption does. Needs WAGATE_BIN (a sandbox build of `wagate`) and the
+// simulator binary (see harness).
 import { createHash, randomBytes } from 'node:crypto'
-import { after, before, describe, it } from 'node:test'
-import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
-import makeWASocket, { downloadMediaMessage, useMultiFileAuthState, WA_CERT_DETAILS } from 'baileys'
-import { control, formatEntry, makeRecordingLogger, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { downloadMediaMessage, WA_CERT_DETAILS } from 'baileys'
+import { formatEntry, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
+import { WAIT, linkBaileys, linkSession, startGateway, startHookServer } from '../lib/parties.mjs'
 
 const WAGATE_PHONE = '15557000001'
 const BAILEYS_PHONE = '15557000002'
-const WAIT = 30000
 
-const s = { hooks: [], incoming: [], logs: [], files: new Map() }
+const s = {}
 
 // The simulator's media host speaks HTTPS with a self-signed certificate (clients build
 // https:// media URLs). Baileys is told to accept it; this process talks to nothing else.
@@ -28,46 +27,15 @@ const sha256 = bytes => createHash('sha256').update(bytes).digest('hex')
 const PDF = Buffer.concat([Buffer.from('%PDF-1.4\n'), randomBytes(2 * 1024 * 1024 - 9)])
 const PHOTO = Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), randomBytes(40000)])
 
-function freePort () {
-  return new Promise(resolve => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-async function api (method, route, body) {
-  const res = await fetch(s.gatewayUrl + route, {
-    method, headers: { 'content-type': 'application/json' }, body: body ? JSON.stringify(body) : undefined
-  })
-  return { status: res.status, json: await res.json().catch(() => null) }
-}
-
 function context () {
-  const problems = (s.baileysLog?.entries ?? []).filter(e => e.level === 'warn' || e.level === 'error').map(formatEntry)
-  return tail(problems, 15, '\nBaileys warnings/errors:') + tail(s.logs, 25, '\nwagate output:') +
+  const problems = (s.baileys?.log.entries ?? []).filter(e => e.level === 'warn' || e.level === 'error').map(formatEntry)
+  return tail(problems, 15, '\nBaileys warnings/errors:') + tail(s.gateway?.logs ?? [], 25, '\nwagate output:') +
     (s.sim ? tail(s.sim.output, 15, '\nsimulator output:') : '')
-}
-
-async function startGateway () {
-  s.gateway = spawn(process.env.WAGATE_BIN, s.gatewayArgs, { stdio: ['ignore', 'pipe', 'pipe'] })
-  for (const stream of [s.gateway.stdout, s.gateway.stderr]) {
-    stream.setEncoding('utf8')
-    stream.on('data', chunk => s.logs.push(...chunk.split('\n').filter(Boolean)))
-  }
-  await waitUntil(() => fetch(s.gatewayUrl + '/health').then(r => r.ok, () => false), WAIT, 'wagate to listen')
-}
-
-async function stopGateway () {
-  const exited = new Promise(resolve => s.gateway.once('exit', resolve))
-  s.gateway.kill('SIGTERM')
-  await exited
 }
 
 /** The messages.upsert webhook of the message Baileys sent as `sent`. */
 function upsertOf (sent, what) {
-  return waitUntil(() => s.hooks.find(h => h.event === 'messages.upsert' && h.data.id === sent.key.id), WAIT, what)
+  return waitUntil(() => s.hook.hooks.find(h => h.event === 'messages.upsert' && h.data.id === sent.key.id), WAIT, what)
 }
 
 /** What wagate's download endpoint serves for a received message. */
@@ -79,105 +47,54 @@ async function downloadFromWagate (upsert) {
 }
 
 function receivedBy (id, what) {
-  return waitUntil(() => s.incoming.find(m => m.key.id === id), WAIT, what)
-}
-
-async function linkBaileys () {
-  const { state: auth, saveCreds } = await useMultiFileAuthState(s.authDir)
-  const recorder = makeRecordingLogger()
-  s.baileysLog = recorder
-  const sock = makeWASocket({ waWebSocketUrl: s.sim.info.ws_url, auth, logger: recorder.logger, defaultQueryTimeoutMs: 10000 })
-  sock.ev.on('creds.update', saveCreds)
-  return sock
+  return waitUntil(() => s.baileys.incoming.find(m => m.key.id === id), WAIT, what)
 }
 
 describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
   before(async () => {
-    assert.ok(process.env.WAGATE_BIN, 'WAGATE_BIN must point at a sandbox build of wagate')
     s.sim = await startSimulator()
     WA_CERT_DETAILS.PUBLIC_KEY = Buffer.from(s.sim.info.root_public_key, 'hex')
-    s.hookServer = http.createServer((req, res) => {
-      const file = s.files.get(req.url)
-      if (req.method === 'GET' && file) {
-        res.writeHead(200, { 'content-type': file.type, 'content-length': file.bytes.length })
-        return res.end(file.bytes)
-      }
-      let body = ''
-      req.on('data', c => { body += c })
-      req.on('end', () => { s.hooks.push(JSON.parse(body)); res.end('{}') })
-    })
-    await new Promise(resolve => s.hookServer.listen(0, '127.0.0.1', resolve))
-    const hookUrl = `http://127.0.0.1:${s.hookServer.address().port}/hook`
+    s.hook = await startHookServer()
+    // The data directory outlives the gateway: the offline test restarts it on the same one.
     s.dataDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-data-'))
-    s.authDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-baileys-'))
-    const port = await freePort()
-    s.gatewayUrl = `http://127.0.0.1:${port}`
-    s.fileBase = `http://127.0.0.1:${s.hookServer.address().port}`
-    s.gatewayArgs = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', s.dataDir,
-      '--log-file', path.join(s.dataDir, 'wagate.log'), '--wa-url', s.sim.info.ws_url, '--webhook-url', hookUrl]
-    await startGateway()
+    s.gateway = await startGateway(s.sim, s.hook.url, { dataDir: s.dataDir })
   })
 
   after(async () => {
-    s.baileys?.end(undefined)
-    const exited = s.gateway && new Promise(resolve => s.gateway.once('exit', resolve))
-    s.gateway?.kill('SIGTERM')
-    await exited
-    s.hookServer?.closeAllConnections()
-    s.hookServer?.close()
+    await s.baileys?.stop()
+    await s.gateway?.stop()
+    s.hook?.stop()
     await s.sim?.stop()
     await rm(s.dataDir, { recursive: true, force: true })
-    await rm(s.authDir, { recursive: true, force: true })
   })
 
   it('links a wagate session and a Baileys client to two phones', { timeout: 90000 }, async () => {
     try {
-      await api('POST', '/v1/sessions', { id: 'W' })
-      const view = await waitUntil(async () => {
-        const { json } = await api('GET', '/v1/sessions/W')
-        return json?.state === 'awaiting_scan' && json
-      }, WAIT, 'the wagate QR')
-      const scanned = await control(s.sim.info.control_url, 'POST', '/control/scan', { qr: view.qr, phone: WAGATE_PHONE })
-      assert.equal(scanned.status, 200, scanned.text)
-      await waitUntil(async () => (await api('GET', '/v1/sessions/W')).json?.state === 'connected', WAIT, 'wagate connected')
-
-      // Baileys: QR, scan, the 515 restart with saved credentials, then open.
-      let sock = await linkBaileys()
-      const qr = await new Promise(resolve => sock.ev.on('connection.update', u => { if (u.qr) resolve(u.qr) }))
-      const closed = new Promise(resolve => sock.ev.on('connection.update', u => { if (u.connection === 'close') resolve() }))
-      const linked = await control(s.sim.info.control_url, 'POST', '/control/scan', { qr, phone: BAILEYS_PHONE })
-      assert.equal(linked.status, 200, linked.text)
-      await closed
-      sock = await linkBaileys()
-      await new Promise((resolve, reject) => sock.ev.on('connection.update', u => {
-        if (u.connection === 'open') resolve()
-        if (u.connection === 'close') reject(new Error('Baileys closed instead of opening'))
-      }))
-      sock.ev.on('messages.upsert', ({ messages }) => s.incoming.push(...messages))
-      s.baileys = sock
+      await linkSession(s.gateway, s.sim, 'W', WAGATE_PHONE)
+      s.baileys = await linkBaileys(s.sim, BAILEYS_PHONE)
     } catch (e) { e.message += context(); throw e }
   })
 
   it('wagate -> Baileys: a text arrives and its read receipt comes back as message.status', { timeout: 60000 }, async () => {
     try {
-      const sent = await api('POST', '/v1/sessions/W/messages', { to: `+${BAILEYS_PHONE}`, text: 'hello Baileys' })
+      const sent = await s.gateway.api('POST', '/v1/sessions/W/messages', { to: `+${BAILEYS_PHONE}`, text: 'hello Baileys' })
       assert.equal(sent.status, 200, JSON.stringify(sent.json))
-      const message = await waitUntil(() => s.incoming.find(m => m.key.id === sent.json.id), WAIT, 'Baileys to receive the text')
+      const message = await waitUntil(() => s.baileys.incoming.find(m => m.key.id === sent.json.id), WAIT, 'Baileys to receive the text')
       const text = message.message?.conversation ?? message.message?.extendedTextMessage?.text
       assert.equal(text, 'hello Baileys', `Baileys received: ${JSON.stringify(message).slice(0, 600)}`)
       assert.ok(message.key.remoteJid, 'a chat')
-      await s.baileys.readMessages([message.key])
-      await waitUntil(() => s.hooks.some(h => h.event === 'message.status' && h.data.id === sent.json.id && h.data.status === 'read'),
+      await s.baileys.sock.readMessages([message.key])
+      await waitUntil(() => s.hook.hooks.some(h => h.event === 'message.status' && h.data.id === sent.json.id && h.data.status === 'read'),
         WAIT, 'message.status read')
-      const shown = await api('GET', `/v1/sessions/W/messages/${sent.json.id}`)
+      const shown = await s.gateway.api('GET', `/v1/sessions/W/messages/${sent.json.id}`)
       assert.equal(shown.json.status, 'read')
     } catch (e) { e.message += context(); throw e }
   })
 
   it('Baileys -> wagate: a text arrives as messages.upsert with the sender', { timeout: 60000 }, async () => {
     try {
-      const sent = await s.baileys.sendMessage(`${WAGATE_PHONE}@s.whatsapp.net`, { text: 'hello wagate' })
-      const upsert = await waitUntil(() => s.hooks.find(h => h.event === 'messages.upsert' && h.data.id === sent.key.id),
+      const sent = await s.baileys.sock.sendMessage(`${WAGATE_PHONE}@s.whatsapp.net`, { text: 'hello wagate' })
+      const upsert = await waitUntil(() => s.hook.hooks.find(h => h.event === 'messages.upsert' && h.data.id === sent.key.id),
         WAIT, 'the messages.upsert webhook')
       assert.equal(upsert.data.type, 'text')
       assert.equal(upsert.data.text, 'hello wagate')
@@ -188,7 +105,7 @@ describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
 
   it('wagate -> Baileys: a 2 MB PDF arrives and Baileys downloads it intact', { timeout: 60000 }, async () => {
     try {
-      const sent = await api('POST', '/v1/sessions/W/messages', {
+      const sent = await s.gateway.api('POST', '/v1/sessions/W/messages', {
         to: BAILEYS_PHONE,
         document: { base64: PDF.toString('base64'), mimetype: 'application/pdf', filename: 'INV-0001.pdf', caption: 'Your invoice' }
       })
@@ -207,9 +124,9 @@ describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
 
   it('wagate -> Baileys: an image fetched by URL arrives with its caption', { timeout: 60000 }, async () => {
     try {
-      s.files.set('/files/photo.png', { type: 'image/png', bytes: PHOTO })
-      const sent = await api('POST', '/v1/sessions/W/messages', {
-        to: `${BAILEYS_PHONE}@s.whatsapp.net`, image: { url: `${s.fileBase}/files/photo.png`, caption: 'the new shop' }
+      s.hook.files.set('/files/photo.png', { type: 'image/png', bytes: PHOTO })
+      const sent = await s.gateway.api('POST', '/v1/sessions/W/messages', {
+        to: `${BAILEYS_PHONE}@s.whatsapp.net`, image: { url: `${s.hook.base}/files/photo.png`, caption: 'the new shop' }
       })
       assert.equal(sent.status, 200, JSON.stringify(sent.json))
       const message = await receivedBy(sent.json.id, 'Baileys to receive the image')
@@ -225,7 +142,7 @@ describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
     try {
       const to = `${WAGATE_PHONE}@s.whatsapp.net`
       const photo = randomBytes(30000)
-      const sentImage = await s.baileys.sendMessage(to, { image: photo, mimetype: 'image/jpeg', caption: 'damaged box', jpegThumbnail: null })
+      const sentImage = await s.baileys.sock.sendMessage(to, { image: photo, mimetype: 'image/jpeg', caption: 'damaged box', jpegThumbnail: null })
       const image = await upsertOf(sentImage, 'the image upsert')
       assert.equal(image.data.type, 'image')
       assert.equal(image.data.text, 'damaged box')
@@ -238,7 +155,7 @@ describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
       assert.equal(gotImage.type, 'image/jpeg')
 
       const order = Buffer.concat([Buffer.from('%PDF-1.4\n'), randomBytes(300000)])
-      const sentDoc = await s.baileys.sendMessage(to, { document: order, mimetype: 'application/pdf', fileName: 'PO-77.pdf' })
+      const sentDoc = await s.baileys.sock.sendMessage(to, { document: order, mimetype: 'application/pdf', fileName: 'PO-77.pdf' })
       const doc = await upsertOf(sentDoc, 'the document upsert')
       assert.equal(doc.data.type, 'document')
       assert.equal(doc.data.media.filename, 'PO-77.pdf')
@@ -247,14 +164,14 @@ describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
       assert.match(gotDoc.disposition ?? '', /PO-77\.pdf/)
 
       const voice = randomBytes(12000)
-      const sentVoice = await s.baileys.sendMessage(to, {
+      const sentVoice = await s.baileys.sock.sendMessage(to, {
         audio: voice, mimetype: 'audio/ogg; codecs=opus', ptt: true, seconds: 3, waveform: new Uint8Array(64)
       })
       const note = await upsertOf(sentVoice, 'the voice note upsert')
       assert.equal(note.data.type, 'voice')
       assert.equal(sha256((await downloadFromWagate(note)).bytes), sha256(voice))
 
-      const sentPlace = await s.baileys.sendMessage(to, { location: { degreesLatitude: 12.9716, degreesLongitude: 77.5946, name: 'Warehouse 3' } })
+      const sentPlace = await s.baileys.sock.sendMessage(to, { location: { degreesLatitude: 12.9716, degreesLongitude: 77.5946, name: 'Warehouse 3' } })
       const place = await upsertOf(sentPlace, 'the location upsert')
       assert.equal(place.data.type, 'location')
       assert.deepEqual(place.data.location, { latitude: 12.9716, longitude: 77.5946, name: 'Warehouse 3' })
@@ -264,58 +181,58 @@ describe('wagate and Baileys 7 exchange messages through wagate-sim', () => {
   it('replies and reactions both ways point at the right message', { timeout: 60000 }, async () => {
     try {
       const to = `${WAGATE_PHONE}@s.whatsapp.net`
-      const question = await s.baileys.sendMessage(to, { text: 'is my order shipped?' })
+      const question = await s.baileys.sock.sendMessage(to, { text: 'is my order shipped?' })
       await upsertOf(question, 'the question upsert')
 
       // wagate answers it as a reply, then reacts to it.
-      const reply = await api('POST', '/v1/sessions/W/messages', { to: BAILEYS_PHONE, text: 'yes, today', reply_to: question.key.id })
+      const reply = await s.gateway.api('POST', '/v1/sessions/W/messages', { to: BAILEYS_PHONE, text: 'yes, today', reply_to: question.key.id })
       assert.equal(reply.status, 200, JSON.stringify(reply.json))
       const replyMsg = await receivedBy(reply.json.id, 'Baileys to receive the reply')
       const context = replyMsg.message?.extendedTextMessage?.contextInfo
       assert.equal(replyMsg.message?.extendedTextMessage?.text, 'yes, today')
       assert.equal(context?.stanzaId, question.key.id, `reply context: ${JSON.stringify(context)}`)
       assert.equal(context?.quotedMessage?.conversation, 'is my order shipped?')
-      const react = await api('POST', '/v1/sessions/W/messages', { to: BAILEYS_PHONE, reaction: { message_id: question.key.id, emoji: '👍' } })
+      const react = await s.gateway.api('POST', '/v1/sessions/W/messages', { to: BAILEYS_PHONE, reaction: { message_id: question.key.id, emoji: '👍' } })
       assert.equal(react.status, 200, JSON.stringify(react.json))
       const reaction = await receivedBy(react.json.id, 'Baileys to receive the reaction')
       assert.equal(reaction.message?.reactionMessage?.text, '👍')
       assert.equal(reaction.message?.reactionMessage?.key?.id, question.key.id)
 
       // Baileys quotes wagate's reply and reacts to it.
-      const quoted = await s.baileys.sendMessage(to, { text: 'thanks!' }, { quoted: replyMsg })
+      const quoted = await s.baileys.sock.sendMessage(to, { text: 'thanks!' }, { quoted: replyMsg })
       const quotedUpsert = await upsertOf(quoted, 'the quoting upsert')
       assert.equal(quotedUpsert.data.quoted_id, reply.json.id)
-      const liked = await s.baileys.sendMessage(to, { react: { text: '🙏', key: replyMsg.key } })
+      const liked = await s.baileys.sock.sendMessage(to, { react: { text: '🙏', key: replyMsg.key } })
       const likedUpsert = await upsertOf(liked, 'the reaction upsert')
       assert.equal(likedUpsert.data.type, 'reaction')
       assert.equal(likedUpsert.data.reaction, '🙏')
       assert.equal(likedUpsert.data.quoted_id, reply.json.id)
 
-      const unknown = await api('POST', '/v1/sessions/W/messages', { to: BAILEYS_PHONE, text: 'x', reply_to: 'NOPE' })
+      const unknown = await s.gateway.api('POST', '/v1/sessions/W/messages', { to: BAILEYS_PHONE, text: 'x', reply_to: 'NOPE' })
       assert.equal(unknown.status, 400, JSON.stringify(unknown.json))
     } catch (e) { e.message += context(); throw e }
   })
 
   it('offline: three messages sent while wagate is stopped arrive once, in order, after it starts', { timeout: 90000 }, async () => {
     try {
-      await stopGateway()
+      await s.gateway.stop()
       const to = `${WAGATE_PHONE}@s.whatsapp.net`
       const sent = []
       for (const text of ['offline one', 'offline two', 'offline three']) {
-        sent.push(await s.baileys.sendMessage(to, { text }))
+        sent.push(await s.baileys.sock.sendMessage(to, { text }))
       }
-      await startGateway()
+      s.gateway = await startGateway(s.sim, s.hook.url, { dataDir: s.gateway.dataDir, port: s.gateway.port })
       const ids = sent.map(m => m.key.id)
       const arrived = await waitUntil(() => {
-        const hooks = s.hooks.filter(h => h.event === 'messages.upsert' && ids.includes(h.data.id))
+        const hooks = s.hook.hooks.filter(h => h.event === 'messages.upsert' && ids.includes(h.data.id))
         return hooks.length >= 3 && hooks
       }, WAIT, 'the three offline messages')
       assert.deepEqual(arrived.map(h => h.data.text), ['offline one', 'offline two', 'offline three'])
       // Give a duplicate every chance to show up before counting.
-      await waitUntil(async () => (await api('GET', '/v1/sessions/W')).json?.state === 'connected', WAIT, 'wagate connected again')
-      const again = await s.baileys.sendMessage(to, { text: 'back online' })
+      await waitUntil(async () => (await s.gateway.api('GET', '/v1/sessions/W')).json?.state === 'connected', WAIT, 'wagate connected again')
+      const again = await s.baileys.sock.sendMessage(to, { text: 'back online' })
       await upsertOf(again, 'a live message after the offline ones')
-      assert.equal(s.hooks.filter(h => h.event === 'messages.upsert' && ids.includes(h.data.id)).length, 3, 'each exactly once')
+      assert.equal(s.hook.hooks.filter(h => h.event === 'messages.upsert' && ids.includes(h.data.id)).length, 3, 'each exactly once')
     } catch (e) { e.message += context(); throw e }
   })
 })

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub send_seconds: Histogram,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_seconds: Histogram,
+    pub webhook_delivery_seconds: Histogram,
     sessions: IntGaugeVec,
     outbox_depth: IntGauge,
     memory: IntGauge,
@@ -25,6 +26,12 @@ pub struct Metrics {
 
 /// Buckets from a millisecond to half a minute: sends and webhook calls.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Buckets from 5 ms to a day: an event's wait from being recorded to its delivery, which
+/// includes retries while a receiver is down.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
 
 /// Process-wide, as Prometheus metrics are.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -35,9 +42,8 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
     metric
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
-    let metric =
-        Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())).expect("valid metric");
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("registered once");
     metric
 }
@@ -71,14 +77,30 @@ impl Metrics {
                 "Messages received, by type.",
                 "type",
             ),
-            send_seconds: histogram(&registry, "wagate_send_seconds", "From the send call to WhatsApp's ack."),
+            send_seconds: histogram(
+                &registry,
+                "wagate_send_seconds",
+                "From the send call to WhatsApp's ack.",
+                LATENCY_BUCKETS,
+            ),
             webhook_deliveries: counter_vec(
                 &registry,
                 "wagate_webhook_deliveries_total",
                 "Webhook attempts by result.",
                 "result",
             ),
-            webhook_seconds: histogram(&registry, "wagate_webhook_seconds", "Duration of webhook requests."),
+            webhook_seconds: histogram(
+                &registry,
+                "wagate_webhook_seconds",
+                "Duration of webhook requests.",
+                LATENCY_BUCKETS,
+            ),
+            webhook_delivery_seconds: histogram(
+                &registry,
+                "wagate_webhook_delivery_seconds",
+                "From an event being recorded to its webhook delivery, retries included.",
+                DELIVERY_BUCKETS,
+            ),
             registry,
             pairings,
             sessions,

@@ -1,9 +1,10 @@
-//! Runs `interop/test/messages.test.mjs`: wagate and Baileys 7 (npm) exchange messages
-//! through the simulator (see `common::interop`).
+//! Runs `interop/test/messages.test.mjs`: wagate and Baileys 7 (npm) exchange texts, media,
+//! locations, replies and reactions through the simulator (see `common::node`).
 
 mod common;
 
 #[test]
-fn wagate_and_baileys_exchange_texts_and_receipts() {
-    common::interop::run_node_test("test/messages.test.mjs");
+fn wagate_and_baileys_exchange_messages_media_and_receipts() {
+    common::node::require_package("baileys");
+    common::node::run_node_test("messages.test.mjs", &[]);
 }

@@ -54,6 +54,7 @@ async fn counters_move_with_traffic() {
     assert!(moved("wagate_send_seconds", None) >= 1.0, "a send latency was observed");
     assert!(moved("wagate_webhook_deliveries_total", Some(("result", "delivered"))) >= 4.0);
     assert!(moved("wagate_webhook_seconds", None) >= 4.0);
+    assert!(moved("wagate_webhook_delivery_seconds", None) >= 4.0, "each delivery's wait was observed");
     assert!(sample(&after, "wagate_process_resident_memory_bytes", None) > 1_000_000.0);
     assert!(after.samples.iter().any(|s| s.metric == "wagate_webhook_outbox_pending"));
     gateway.stop().await;

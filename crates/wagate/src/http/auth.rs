@@ -1,5 +1,8 @@
 //! Who may call `/v1`: anyone on this machine; from elsewhere only with
 //! `Authorization: Bearer <WAGATE_API_KEY>`, and nobody when no key is configured.
+//! The console's static files follow the same rule, except that a remote browser loads
+//! them without the key (it cannot send one yet): they hold no data, and every call the
+//! page makes needs the key it then asks for.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +23,23 @@ pub async fn require_key(
 ) -> Result<Response, ApiError> {
     let presented = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     authorize(peer.ip(), presented, state.api_key.as_deref())?;
+    Ok(next.run(request).await)
+}
+
+/// For the console's files: anyone on this machine, and from elsewhere only when a key is
+/// configured (without one the API answers nobody remote, so the page could do nothing).
+pub async fn require_page_access(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !peer.ip().is_loopback() && state.api_key.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the console only answers this machine unless WAGATE_API_KEY is set",
+        ));
+    }
     Ok(next.run(request).await)
 }
 

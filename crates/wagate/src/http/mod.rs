@@ -1,8 +1,9 @@
-//! The HTTP side: the native API under `/v1`, `/health`, and (later) the compat API of
-//! COMPAT.md at the root and `/metrics`.
+//! The HTTP side: the native API under `/v1`, `/health`, the compat API of COMPAT.md at the
+//! root, `/metrics`, and the operators' web page at `/console`.
 
 mod auth;
 mod compat;
+mod console;
 pub mod error;
 mod health;
 mod media_input;
@@ -33,7 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(compat::routes())
         .route("/metrics", axum::routing::get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
-    Router::new().merge(guarded).merge(health::routes()).with_state(state)
+    Router::new().merge(guarded).merge(console::routes(state.clone())).merge(health::routes()).with_state(state)
 }
 
 async fn metrics(

@@ -220,6 +220,8 @@ async fn deliver(outbox: &Outbox, client: &reqwest::Client, event: OutboxEvent) 
     let result = match verdict {
         Verdict::Delivered => {
             let status = status.unwrap_or_default();
+            let waited = Duration::from_millis(now.saturating_sub(event.created_ms));
+            crate::metrics::METRICS.webhook_delivery_seconds.observe(waited.as_secs_f64());
             info!(session = %event.session, id = %event.id, attempt, "Webhook delivered: {} - Status: {}", event.event, status);
             if let Ok(answer) = &outcome {
                 warn_if_rejected(&event, &answer.body);
