@@ -333,6 +333,12 @@ impl Conn {
             }
             return Ok(());
         }
+        if node.tag == "presence" || node.tag == "chatstate" {
+            if let Some(sender) = self.device {
+                crate::presence::on_stanza(&mut self.state.lock(), sender, &node);
+            }
+            return Ok(());
+        }
         if node.tag != "iq" {
             return Ok(());
         }

@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/control/stats", get(stats))
         .route("/control/unknown-iqs", get(unknown_iqs))
         .route("/control/groups", post(create_group))
+        .route("/control/profile", post(set_profile))
 }
 
 /// JSON bodies whose rejections are `{"error": ...}` like every other error.
@@ -374,4 +375,31 @@ async fn create_group(State(state): State<Arc<SimState>>, Body(request): Body<Gr
         "creation": group.creation,
         "participants": members,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileRequest {
+    phone: String,
+    #[serde(default)]
+    about: Option<String>,
+    #[serde(default)]
+    picture_url: Option<String>,
+}
+
+/// Sets what an account shows others: its about text and its picture's URL (null removes).
+async fn set_profile(State(state): State<Arc<SimState>>, Body(request): Body<ProfileRequest>) -> Result<Json<Value>> {
+    let phone = phone_of(&request.phone)?;
+    let mut inner = state.lock();
+    if inner.accounts.get(phone).is_none() {
+        return Err(ControlError::not_found(format!("no account with phone number {phone}; link a device first")));
+    }
+    let profile = inner.profiles.entry(phone).or_default();
+    if request.picture_url != profile.picture_url {
+        profile.picture_id += 1;
+    }
+    profile.about = request.about.filter(|a| !a.is_empty());
+    profile.picture_url = request.picture_url.filter(|u| !u.is_empty());
+    info!(phone, "phone changed its profile");
+    Ok(Json(json!({ "phone": phone.to_string(), "about": profile.about, "picture_url": profile.picture_url })))
 }

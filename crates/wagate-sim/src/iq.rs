@@ -75,6 +75,7 @@ pub fn answer(ctx: &IqContext<'_>, iq: &Node) -> IqAnswer {
         )),
         ("blocklist", _) if kind == "get" => IqAnswer::reply(iq_result(iq, vec![NodeBuilder::new("list").build()])),
         ("usync", "usync") => IqAnswer::reply(usync(ctx, iq)),
+        ("w:profile:picture", "picture") if kind == "get" => IqAnswer::reply(crate::profiles::answer_picture(ctx, iq)),
         ("w:g2", "query") => IqAnswer::reply(crate::groups::answer_query(ctx, iq)),
         ("w:g2", "participating") => IqAnswer::reply(crate::groups::answer_participating(ctx, iq)),
         ("w:sync:app:state", "sync") => IqAnswer::reply(app_state_sync(iq)),
@@ -293,6 +294,12 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                     // the LID as its own phone number).
                     ("lid", Some(account)) if !jid.as_deref().is_some_and(|j| j.ends_with("@lid")) => {
                         parts.push(NodeBuilder::new("lid").attr("val", format!("{}@lid", account.lid)).build())
+                    }
+                    ("status", Some(account)) => {
+                        parts.push(crate::profiles::status_node(inner.profiles.get(&account.phone)))
+                    }
+                    ("picture", Some(account)) => {
+                        parts.extend(crate::profiles::picture_node(inner.profiles.get(&account.phone)))
                     }
                     ("contact", found) => {
                         let kind = if found.is_some() { "in" } else { "out" };

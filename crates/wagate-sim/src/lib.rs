@@ -23,6 +23,8 @@ mod noise;
 mod pair_code;
 mod pairing;
 mod phone;
+mod presence;
+mod profiles;
 mod relay;
 mod server;
 mod state;

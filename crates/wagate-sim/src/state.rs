@@ -140,6 +140,8 @@ pub struct Inner {
     pub groups: crate::groups::Groups,
     pub stats: Stats,
     pub unknown_iqs: BTreeMap<UnknownIq, u64>,
+    pub presence: crate::presence::Presence,
+    pub profiles: crate::profiles::Profiles,
     next_conn: ConnId,
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use common::receiver::Receiver;
 use common::{link, start_gateway, start_sim, Api};
 use serde_json::json;
@@ -120,6 +121,75 @@ async fn the_erpnext_app_links_sends_and_hears_back() {
     assert_eq!(status, 200, "{check}");
     assert_eq!(check, json!({ "status": "success", "exists": true, "jid": "15552228888@s.whatsapp.net" }));
 
+    // The customer answers the reminder as a WhatsApp reply, then sends a statement: the app
+    // hears both, the file itself in base64 as the Node service sent it.
+    let (status, _) = api
+        .post(
+            "/v1/sessions/Customer/messages",
+            json!({ "to": "15551119999", "text": "Which one?", "reply_to": sent["messageId"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let statement: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&statement);
+    let document = json!({ "base64": encoded, "mimetype": "application/pdf", "filename": "statement.pdf" });
+    let (status, answer) =
+        api.post("/v1/sessions/Customer/messages", json!({ "to": "15551119999", "document": document })).await;
+    assert_eq!(status, 200, "{answer}");
+    let upserts = erp
+        .wait_for("the reply and the statement", common::WAIT, |r| {
+            r.iter().filter(|x| x.json["event"] == "messages.upsert").count() >= 3
+        })
+        .await;
+    let messages: Vec<&serde_json::Value> =
+        upserts.iter().filter(|x| x.json["event"] == "messages.upsert").map(|x| &x.json["messages"][0]).collect();
+    assert_eq!(messages[1]["text"], "Which one?");
+    assert_eq!(messages[1]["replyTo"], json!({ "messageId": sent["messageId"], "text": "Invoice ACC-1 is due" }));
+    assert_eq!(messages[1]["media"], serde_json::Value::Null);
+    assert_eq!(messages[2]["text"], "[Media: document]");
+    assert_eq!(messages[2]["media"]["mimetype"], "application/pdf");
+    assert_eq!(messages[2]["media"]["filename"], "statement.pdf");
+    assert_eq!(messages[2]["media"]["data"], encoded.as_str(), "the file arrives whole, in base64");
+
+    // Contact info: about text and picture from the customer's profile; unknown numbers.
+    let profile =
+        json!({ "phone": "15552228888", "about": "Accounts payable", "picture_url": "https://pps.example/c.jpg" });
+    assert_eq!(control.post("/control/profile", profile).await.0, 200);
+    let (status, info) =
+        api.post("/sessions/contact-info", json!({ "sessionId": "WA-Acme", "phone": "+1 555 222 8888" })).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        info,
+        json!({
+            "status": "success", "exists": true, "about": "Accounts payable",
+            "profilePicture": "https://pps.example/c.jpg", "jid": "15552228888@s.whatsapp.net",
+        })
+    );
+    let (_, native) = api.get("/v1/sessions/WA-Acme/contacts/15552228888").await;
+    assert_eq!((native["about"].as_str(), native["exists"].as_bool()), (Some("Accounts payable"), Some(true)));
+    let (status, info) =
+        api.post("/sessions/contact-info", json!({ "sessionId": "WA-Acme", "phone": "15550001111" })).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        info,
+        json!({ "status": "success", "exists": false, "about": null, "profilePicture": null, "jid": null })
+    );
+
+    // Presence: the customer's device is online; the app hears it once subscribed.
+    let (status, answer) =
+        api.post("/sessions/subscribe-presence", json!({ "sessionId": "WA-Acme", "phone": "15552228888" })).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("success")), "{answer}");
+    let presence = erp
+        .wait_for("presence", common::WAIT, |r| r.iter().any(|x| x.json["event"] == "presence.update"))
+        .await
+        .into_iter()
+        .find(|x| x.json["event"] == "presence.update")
+        .unwrap();
+    assert_eq!(presence.json["from"], "15552228888", "{}", presence.json);
+    assert_eq!(presence.json["presence"]["lastKnownPresence"], "available", "{}", presence.json);
+
+    every_bad_request_is_a_400(&api).await;
+
     let (status, body) =
         api.post("/sessions/send", json!({ "sessionId": "nobody", "receiver": "1555", "message": "x" })).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("Session not connected")));
@@ -129,4 +199,41 @@ async fn the_erpnext_app_links_sends_and_hears_back() {
     assert_eq!((status, body["status"].as_str()), (200, Some("logged out")));
     gateway.stop().await;
     sim.stop().await;
+}
+
+/// Missing or malformed fields: a 400 with `{"error": ...}` from every call, never a 500.
+async fn every_bad_request_is_a_400(api: &Api) {
+    let pdf = |data: &str| json!({ "data": data, "mimetype": "application/pdf", "filename": "a.pdf" });
+    let cases = [
+        ("/sessions/start", json!("sessionId")),
+        ("/sessions/start", json!({ "sessionId": 5 })),
+        ("/sessions/start", json!({ "sessionId": "" })),
+        ("/sessions/start", json!({ "sessionId": "WA-Acme", "webhookUrl": "not a url" })),
+        ("/sessions/send", json!({})),
+        ("/sessions/send", json!({ "sessionId": "WA-Acme", "receiver": "15552228888" })),
+        ("/sessions/send", json!({ "sessionId": "WA-Acme", "receiver": "abc", "message": "x" })),
+        ("/sessions/send", json!({ "sessionId": "WA-Acme", "receiver": "15552228888", "message": 7 })),
+        ("/sessions/send", json!({ "sessionId": "WA-Acme", "receiver": "15552228888", "media": "file" })),
+        ("/sessions/send", json!({ "sessionId": "WA-Acme", "receiver": "15552228888", "media": pdf("%%not base64") })),
+        ("/sessions/send", json!({ "sessionId": "WA-Acme", "receiver": "15552228888", "media": pdf("") })),
+        ("/sessions/send", json!({ "sessionId": "WA-Acme", "receiver": "15552228888", "media": { "data": "YWJj" } })),
+        ("/sessions/check-number", json!({ "sessionId": "WA-Acme" })),
+        ("/sessions/check-number", json!({ "sessionId": "WA-Acme", "phone": "call me" })),
+        ("/sessions/contact-info", json!({})),
+        ("/sessions/contact-info", json!({ "phone": "15552228888" })),
+        ("/sessions/contact-info", json!({ "sessionId": "WA-Acme", "phone": "12" })),
+        ("/sessions/contact-info", json!({ "sessionId": "WA-Acme", "phone": ["15552228888"] })),
+        ("/sessions/contact-info", json!({ "sessionId": "nobody", "phone": "15552228888" })),
+        ("/sessions/group-metadata", json!({ "sessionId": "WA-Acme" })),
+        ("/sessions/group-metadata", json!({ "sessionId": "WA-Acme", "groupId": "not a group" })),
+        ("/sessions/group-metadata", json!({ "sessionId": "nobody", "groupId": "120363025246125486" })),
+        ("/sessions/subscribe-presence", json!({ "sessionId": "WA-Acme" })),
+        ("/sessions/subscribe-presence", json!({ "sessionId": "WA-Acme", "phone": 15552228888u64 })),
+        ("/sessions/subscribe-presence", json!({ "sessionId": "nobody", "phone": "15552228888" })),
+    ];
+    for (path, body) in cases {
+        let (status, answer) = api.post(path, body.clone()).await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{path} {body}: {answer}");
+    }
 }

@@ -5,6 +5,8 @@ mod compose;
 mod content;
 mod media_http;
 mod normalize;
+mod presence;
+pub use presence::{ContactInfo, PresenceKind, PresenceUpdate};
 pub mod probe;
 pub mod proxy;
 mod transport;
@@ -84,6 +86,9 @@ pub struct Inbound {
     pub group_subject: Option<String>,
     /// The message this one answers (reply) or reacts to.
     pub quoted_id: Option<String>,
+    /// The text or caption of the message a reply quotes, as the reply carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quoted_text: Option<String>,
     pub reaction: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media: Option<InboundMedia>,
@@ -192,6 +197,8 @@ pub enum EngineEvent {
     Connected {
         me: Me,
     },
+    /// A subscribed contact came online, went offline, or typed / stopped in our chat.
+    Presence(PresenceUpdate),
     Closed(CloseReason),
 }
 
@@ -237,6 +244,11 @@ pub trait Connection: Send + Sync {
     async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError>;
     /// Asks WhatsApp which of these phone numbers (digits) have an account.
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError>;
+    /// Whether a phone number (digits) is on WhatsApp, with its about text and picture.
+    async fn contact_info(&self, phone: &str) -> Result<ContactInfo, EngineError>;
+    /// Asks WhatsApp for the presence and chat states of a user; they arrive as
+    /// [`EngineEvent::Presence`].
+    async fn subscribe_presence(&self, jid: &str) -> Result<(), EngineError>;
     /// Every group the account is in.
     async fn groups(&self) -> Result<Vec<GroupInfo>, EngineError>;
     /// One group's metadata; `None` when there is no such group or the account is not in it.

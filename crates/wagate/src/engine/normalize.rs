@@ -180,6 +180,7 @@ pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
         text: if kind == "reaction" { None } else { text },
         kind: kind.to_string(),
         is_group,
+        quoted_text: quoted_id.as_ref().and_then(|_| quoted_text(message)),
         quoted_id,
         media: media_of(message),
         location: location_of(message),
@@ -187,6 +188,23 @@ pub fn inbound(message: &wa::Message, info: &MessageInfo) -> Option<Inbound> {
         from_me: info.source.is_from_me,
         offline: info.is_offline,
     })
+}
+
+/// The text (or caption) of the message a reply quotes: a reply carries a copy of it.
+fn quoted_text(message: &wa::Message) -> Option<String> {
+    let message = message.get_base_message();
+    let context = [
+        message.extended_text_message.as_option().and_then(|m| m.context_info.as_option()),
+        message.image_message.as_option().and_then(|m| m.context_info.as_option()),
+        message.video_message.as_option().and_then(|m| m.context_info.as_option()),
+        message.audio_message.as_option().and_then(|m| m.context_info.as_option()),
+        message.document_message.as_option().and_then(|m| m.context_info.as_option()),
+    ]
+    .into_iter()
+    .flatten()
+    .next()?;
+    let quoted = context.quoted_message.as_option()?;
+    quoted.text_content().or_else(|| quoted.get_caption()).map(str::to_string)
 }
 
 /// `user:device@server` -> `user@server`.

@@ -20,8 +20,8 @@ use super::content::{Content, MediaKind, MediaRef, Outgoing};
 use super::media_http::MediaHttp;
 use super::proxy::Proxy;
 use super::{
-    phone_of_jid, CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, GroupInfo, GroupMember, Me,
-    NumberCheck, Sent,
+    phone_of_jid, CloseReason, Connection, ContactInfo, Engine, EngineError, EngineEvent, EngineStore, GroupInfo,
+    GroupMember, Me, NumberCheck, PresenceKind, PresenceUpdate, Sent,
 };
 
 /// The client version announced to a non-WhatsApp server (the simulator), which cannot
@@ -336,6 +336,46 @@ impl Connection for WhatsAppConnection {
             .collect())
     }
 
+    async fn contact_info(&self, phone: &str) -> Result<ContactInfo, EngineError> {
+        let check = self.check_numbers(std::slice::from_ref(&phone.to_string())).await?.into_iter().next();
+        let Some(jid) = check.and_then(|c| c.jid) else {
+            return Ok(ContactInfo {
+                phone: phone.to_string(),
+                exists: false,
+                jid: None,
+                about: None,
+                picture_url: None,
+            });
+        };
+        let user = wacore_binary::Jid::pn(phone);
+        let contacts = self.client.contacts();
+        let (info, picture) = tokio::join!(
+            contacts.get_user_info(std::slice::from_ref(&user)),
+            contacts.get_profile_picture(&user, false)
+        );
+        // Like the Node service: a hidden or failed detail is null, the answer still comes.
+        let about = match info {
+            Ok(found) => found.into_values().next().and_then(|i| i.status).filter(|s| !s.is_empty()),
+            Err(e) => {
+                debug!(phone, "about text lookup failed: {e}");
+                None
+            }
+        };
+        let picture_url = match picture {
+            Ok(picture) => picture.map(|p| p.url),
+            Err(e) => {
+                debug!(phone, "profile picture lookup failed: {e}");
+                None
+            }
+        };
+        Ok(ContactInfo { phone: phone.to_string(), exists: true, jid: Some(jid), about, picture_url })
+    }
+
+    async fn subscribe_presence(&self, jid: &str) -> Result<(), EngineError> {
+        let jid: wacore_binary::Jid = jid.parse().map_err(|_| EngineError::BadRecipient(jid.to_string()))?;
+        self.client.presence().subscribe(jid).await.map_err(|e| EngineError::Send(format!("{e}")))
+    }
+
     async fn groups(&self) -> Result<Vec<GroupInfo>, EngineError> {
         let groups = self.client.groups().get_participating().await.map_err(|e| EngineError::Send(format!("{e}")))?;
         let mut groups: Vec<GroupInfo> = groups.into_values().map(group_info).collect();
@@ -472,6 +512,25 @@ fn translate(
                     timestamp_ms: u64::try_from(receipt.timestamp.timestamp_millis()).unwrap_or(0),
                 });
             }
+        }
+        Event::Presence(update) => {
+            let from = update.from.to_non_ad().to_string();
+            send(EngineEvent::Presence(PresenceUpdate {
+                phone: phone_of_jid(&from),
+                from,
+                presence: if update.unavailable { PresenceKind::Unavailable } else { PresenceKind::Available },
+                last_seen: update.last_seen.map(|t| t.timestamp()),
+            }));
+        }
+        Event::ChatPresence(update) => {
+            use wacore::types::presence::{ChatPresence, ChatPresenceMedia};
+            let from = update.source.sender.to_non_ad().to_string();
+            let presence = match (&update.state, &update.media) {
+                (ChatPresence::Composing, ChatPresenceMedia::Audio) => PresenceKind::Recording,
+                (ChatPresence::Composing, _) => PresenceKind::Composing,
+                (ChatPresence::Paused, _) => PresenceKind::Paused,
+            };
+            send(EngineEvent::Presence(PresenceUpdate { phone: phone_of_jid(&from), from, presence, last_seen: None }));
         }
         Event::PairingQrCodesExhausted(_) => tracker.library_said(CloseReason::QrRefsExhausted),
         Event::StreamReplaced(_) => tracker.library_said(CloseReason::Replaced),

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, JsonBody};
 use super::qr::png_data_url;
 use super::AppState;
 use crate::engine::{Content, MediaKind, MediaUpload, Outgoing};
@@ -31,9 +31,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/sessions/start", post(start))
         .route("/sessions/send", post(send).layer(DefaultBodyLimit::max(super::error::MAX_BODY)))
         .route("/sessions/check-number", post(check_number))
-        .route("/sessions/contact-info", post(not_yet))
+        .route("/sessions/contact-info", post(contact_info))
         .route("/sessions/group-metadata", post(group_metadata))
-        .route("/sessions/subscribe-presence", post(not_yet))
+        .route("/sessions/subscribe-presence", post(subscribe_presence))
         .route("/sessions/{id}/status", get(status))
         .route("/sessions/{id}", get(show).delete(delete))
 }
@@ -70,10 +70,7 @@ struct StartRequest {
     webhook_token: Option<String>,
 }
 
-async fn start(State(state): State<Arc<AppState>>, body: Option<Json<StartRequest>>) -> Response {
-    let Some(Json(request)) = body else {
-        return error(StatusCode::BAD_REQUEST, "sessionId is required");
-    };
+async fn start(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<StartRequest>) -> Response {
     let Some(id) = request.session_id.filter(|id| !id.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "sessionId is required");
     };
@@ -163,6 +160,19 @@ pub fn receiver_jid(receiver: &str) -> String {
     }
 }
 
+/// A user or group JID with a user part WhatsApp could know: digits (and `-` in old
+/// group ids) before the `@`.
+fn is_plausible_jid(jid: &str) -> bool {
+    let Some((user, server)) = jid.split_once('@') else { return false };
+    let user = user.split(':').next().unwrap_or_default();
+    let digits = |extra: char| !user.is_empty() && user.chars().all(|c| c.is_ascii_digit() || c == extra);
+    match server {
+        "s.whatsapp.net" | "lid" => digits('0'),
+        "g.us" => digits('-'),
+        _ => false,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SendRequest {
@@ -203,13 +213,14 @@ fn media_content(media: CompatMedia, message: Option<String>) -> Result<Content,
     Ok(Content::Media(MediaUpload { kind, data, mimetype, filename, caption, voice }))
 }
 
-async fn send(State(state): State<Arc<AppState>>, body: Option<Json<SendRequest>>) -> Response {
-    let Some(Json(request)) = body else {
-        return error(StatusCode::BAD_REQUEST, "sessionId, receiver and message are required");
-    };
+async fn send(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<SendRequest>) -> Response {
     let (Some(id), Some(receiver)) = (request.session_id, request.receiver) else {
         return error(StatusCode::BAD_REQUEST, "sessionId and receiver are required");
     };
+    let to = receiver_jid(&receiver);
+    if !is_plausible_jid(&to) {
+        return error(StatusCode::BAD_REQUEST, format!("'{receiver}' is not a phone number, group id or JID"));
+    }
     let content = match (request.media, request.message.filter(|m| !m.is_empty())) {
         (Some(media), message) => match media_content(media, message) {
             Ok(content) => content,
@@ -219,29 +230,18 @@ async fn send(State(state): State<Arc<AppState>>, body: Option<Json<SendRequest>
         (None, None) => return error(StatusCode::BAD_REQUEST, "message is required"),
     };
     let message = Outgoing { content, reply_to: None };
-    match state.manager.send(&id, &receiver_jid(&receiver), &message, None).await {
+    match state.manager.send(&id, &to, &message, None).await {
         Ok(sent) => {
             Json(json!({ "status": "sent", "messageId": sent.id, "timestamp": sent.created_ms / 1000 })).into_response()
         }
-        Err(SessionError::NotConnected(_)) => error(StatusCode::BAD_REQUEST, "Session not connected"),
-        Err(SessionError::NotFound) => error(StatusCode::BAD_REQUEST, "Session not connected"),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => session_failure(e),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CheckRequest {
-    session_id: Option<String>,
-    phone: Option<String>,
-}
-
-async fn check_number(State(state): State<Arc<AppState>>, body: Option<Json<CheckRequest>>) -> Response {
-    let Some(Json(CheckRequest { session_id: Some(id), phone: Some(phone) })) = body else {
-        return error(StatusCode::BAD_REQUEST, "sessionId and phone are required");
-    };
-    let Some(digits) = super::v1::phone_digits(&phone) else {
-        return error(StatusCode::BAD_REQUEST, format!("'{phone}' is not a phone number"));
+async fn check_number(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<PhoneRequest>) -> Response {
+    let (id, digits) = match session_and_phone(request) {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
     match state.manager.check_numbers(&id, std::slice::from_ref(&digits)).await {
         Ok(results) => {
@@ -253,10 +253,7 @@ async fn check_number(State(state): State<Arc<AppState>>, body: Option<Json<Chec
             }))
             .into_response()
         }
-        Err(SessionError::NotConnected(_)) | Err(SessionError::NotFound) => {
-            error(StatusCode::BAD_REQUEST, "Session not connected")
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => session_failure(e),
     }
 }
 
@@ -269,8 +266,8 @@ struct GroupRequest {
 
 /// One group as the Node service described it: members by phone digits, full JID and
 /// Baileys' admin word (`superadmin`, `admin` or null).
-async fn group_metadata(State(state): State<Arc<AppState>>, body: Option<Json<GroupRequest>>) -> Response {
-    let Some(Json(GroupRequest { session_id: Some(id), group_id: Some(group_id) })) = body else {
+async fn group_metadata(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<GroupRequest>) -> Response {
+    let GroupRequest { session_id: Some(id), group_id: Some(group_id) } = request else {
         return error(StatusCode::BAD_REQUEST, "sessionId and groupId are required");
     };
     let jid = receiver_jid(&group_id);
@@ -307,15 +304,69 @@ async fn group_metadata(State(state): State<Arc<AppState>>, body: Option<Json<Gr
             .into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("the session is not in a group {jid}")),
-        Err(SessionError::NotConnected(_)) | Err(SessionError::NotFound) => {
-            error(StatusCode::BAD_REQUEST, "Session not connected")
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => session_failure(e),
     }
 }
 
-async fn not_yet() -> Response {
-    error(StatusCode::NOT_IMPLEMENTED, "this call is not supported by this wagate version yet")
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PhoneRequest {
+    session_id: Option<String>,
+    phone: Option<String>,
+}
+
+/// The session id and the phone digits of a `{sessionId, phone}` request.
+fn session_and_phone(request: PhoneRequest) -> Result<(String, String), Response> {
+    let (Some(id), Some(phone)) = (request.session_id.filter(|i| !i.is_empty()), request.phone) else {
+        return Err(error(StatusCode::BAD_REQUEST, "sessionId and phone are required"));
+    };
+    match super::v1::phone_digits(&phone) {
+        Some(digits) => Ok((id, digits)),
+        None => Err(error(StatusCode::BAD_REQUEST, format!("'{phone}' is not a phone number"))),
+    }
+}
+
+async fn contact_info(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<PhoneRequest>) -> Response {
+    let (id, phone) = match session_and_phone(request) {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    match state.manager.contact_info(&id, &phone).await {
+        Ok(info) => Json(json!({
+            "status": "success",
+            "exists": info.exists,
+            "profilePicture": info.picture_url,
+            "about": info.about,
+            "jid": info.jid,
+        }))
+        .into_response(),
+        Err(e) => session_failure(e),
+    }
+}
+
+async fn subscribe_presence(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<PhoneRequest>) -> Response {
+    let (id, phone) = match session_and_phone(request) {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let jid = format!("{phone}@s.whatsapp.net");
+    match state.manager.subscribe_presence(&id, &jid).await {
+        Ok(()) => {
+            Json(json!({ "status": "success", "message": format!("Subscribed to presence of {jid}") })).into_response()
+        }
+        Err(e) => session_failure(e),
+    }
+}
+
+/// A session call that failed: the Node service's 400 when the session is not there or
+/// not connected, else a 500 with the cause.
+fn session_failure(e: SessionError) -> Response {
+    match e {
+        SessionError::NotConnected(_) | SessionError::NotFound => {
+            error(StatusCode::BAD_REQUEST, "Session not connected")
+        }
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -328,5 +379,10 @@ mod tests {
         assert_eq!(receiver_jid("1555@s.whatsapp.net"), "1555@s.whatsapp.net");
         assert_eq!(receiver_jid("1555-1612345678"), "1555-1612345678@g.us");
         assert_eq!(receiver_jid("120363025246125486"), "120363025246125486@g.us");
+        assert!(is_plausible_jid(&receiver_jid("+91 98765 43210")));
+        assert!(is_plausible_jid("1555-1612345678@g.us"));
+        for bad in ["", "abc", "12ab34", "x@example.com", "@s.whatsapp.net"] {
+            assert!(!is_plausible_jid(&receiver_jid(bad)), "{bad}");
+        }
     }
 }

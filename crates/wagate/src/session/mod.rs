@@ -3,6 +3,7 @@
 
 pub mod backoff;
 mod group_names;
+mod media_upserts;
 pub mod policy;
 pub mod state;
 mod supervisor;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 
-use crate::engine::{DeliveryState, Engine, EngineError, GroupInfo, MessageRef, NumberCheck, Outgoing};
+use crate::engine::{ContactInfo, DeliveryState, Engine, EngineError, GroupInfo, MessageRef, NumberCheck, Outgoing};
 use crate::store::{KeyClaim, SentMessage, Store, StoreError, StoredMedia, WebhookConfig};
 use crate::webhook::Outbox;
 pub use state::{SessionView, StateKind};
@@ -287,6 +288,20 @@ impl SessionManager {
     pub async fn check_numbers(&self, id: &str, phones: &[String]) -> Result<Vec<NumberCheck>, SessionError> {
         let conn = self.connection(id).await?;
         conn.check_numbers(phones).await.map_err(engine_failure)
+    }
+
+    /// Whether a phone number (digits) is on WhatsApp, with its about text and picture.
+    pub async fn contact_info(&self, id: &str, phone: &str) -> Result<ContactInfo, SessionError> {
+        let conn = self.connection(id).await?;
+        conn.contact_info(phone).await.map_err(engine_failure)
+    }
+
+    /// Subscribes to a user's presence; changes arrive as `presence.update` events.
+    pub async fn subscribe_presence(&self, id: &str, jid: &str) -> Result<(), SessionError> {
+        let conn = self.connection(id).await?;
+        conn.subscribe_presence(jid).await.map_err(engine_failure)?;
+        info!(session = %id, contact = %jid, "subscribed to the contact's presence");
+        Ok(())
     }
 
     /// Every group the session's account is in.

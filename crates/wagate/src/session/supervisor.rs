@@ -67,6 +67,8 @@ pub(super) struct Supervisor {
     opens: VecDeque<Instant>,
     pending_pair_code: Option<(String, oneshot::Sender<Result<String, SessionError>>)>,
     group_names: super::group_names::GroupNames,
+    /// `messages.upsert` of a session with a Node-service webhook (it carries the files).
+    media_upserts: super::media_upserts::MediaUpserts,
 }
 
 /// What the manager keeps of a running supervisor.
@@ -92,6 +94,7 @@ impl Supervisor {
         let supervisor = Supervisor {
             id: id.to_string(),
             engine_store: outbox.store().engine_store(id),
+            media_upserts: super::media_upserts::MediaUpserts::spawn(id.to_string(), outbox.clone()),
             engine,
             store: outbox.store().clone(),
             outbox,
@@ -224,8 +227,17 @@ impl Supervisor {
                         warn!(session = %self.id, message = %message.id, "could not keep a received message: {e}");
                     }
                     let data = serde_json::to_value(&message).expect("messages serialize");
-                    self.outbox.record_or_log(&self.id, "messages.upsert", &data);
+                    if self.webhook_is_compat() {
+                        let media = message.media.map(|m| m.location);
+                        self.media_upserts.record(data, media, self.conn.clone());
+                    } else {
+                        self.outbox.record_or_log(&self.id, "messages.upsert", &data);
+                    }
                 }
+            }
+            EngineEvent::Presence(update) => {
+                let data = serde_json::to_value(&update).expect("presence updates serialize");
+                self.outbox.record_or_log(&self.id, "presence.update", &data);
             }
             EngineEvent::Receipt { ids, chat, state, timestamp_ms } => {
                 for id in ids {
@@ -242,6 +254,17 @@ impl Supervisor {
                 self.conn = None;
                 self.events = None;
                 self.after_close(close).await;
+            }
+        }
+    }
+
+    /// Whether the session's webhook speaks the Node service's format.
+    fn webhook_is_compat(&self) -> bool {
+        match self.outbox.endpoint(&self.id) {
+            Ok(endpoint) => endpoint.is_some_and(|e| e.format == crate::store::WebhookFormat::Compat),
+            Err(e) => {
+                warn!(session = %self.id, "could not read the session's webhook settings: {e}");
+                false
             }
         }
     }

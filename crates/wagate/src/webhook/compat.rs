@@ -15,6 +15,10 @@ pub fn body(session: &str, event: &str, data: &Value) -> Option<Value> {
             "status": status_word(data["status"].as_str()?)?,
             "timestamp": data["timestamp_ms"],
         }),
+        "presence.update" => json!({
+            "from": data["phone"],
+            "presence": { "lastKnownPresence": data["presence"], "lastSeen": data["last_seen"] },
+        }),
         "webhook.test" => data.clone(),
         _ => return None,
     };
@@ -77,12 +81,22 @@ fn message(data: &Value) -> Value {
         "text": text,
         "timestamp": data["timestamp"],
         "pushName": data["push_name"],
-        "media": null,
+        "media": media(data),
         "isGroup": data["is_group"],
         "groupId": data["group_id"],
         "groupName": data["group_subject"],
-        "replyTo": data["quoted_id"].as_str().map(|id| json!({ "messageId": id, "text": null })),
+        "replyTo": data["quoted_id"].as_str().map(|id| json!({ "messageId": id, "text": data["quoted_text"] })),
     })
+}
+
+/// The file of a media message: its bytes are in `media.data` (base64) when the session
+/// downloaded it for this webhook, null when the download failed.
+fn media(data: &Value) -> Value {
+    let media = &data["media"];
+    if !media.is_object() {
+        return Value::Null;
+    }
+    json!({ "data": media["data"], "mimetype": media["mimetype"], "filename": media["filename"] })
 }
 
 #[cfg(test)]
@@ -119,5 +133,28 @@ mod tests {
         let upsert = body("s", "messages.upsert", &in_group).unwrap();
         assert_eq!(upsert["messages"][0]["groupId"], "1203");
         assert_eq!(upsert["messages"][0]["groupName"], "Team");
+        assert_eq!(upsert["messages"][0]["media"], Value::Null);
+        assert_eq!(upsert["messages"][0]["replyTo"], Value::Null);
+    }
+
+    #[test]
+    fn files_replies_and_presence() {
+        let document = json!({
+            "id": "M4", "sender_phone": "1555", "type": "document", "text": "Invoice",
+            "quoted_id": "Q1", "quoted_text": "Please pay",
+            "media": { "mimetype": "application/pdf", "filename": "a.pdf", "size": 3, "sha256": "x", "data": "YWJj" },
+        });
+        let message = &body("s", "messages.upsert", &document).unwrap()["messages"][0];
+        assert_eq!(message["media"], json!({ "data": "YWJj", "mimetype": "application/pdf", "filename": "a.pdf" }));
+        assert_eq!(message["replyTo"], json!({ "messageId": "Q1", "text": "Please pay" }));
+        let presence =
+            json!({ "from": "1555@s.whatsapp.net", "phone": "1555", "presence": "composing", "last_seen": null });
+        assert_eq!(
+            body("s", "presence.update", &presence).unwrap(),
+            json!({
+                "sessionId": "s", "event": "presence.update", "from": "1555",
+                "presence": { "lastKnownPresence": "composing", "lastSeen": null },
+            })
+        );
     }
 }

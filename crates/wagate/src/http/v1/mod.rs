@@ -1,5 +1,6 @@
 //! The native API, `/v1`.
 
+mod contacts;
 mod groups;
 mod messages;
 mod sessions;
@@ -13,5 +14,9 @@ use axum::Router;
 use super::AppState;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    sessions::routes().merge(webhooks::routes()).merge(messages::routes()).merge(groups::routes())
+    sessions::routes()
+        .merge(webhooks::routes())
+        .merge(messages::routes())
+        .merge(groups::routes())
+        .merge(contacts::routes())
 }
