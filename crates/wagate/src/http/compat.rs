@@ -241,7 +241,7 @@ async fn send(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<Se
 async fn check_number(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<PhoneRequest>) -> Response {
     let (id, digits) = match session_and_phone(request) {
         Ok(found) => found,
-        Err(answer) => return answer,
+        Err(e) => return from_api(e),
     };
     match state.manager.check_numbers(&id, std::slice::from_ref(&digits)).await {
         Ok(results) => {
@@ -316,20 +316,20 @@ struct PhoneRequest {
 }
 
 /// The session id and the phone digits of a `{sessionId, phone}` request.
-fn session_and_phone(request: PhoneRequest) -> Result<(String, String), Response> {
+fn session_and_phone(request: PhoneRequest) -> Result<(String, String), ApiError> {
     let (Some(id), Some(phone)) = (request.session_id.filter(|i| !i.is_empty()), request.phone) else {
-        return Err(error(StatusCode::BAD_REQUEST, "sessionId and phone are required"));
+        return Err(ApiError::bad_request("sessionId and phone are required"));
     };
     match super::v1::phone_digits(&phone) {
         Some(digits) => Ok((id, digits)),
-        None => Err(error(StatusCode::BAD_REQUEST, format!("'{phone}' is not a phone number"))),
+        None => Err(ApiError::bad_request(format!("'{phone}' is not a phone number"))),
     }
 }
 
 async fn contact_info(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<PhoneRequest>) -> Response {
     let (id, phone) = match session_and_phone(request) {
         Ok(found) => found,
-        Err(answer) => return answer,
+        Err(e) => return from_api(e),
     };
     match state.manager.contact_info(&id, &phone).await {
         Ok(info) => Json(json!({
@@ -347,7 +347,7 @@ async fn contact_info(State(state): State<Arc<AppState>>, JsonBody(request): Jso
 async fn subscribe_presence(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<PhoneRequest>) -> Response {
     let (id, phone) = match session_and_phone(request) {
         Ok(found) => found,
-        Err(answer) => return answer,
+        Err(e) => return from_api(e),
     };
     let jid = format!("{phone}@s.whatsapp.net");
     match state.manager.subscribe_presence(&id, &jid).await {
