@@ -219,7 +219,8 @@ async fn send(State(state): State<Arc<AppState>>, body: Option<Json<SendRequest>
         (None, None) => return error(StatusCode::BAD_REQUEST, "message is required"),
     };
     let message = Outgoing { content, reply_to: None };
-    match state.manager.send(&id, &receiver_jid(&receiver), &message, None).await {
+    // The Node service never queued: a session that is not connected answers 400 as it did.
+    match state.manager.send(&id, &receiver_jid(&receiver), &message, None, false).await {
         Ok(sent) => {
             Json(json!({ "status": "sent", "messageId": sent.id, "timestamp": sent.created_ms / 1000 })).into_response()
         }
