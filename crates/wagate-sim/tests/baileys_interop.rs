@@ -13,7 +13,8 @@ fn baileys_links_reconnects_after_515_and_stays_connected() {
         "Baileys is not installed: run `npm ci --prefix interop` (see README)"
     );
     let output = Command::new("node")
-        .args(["--test", "test/baileys.test.mjs"])
+        // Baileys leaves timers behind: exit once the tests are done.
+        .args(["--test", "--test-force-exit", "test/baileys.test.mjs"])
         .current_dir(&interop)
         .env("WAGATE_SIM_BIN", env!("CARGO_BIN_EXE_wagate-sim"))
         .output()

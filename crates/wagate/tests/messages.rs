@@ -198,3 +198,80 @@ async fn sending_needs_a_connected_session_and_a_valid_request() {
     gw.stop().await;
     sim.stop().await;
 }
+
+/// While a linked session reconnects (here: its proxy is gone), sends are queued on disk,
+/// survive a gateway restart, and go out in order once it is connected again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_while_reconnecting_are_queued_and_go_out_in_order() {
+    use common::proxies::{Kind, TestProxy};
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let hooks_a = Receiver::start().await;
+    let hooks_b = Receiver::start().await;
+    let proxy = TestProxy::start(Kind::Socks5, "127.0.0.1:0", None).await;
+    let proxy_addr = proxy.addr.to_string();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_a = || {
+        let mut config = common::gateway_config(&sim, data_a.path());
+        config.proxy = Some(format!("socks5://{proxy_addr}"));
+        config
+    };
+    let gw_a = start_gateway_with(config_a()).await;
+    let gw_b = gateway(&sim, data_b.path()).await;
+    let (api_a, api_b) = (Api::gateway(gw_a.addr), Api::gateway(gw_b.addr));
+    api_a.post("/v1/sessions", json!({ "id": "A", "webhook": { "url": hooks_a.url } })).await;
+    api_b.post("/v1/sessions", json!({ "id": "B", "webhook": { "url": hooks_b.url } })).await;
+    link(&api_a, &control, "A", "15556000031").await;
+    link(&api_b, &control, "B", "15556000032").await;
+
+    proxy.stop();
+    api_a.wait_for("/v1/sessions/A", "A reconnecting", |v| v["state"] == "reconnecting").await;
+    let mut queued = Vec::new();
+    for n in 1..=3 {
+        let (status, body) =
+            api_a.post("/v1/sessions/A/messages", json!({ "to": "15556000032", "text": format!("queued {n}") })).await;
+        assert_eq!(status, 202, "accepted, not sent: {body}");
+        assert_eq!(body["status"], "queued");
+        queued.push(body["id"].as_str().unwrap().to_string());
+    }
+    let (status, body) = api_a
+        .post("/v1/sessions/A/messages", json!({ "to": "15556000032", "text": "not queued", "queue": false }))
+        .await;
+    assert_eq!(status, 409, "the caller asked for no queueing: {body}");
+    let (_, shown) = api_a.get(&format!("/v1/sessions/A/messages/{}", queued[0])).await;
+    assert_eq!(shown["status"], "queued");
+
+    // The queue is on disk: a restart of the gateway keeps it.
+    gw_a.stop().await;
+    let gw_a = start_gateway_with(config_a()).await;
+    let api_a = Api::gateway(gw_a.addr);
+    let _proxy = TestProxy::start(Kind::Socks5, &proxy_addr, None).await;
+    hooks_b
+        .wait_for("the three queued messages", common::WAIT, |r| {
+            r.iter().filter(|x| x.json["event"] == "messages.upsert").count() >= 3
+        })
+        .await;
+    let texts: Vec<_> = upserts(&hooks_b).iter().map(|m| m["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(texts, ["queued 1", "queued 2", "queued 3"], "in order, once each");
+    let ids: Vec<_> = upserts(&hooks_b).iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, queued, "the ids the API answered are the ids that arrived");
+    for id in &queued {
+        let shown = api_a
+            .wait_for(&format!("/v1/sessions/A/messages/{id}"), "a sent state", |v| {
+                matches!(v["status"].as_str(), Some("sent" | "delivered" | "read"))
+            })
+            .await;
+        assert_eq!(shown["id"], id.as_str());
+    }
+    let statuses: Vec<_> = hooks_a
+        .received()
+        .iter()
+        .filter(|x| x.json["event"] == "message.status" && x.json["data"]["id"] == queued[0].as_str())
+        .map(|x| x.json["data"]["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses.first().map(String::as_str), Some("queued"), "{statuses:?}");
+    assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
+    gw_a.stop().await;
+    gw_b.stop().await;
+    sim.stop().await;
+}

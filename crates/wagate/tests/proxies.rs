@@ -140,3 +140,59 @@ async fn https_proxy_and_no_proxy_are_honoured() {
     }
     sim.stop().await;
 }
+
+/// Media takes the session's way out too: the sender's upload and the receiver's download
+/// of an image each go through that session's proxy to the simulator's media host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_uploads_and_downloads_go_through_the_proxy() {
+    use base64::Engine as _;
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let media_host = sim.endpoints.media_url.trim_start_matches("https://").to_string();
+    let http_proxy = TestProxy::start(Kind::Http, "127.0.0.1:0", Some(("erp", "p4ss"))).await;
+    let socks = TestProxy::start(Kind::Socks5, "127.0.0.1:0", Some(("erp", "s0cks"))).await;
+    let hooks_b = common::receiver::Receiver::start().await;
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut config_a = gateway_config(&sim, data_a.path());
+    config_a.proxy = Some(http_proxy.url(Kind::Http, Some(("erp", "p4ss"))));
+    let (gw_a, gw_b) =
+        (start_gateway_with(config_a).await, start_gateway_with(gateway_config(&sim, data_b.path())).await);
+    let (api_a, api_b) = (Api::gateway(gw_a.addr), Api::gateway(gw_b.addr));
+    let socks_url = socks.url(Kind::Socks5, Some(("erp", "s0cks")));
+    let (status, body) =
+        api_b.post("/v1/sessions", json!({ "id": "B", "webhook": { "url": hooks_b.url }, "proxy": socks_url })).await;
+    assert_eq!(status, 201, "{body}");
+    link(&api_a, &control, "A", "15559000021").await;
+    link(&api_b, &control, "B", "15559000022").await;
+
+    let photo: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&photo);
+    let (status, sent) = api_a
+        .post(
+            "/v1/sessions/A/messages",
+            json!({ "to": "15559000022", "image": { "base64": encoded, "mimetype": "image/png" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(http_proxy.tunnels_to(&media_host), 1, "A's upload went through A's HTTP proxy");
+    assert_eq!(socks.tunnels_to(&media_host), 0);
+
+    let hooks =
+        hooks_b.wait_for("B's image", common::WAIT, |r| r.iter().any(|x| x.json["data"]["type"] == "image")).await;
+    let image = hooks.iter().find(|x| x.json["data"]["type"] == "image").unwrap().json["data"].clone();
+    let url = image["media"]["url"].as_str().expect("a media url").to_string();
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), photo.as_slice(), "the image B downloaded is A's");
+    assert_eq!(socks.tunnels_to(&media_host), 1, "B's download went through B's SOCKS5 proxy");
+    assert_eq!(http_proxy.tunnels_to(&media_host), 1);
+    let (_, stats) = control.get("/control/stats").await;
+    assert_eq!(
+        (stats["media"]["uploads"].as_u64(), stats["media"]["downloads"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    gw_a.stop().await;
+    gw_b.stop().await;
+    sim.stop().await;
+}

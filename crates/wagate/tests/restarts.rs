@@ -268,8 +268,13 @@ async fn kill_during_link_then_restart(round: u32, kill_at: KillAt) -> Outcome {
             assert_eq!(stored_identity(data.path(), &id).await, None, "round {round}: no stale credentials on disk");
             let (status, relinked) = control.post("/control/scan", json!({ "qr": new_qr, "phone": phone })).await;
             assert_eq!(status, 200, "round {round}: scan of the new QR: {relinked}");
-            let (view, seen) = follow(api, &id).await;
-            assert_eq!(view["state"], "connected", "round {round}: the new link connects; states: {seen:?}: {view}");
+            // The scan's answer can come before the gateway has left awaiting_scan: wait for
+            // connected itself rather than for the first settled state.
+            let view = api
+                .wait_for(&format!("/v1/sessions/{id}"), &format!("round {round}: the new link to connect"), |v| {
+                    v["state"] == "connected"
+                })
+                .await;
             assert_eq!(view["me"]["jid"], relinked["jid"], "round {round}: {view}");
             let (_, stats) = control.get("/control/stats").await;
             assert_eq!(stats["totals"]["pairings"], pairings_before + 1, "round {round}: {stats}");

@@ -36,9 +36,10 @@ impl MediaKind {
 }
 
 /// A file to upload and send.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MediaUpload {
     pub kind: MediaKind,
+    #[serde(with = "b64")]
     pub data: Vec<u8>,
     pub mimetype: String,
     pub filename: Option<String>,
@@ -64,7 +65,7 @@ pub struct Contact {
 }
 
 /// A message already in a chat, as a reply or a reaction points at it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRef {
     pub id: String,
     /// The chat it is in.
@@ -82,7 +83,9 @@ impl MessageRef {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serialisable so that a message can wait in the outgoing queue across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Content {
     Text(String),
     Media(MediaUpload),
@@ -110,7 +113,7 @@ impl Content {
 }
 
 /// Something to send, possibly as a reply.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outgoing {
     pub content: Content,
     pub reply_to: Option<MessageRef>,

@@ -100,10 +100,16 @@ pub struct Inbound {
     pub offline: bool,
 }
 
-/// How far a sent message got, by the receipts of the other side.
+/// How far a sent message got, by the receipts of the other side. States only move
+/// forward in this order: a queued message either fails or is sent; a sent one can still
+/// be delivered, read, played.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
+    /// Waiting in the outgoing queue for the session to reconnect.
+    Queued,
+    /// Given up: it could not be sent after it was queued.
+    Failed,
     Sent,
     Delivered,
     Read,
@@ -113,6 +119,8 @@ pub enum DeliveryState {
 impl DeliveryState {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Queued => "queued",
+            Self::Failed => "failed",
             Self::Sent => "sent",
             Self::Delivered => "delivered",
             Self::Read => "read",
@@ -122,6 +130,8 @@ impl DeliveryState {
 
     pub fn parse(text: &str) -> Option<Self> {
         match text {
+            "queued" => Some(Self::Queued),
+            "failed" => Some(Self::Failed),
             "sent" => Some(Self::Sent),
             "delivered" => Some(Self::Delivered),
             "read" => Some(Self::Read),
@@ -216,6 +226,8 @@ pub enum EngineError {
     BadRecipient(String),
     #[error("sending failed: {0}")]
     Send(String),
+    #[error("WhatsApp refused the message: {0}")]
+    Refused(String),
     #[error("media transfer failed: {0}")]
     Media(String),
 }
@@ -237,9 +249,10 @@ impl EngineStore {
 pub trait Connection: Send + Sync {
     /// Asks WhatsApp for an 8-character code to type on the phone instead of scanning.
     async fn request_pair_code(&self, phone: &str) -> Result<String, EngineError>;
-    /// Sends a message to a JID (user or group), uploading its media first; returns once
-    /// WhatsApp acknowledged it.
-    async fn send(&self, to: &str, message: &Outgoing) -> Result<Sent, EngineError>;
+    /// Sends a message with id `id` (see [`new_message_id`]) to a JID (user or group),
+    /// uploading its media first; returns once WhatsApp acknowledged it. Sending the same
+    /// id again after a failure is safe: WhatsApp keeps one message per id.
+    async fn send(&self, to: &str, message: &Outgoing, id: &str) -> Result<Sent, EngineError>;
     /// Downloads and decrypts a received file.
     async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError>;
     /// Asks WhatsApp which of these phone numbers (digits) have an account.
@@ -283,4 +296,10 @@ pub trait Engine: Send + Sync + 'static {
 pub fn phone_of_jid(jid: &str) -> Option<String> {
     let user = jid.split('@').next()?.split(':').next()?;
     (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| user.to_string())
+}
+
+/// A new message id in WhatsApp Web's format (`3EB0` and hex), made before sending so that
+/// a message can be named while it waits in the queue.
+pub fn new_message_id() -> String {
+    format!("3EB0{}", hex::encode_upper(rand::random::<[u8; 9]>()))
 }

@@ -263,7 +263,7 @@ impl Connection for WhatsAppConnection {
 
     /// Uploads the media first, if any; returns once the server acked the message (not
     /// merely once it was written).
-    async fn send(&self, to: &str, message: &Outgoing) -> Result<Sent, EngineError> {
+    async fn send(&self, to: &str, message: &Outgoing, id: &str) -> Result<Sent, EngineError> {
         let jid: wacore_binary::Jid = to.parse().map_err(|_| EngineError::BadRecipient(to.to_string()))?;
         let uploaded = match &message.content {
             Content::Media(media) => Some(
@@ -277,13 +277,12 @@ impl Connection for WhatsAppConnection {
         let own_jid = self.client.pn().map(|j| format!("{}@{}", j.user, j.server)).unwrap_or_default();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let proto = super::compose::message(&message.content, message.reply_to.as_ref(), uploaded, &own_jid, now_ms);
-        let id = self.client.generate_message_id();
-        let acked = self.acks.expect(&id);
-        let options = whatsapp_rust::SendOptions::default().with_message_id(id.clone());
+        let acked = self.acks.expect(id);
+        let options = whatsapp_rust::SendOptions::default().with_message_id(id.to_string());
         let sent = match self.client.send_message_with_options(jid, proto, options).await {
             Ok(sent) => sent,
             Err(e) => {
-                self.acks.forget(&id);
+                self.acks.forget(id);
                 return Err(EngineError::Send(format!("{e}")));
             }
         };
@@ -293,12 +292,12 @@ impl Connection for WhatsAppConnection {
                 to: sent.to.to_string(),
                 timestamp_ms: u64::try_from(now_ms).unwrap_or(0),
             }),
-            Ok(Ok(Some(error))) => Err(EngineError::Send(format!("WhatsApp refused the message: {error}"))),
+            Ok(Ok(Some(error))) => Err(EngineError::Refused(error)),
             Ok(Err(_)) => {
                 Err(EngineError::Send("the connection closed before WhatsApp acknowledged the message".into()))
             }
             Err(_) => {
-                self.acks.forget(&id);
+                self.acks.forget(id);
                 Err(EngineError::Send("WhatsApp did not acknowledge the message in time".into()))
             }
         }

@@ -48,7 +48,9 @@ impl From<SessionError> for ApiError {
             SessionError::AlreadyLinked => StatusCode::CONFLICT,
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
             SessionError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            SessionError::NotConnected(_) | SessionError::IdempotencyInProgress => StatusCode::CONFLICT,
+            SessionError::NotConnected(_) | SessionError::IdempotencyInProgress | SessionError::QueueFull => {
+                StatusCode::CONFLICT
+            }
             SessionError::Send(_) => StatusCode::BAD_GATEWAY,
             SessionError::UnknownMessage(_) | SessionError::NoMedia(_) => StatusCode::NOT_FOUND,
             SessionError::Store(_) | SessionError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -5,6 +5,7 @@ pub mod backoff;
 mod group_names;
 mod media_upserts;
 pub mod policy;
+mod queue;
 pub mod state;
 mod supervisor;
 
@@ -57,6 +58,8 @@ pub enum SessionError {
     IdempotencyInProgress,
     #[error("WhatsApp refused or failed the request: {0}")]
     Send(String),
+    #[error("the session's outgoing queue is full ({max} messages wait already)", max = crate::store::MAX_QUEUED)]
+    QueueFull,
     #[error("no message '{0}' in this session")]
     UnknownMessage(String),
     #[error("message '{0}' has no file")]
@@ -206,13 +209,16 @@ impl SessionManager {
     }
 
     /// Sends a message; with an idempotency key, a repeated call returns the first result
-    /// and never sends twice.
+    /// and never sends twice. A linked session that is reconnecting queues the message
+    /// (answered with the state `queued`) unless `may_queue` is false; messages queue behind
+    /// earlier queued ones so that they go out in order.
     pub async fn send(
         &self,
         id: &str,
         to: &str,
         message: &Outgoing,
         idempotency_key: Option<&str>,
+        may_queue: bool,
     ) -> Result<SentMessage, SessionError> {
         if self.get(id).is_none() {
             return Err(SessionError::NotFound);
@@ -224,32 +230,66 @@ impl SessionManager {
                 KeyClaim::InProgress => return Err(SessionError::IdempotencyInProgress),
             }
         }
-        let result = self.send_now(id, to, message, idempotency_key).await;
+        let result = self.send_or_queue(id, to, message, idempotency_key, may_queue).await;
         if let (Err(_), Some(key)) = (&result, idempotency_key) {
             self.store.release_idempotency_key(id, key)?;
         }
         result
     }
 
-    async fn send_now(
+    async fn send_or_queue(
         &self,
         id: &str,
         to: &str,
         message: &Outgoing,
         idempotency_key: Option<&str>,
+        may_queue: bool,
     ) -> Result<SentMessage, SessionError> {
-        let conn = self.connection(id).await?;
-        let started = std::time::Instant::now();
-        let sent = conn.send(to, message).await.map_err(engine_failure)?;
-        let metrics = &crate::metrics::METRICS;
-        metrics.send_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.messages_sent.with_label_values(&[message.content.kind()]).inc();
-        self.store.record_sent(id, &sent.id, &sent.to, idempotency_key, sent.timestamp_ms)?;
-        supervisor::record_status(&self.outbox, id, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
-        info!(session = %id, message = %sent.id, kind = message.content.kind(), "message sent");
+        let message_id = crate::engine::new_message_id();
+        match self.connection(id).await {
+            Ok(conn) if !may_queue || self.store.queued_count(id)? == 0 => {
+                let started = std::time::Instant::now();
+                let sent = conn.send(to, message, &message_id).await.map_err(engine_failure)?;
+                self.store.record_sent(id, &sent.id, &sent.to, idempotency_key, sent.timestamp_ms)?;
+                queue::note_sent(&self.outbox, id, message.content.kind(), &sent, started);
+            }
+            Ok(conn) => {
+                self.enqueue(id, &message_id, to, message, idempotency_key)?;
+                tokio::spawn(self.drainer(id)?.drain(conn));
+            }
+            Err(SessionError::NotConnected(state))
+                if may_queue
+                    && matches!(state, StateKind::Connecting | StateKind::Reconnecting)
+                    && self.get(id).is_some_and(|v| v.me.is_some()) =>
+            {
+                self.enqueue(id, &message_id, to, message, idempotency_key)?;
+            }
+            Err(e) => return Err(e),
+        }
         self.store
-            .sent_message(id, &sent.id)?
-            .ok_or_else(|| SessionError::Send("the sent message was not recorded".into()))
+            .sent_message(id, &message_id)?
+            .ok_or_else(|| SessionError::Send("the message was not recorded".into()))
+    }
+
+    fn enqueue(
+        &self,
+        id: &str,
+        message_id: &str,
+        to: &str,
+        message: &Outgoing,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let now = crate::webhook::now_ms();
+        if !self.store.enqueue(id, message_id, to, message, idempotency_key, now)? {
+            return Err(SessionError::QueueFull);
+        }
+        supervisor::record_status(&self.outbox, id, message_id, to, DeliveryState::Queued, now);
+        info!(session = %id, message = %message_id, "message queued until the session is connected again");
+        Ok(())
+    }
+
+    fn drainer(&self, id: &str) -> Result<queue::Drainer, SessionError> {
+        self.sessions().get(id).map(|h| h.spawned.drainer.clone()).ok_or(SessionError::NotFound)
     }
 
     /// A message of this session's chats, received or sent, for a reply or a reaction.

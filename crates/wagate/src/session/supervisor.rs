@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::backoff::STABLE_AFTER;
 use super::policy::{self, Decision, Situation};
+use super::queue::Drainer;
 use super::state::{reason, timestamp, LastState, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
 use crate::engine::{CloseReason, Connection, DeliveryState, Engine, EngineEvent, EngineStore, Me};
@@ -42,6 +43,8 @@ pub(super) enum Command {
 
 pub(super) struct Supervisor {
     id: String,
+    /// Sends what waited in the outgoing queue after each (re)connection.
+    drainer: Drainer,
     engine: Arc<dyn Engine>,
     store: Arc<Store>,
     outbox: Outbox,
@@ -73,6 +76,7 @@ pub(super) struct Supervisor {
 
 /// What the manager keeps of a running supervisor.
 pub(super) struct Spawned {
+    pub drainer: Drainer,
     pub mailbox: mpsc::Sender<Command>,
     pub view: watch::Receiver<SessionView>,
     pub changes: broadcast::Sender<SessionView>,
@@ -91,7 +95,14 @@ impl Supervisor {
         let view = SessionView::new(id, StateKind::Stopped, None, me);
         let (publish, view_rx) = watch::channel(view.clone());
         let (mailbox, inbox) = mpsc::channel(64);
+        let drainer = Drainer {
+            session: id.to_string(),
+            store: outbox.store().clone(),
+            outbox: outbox.clone(),
+            lock: Default::default(),
+        };
         let supervisor = Supervisor {
+            drainer: drainer.clone(),
             id: id.to_string(),
             engine_store: outbox.store().engine_store(id),
             media_upserts: super::media_upserts::MediaUpserts::spawn(id.to_string(), outbox.clone()),
@@ -117,7 +128,7 @@ impl Supervisor {
             group_names: Default::default(),
         };
         tokio::spawn(supervisor.run(inbox));
-        Spawned { mailbox, view: view_rx, changes }
+        Spawned { mailbox, view: view_rx, changes, drainer }
     }
 
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
@@ -212,6 +223,9 @@ impl Supervisor {
                 self.qr_cycles = 0;
                 self.connected_at = Some(Instant::now());
                 self.set(StateKind::Connected, None, None);
+                if let Some(conn) = &self.conn {
+                    tokio::spawn(self.drainer.clone().drain(conn.clone()));
+                }
             }
             EngineEvent::Messages(mut messages) => {
                 self.name_groups(&mut messages).await;
@@ -464,6 +478,8 @@ impl Supervisor {
         }
         self.confirm_link(false);
         self.view.me = None;
+        // Nothing queued can go out on credentials that are gone.
+        self.drainer.give_up_all("the session was logged out before it could be sent");
     }
 
     fn confirm_link(&mut self, confirmed: bool) {

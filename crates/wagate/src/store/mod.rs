@@ -14,9 +14,11 @@ use crate::session::state::LastState;
 pub mod lock;
 mod messages;
 mod outbox;
+mod queue;
 mod received;
 pub use messages::{KeyClaim, SentMessage};
 pub use outbox::{Delivery, DeliveryStatus, OutboxEvent};
+pub use queue::{Queued, MAX_QUEUED};
 pub use received::{ReceivedMessage, StoredMedia};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX received_messages_age ON received_messages (received_ms);",
     "ALTER TABLE sessions ADD COLUMN last_state TEXT;",
+    "CREATE TABLE outgoing_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        session TEXT NOT NULL,
+        id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        message TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX outgoing_queue_order ON outgoing_queue (session, seq);",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` once migrated).
@@ -264,6 +276,7 @@ impl Store {
     pub fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
         let db = self.db();
         db.execute("DELETE FROM received_messages WHERE session = ?1", params![id])?;
+        db.execute("DELETE FROM outgoing_queue WHERE session = ?1", params![id])?;
         Ok(db.execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
     }
 

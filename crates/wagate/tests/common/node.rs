@@ -28,7 +28,9 @@ pub fn run_node_test(file: &str, env: &[(&str, &OsStr)]) {
     let sim = wagate.with_file_name("wagate-sim");
     assert!(sim.exists(), "{} is missing: build it with `cargo build -p wagate-sim`", sim.display());
     let output = Command::new("node")
-        .args(["--test", &format!("test/{file}")])
+        // Baileys leaves timers behind (its event buffer flushes after 30 s): exit once the
+        // tests are done instead of waiting for them.
+        .args(["--test", "--test-force-exit", &format!("test/{file}")])
         .current_dir(interop_dir())
         .env("WAGATE_BIN", &wagate)
         .env("WAGATE_SIM_BIN", &sim)

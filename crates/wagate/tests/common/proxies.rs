@@ -1,9 +1,8 @@
 //! Small outbound proxies for tests: HTTP CONNECT and SOCKS5, each with optional
-//! credentials, counting the tunnels they open. Stopping one cuts its tunnels too.
+//! credentials, logging the tunnels they open. Stopping one cuts its tunnels too.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,7 +16,8 @@ pub enum Kind {
 
 pub struct TestProxy {
     pub addr: SocketAddr,
-    pub tunnels: Arc<AtomicUsize>,
+    /// The target (`host:port`) of every tunnel opened, in order.
+    log: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -26,9 +26,9 @@ impl TestProxy {
     pub async fn start(kind: Kind, addr: &str, credentials: Option<(&str, &str)>) -> Self {
         let listener = TcpListener::bind(addr).await.expect("proxy listens");
         let addr = listener.local_addr().unwrap();
-        let tunnels = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(Mutex::new(Vec::new()));
         let credentials = credentials.map(|(u, p)| (u.to_string(), p.to_string()));
-        let counter = tunnels.clone();
+        let counter = log.clone();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
@@ -38,7 +38,7 @@ impl TestProxy {
                 });
             }
         });
-        Self { addr, tunnels, task }
+        Self { addr, log, task }
     }
 
     pub fn url(&self, kind: Kind, credentials: Option<(&str, &str)>) -> String {
@@ -50,7 +50,12 @@ impl TestProxy {
     }
 
     pub fn tunnels(&self) -> usize {
-        self.tunnels.load(Ordering::SeqCst)
+        self.log.lock().unwrap().len()
+    }
+
+    /// How many tunnels went to `target` (`host:port`).
+    pub fn tunnels_to(&self, target: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|t| *t == target).count()
     }
 
     /// Stops listening and cuts every tunnel (the JoinSet of connections is dropped).
@@ -63,7 +68,7 @@ async fn serve(
     kind: Kind,
     mut client: TcpStream,
     credentials: Option<(String, String)>,
-    tunnels: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     let target = match kind {
         Kind::Http => http_handshake(&mut client, credentials.as_ref()).await?,
@@ -72,7 +77,7 @@ async fn serve(
     let Some((target, reply)) = target else { return Ok(()) };
     let mut upstream = TcpStream::connect(&target).await?;
     client.write_all(&reply).await?;
-    tunnels.fetch_add(1, Ordering::SeqCst);
+    log.lock().unwrap().push(target);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     Ok(())
 }

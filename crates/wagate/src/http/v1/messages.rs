@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{Contact, Content, Location, MediaKind, MessageRef, Outgoing};
+use crate::engine::{Contact, Content, DeliveryState, Location, MediaKind, MessageRef, Outgoing};
 use crate::http::error::{ApiError, JsonBody, MAX_BODY};
 use crate::http::media_input::FileInput;
 use crate::http::AppState;
@@ -75,6 +75,13 @@ struct SendRequest {
     reaction: Option<ReactionInput>,
     /// The id of a message of this chat to answer.
     reply_to: Option<String>,
+    /// `false`: answer 409 instead of queueing while the session reconnects.
+    #[serde(default = "default_true")]
+    queue: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A contact card: a ready vCard, or a name and phone number to make one from.
@@ -131,7 +138,7 @@ async fn send(
     Path(id): Path<String>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<SendRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let to = recipient_jid(&request.to)?;
     let key = headers
         .get("idempotency-key")
@@ -143,9 +150,13 @@ async fn send(
     }
     state.manager.get(&id).ok_or(SessionError::NotFound)?;
     let reply_to = request.reply_to.as_deref().map(|m| known_message(&state, &id, m)).transpose()?;
+    let may_queue = request.queue;
     let content = content_of(&state, &id, request).await?;
-    let sent = state.manager.send(&id, &to, &Outgoing { content, reply_to }, key.as_deref()).await?;
-    Ok(Json(json!({ "id": sent.id, "status": "sent", "timestamp": sent.created_ms, "to": sent.chat })))
+    let sent = state.manager.send(&id, &to, &Outgoing { content, reply_to }, key.as_deref(), may_queue).await?;
+    // A queued message is accepted, not yet sent: 202, and its state says so.
+    let status = if sent.status == DeliveryState::Queued { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let body = json!({ "id": sent.id, "status": sent.status, "timestamp": sent.created_ms, "to": sent.chat });
+    Ok((status, Json(body)).into_response())
 }
 
 /// A message a reply or reaction points at; unknown ids are the caller's mistake.

@@ -1,0 +1,138 @@
+//! The outgoing queue: messages accepted while their session was reconnecting, kept on
+//! disk until they are sent, in the order they were accepted. A queued message is already
+//! listed among the sent messages, with the state `queued`.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{Store, StoreError};
+use crate::engine::Outgoing;
+
+/// At most this many messages wait per session; more are refused rather than piling up.
+pub const MAX_QUEUED: usize = 1000;
+
+/// A message waiting to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub seq: i64,
+    pub id: String,
+    pub to: String,
+    pub message: Outgoing,
+    /// Failed attempts so far (the connection dropped while sending, say).
+    pub attempts: u32,
+}
+
+impl Store {
+    /// Queues a message under `id`; false when the session's queue is full.
+    pub fn enqueue(
+        &self,
+        session: &str,
+        id: &str,
+        to: &str,
+        message: &Outgoing,
+        idempotency_key: Option<&str>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(message).expect("outgoing messages serialize");
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let waiting: i64 =
+            tx.query_row("SELECT COUNT(*) FROM outgoing_queue WHERE session = ?1", params![session], |row| row.get(0))?;
+        if waiting as usize >= MAX_QUEUED {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO outgoing_queue (session, id, recipient, message, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![session, id, to, body, now_ms as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO sent_messages (session, id, chat, status, created_ms, updated_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?4)",
+            params![session, id, to, now_ms as i64],
+        )?;
+        if let Some(key) = idempotency_key {
+            tx.execute(
+                "UPDATE idempotency_keys SET message_id = ?3 WHERE session = ?1 AND key = ?2",
+                params![session, key, id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The oldest waiting message of the session.
+    pub fn next_queued(&self, session: &str) -> Result<Option<Queued>, StoreError> {
+        let row = self
+            .db()
+            .query_row(
+                "SELECT seq, id, recipient, message, attempts FROM outgoing_queue WHERE session = ?1 ORDER BY seq LIMIT 1",
+                params![session],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(seq, id, to, body, attempts)| {
+            let message = serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("queued message {id} cannot be read: {e}")))?;
+            Ok(Queued { seq, id, to, message, attempts: u32::try_from(attempts).unwrap_or(u32::MAX) })
+        })
+        .transpose()
+    }
+
+    pub fn queued_count(&self, session: &str) -> Result<usize, StoreError> {
+        let count: i64 =
+            self.db().query_row("SELECT COUNT(*) FROM outgoing_queue WHERE session = ?1", params![session], |row| {
+                row.get(0)
+            })?;
+        Ok(count as usize)
+    }
+
+    /// Takes a message off the queue (sent, or given up).
+    pub fn dequeue(&self, seq: i64) -> Result<(), StoreError> {
+        self.db().execute("DELETE FROM outgoing_queue WHERE seq = ?1", params![seq])?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt; returns the attempts so far.
+    pub fn queued_attempt_failed(&self, seq: i64) -> Result<u32, StoreError> {
+        let db = self.db();
+        db.execute("UPDATE outgoing_queue SET attempts = attempts + 1 WHERE seq = ?1", params![seq])?;
+        let attempts: i64 = db
+            .query_row("SELECT attempts FROM outgoing_queue WHERE seq = ?1", params![seq], |row| row.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Content, DeliveryState};
+
+    #[test]
+    fn the_queue_keeps_order_and_lists_its_messages_as_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let text = |t: &str| Outgoing { content: Content::Text(t.into()), reply_to: None };
+        assert!(store.enqueue("s", "M1", "1555@s.whatsapp.net", &text("one"), None, 1).unwrap());
+        assert!(store.enqueue("s", "M2", "1555@s.whatsapp.net", &text("two"), None, 2).unwrap());
+        assert_eq!(store.queued_count("s").unwrap(), 2);
+        assert_eq!(store.sent_message("s", "M1").unwrap().unwrap().status, DeliveryState::Queued);
+        let first = store.next_queued("s").unwrap().unwrap();
+        assert_eq!((first.id.as_str(), first.message.clone()), ("M1", text("one")));
+        assert_eq!(store.queued_attempt_failed(first.seq).unwrap(), 1);
+        store.dequeue(first.seq).unwrap();
+        assert_eq!(store.next_queued("s").unwrap().unwrap().id, "M2");
+        assert!(store.next_queued("other").unwrap().is_none());
+        // Reopening keeps what waits.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.next_queued("s").unwrap().unwrap().id, "M2");
+    }
+}
