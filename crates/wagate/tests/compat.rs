@@ -237,3 +237,39 @@ async fn every_bad_request_is_a_400(api: &Api) {
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{path} {body}: {answer}");
     }
 }
+
+/// A compat `messages.upsert` waits on disk while its file downloads: one that a crash
+/// interrupted (left in `pending_upserts`) is recorded at the session's next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upsert_interrupted_by_a_crash_goes_out_after_the_restart() {
+    let sim = start_sim().await;
+    let erp = Receiver::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&sim, data.path()).await;
+    let (api, control) = (Api::gateway(gateway.addr), Api::sim(&sim));
+    let (status, _) = api.post("/sessions/start", json!({ "sessionId": "WA-Crash", "webhookUrl": erp.url })).await;
+    assert_eq!(status, 200);
+    link(&api, &control, "WA-Crash", "15551117777").await;
+    gateway.stop().await;
+
+    // What a crash between a message's arrival and its event's recording leaves behind.
+    let store = wagate::store::Store::open(data.path()).unwrap();
+    let left = json!({ "id": "LEFT-1", "chat": "15550001111@s.whatsapp.net", "sender": "15550001111@s.whatsapp.net",
+        "sender_phone": "15550001111", "timestamp": 1, "type": "text", "text": "left over", "is_group": false,
+        "from_me": false, "offline": false });
+    store.add_pending_upsert("WA-Crash", &left, None).unwrap();
+    drop(store);
+
+    let gateway = start_gateway(&sim, data.path()).await;
+    let received = erp
+        .wait_for("the left-over message", common::WAIT, |r| {
+            r.iter().any(|x| x.json["event"] == "messages.upsert" && x.json["messages"][0]["id"] == "LEFT-1")
+        })
+        .await;
+    let upsert = received.iter().find(|x| x.json["event"] == "messages.upsert").unwrap();
+    assert_eq!(upsert.json["messages"][0]["text"], "left over", "{}", upsert.json);
+    let store = wagate::store::Store::open(data.path()).unwrap();
+    assert!(store.pending_upserts("WA-Crash").unwrap().is_empty(), "recorded, so no longer pending");
+    gateway.stop().await;
+    sim.stop().await;
+}

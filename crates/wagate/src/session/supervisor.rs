@@ -224,6 +224,7 @@ impl Supervisor {
                 self.connected_at = Some(Instant::now());
                 self.set(StateKind::Connected, None, None);
                 if let Some(conn) = &self.conn {
+                    self.media_upserts.resume(conn);
                     tokio::spawn(self.drainer.clone().drain(conn.clone()));
                 }
             }

@@ -14,10 +14,12 @@ use crate::session::state::LastState;
 pub mod lock;
 mod messages;
 mod outbox;
+mod pending_upserts;
 mod queue;
 mod received;
 pub use messages::{KeyClaim, SentMessage};
 pub use outbox::{Delivery, DeliveryStatus, OutboxEvent};
+pub use pending_upserts::PendingUpsert;
 pub use queue::{Queued, MAX_QUEUED};
 pub use received::{ReceivedMessage, StoredMedia};
 
@@ -149,6 +151,12 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     );
     CREATE INDEX outgoing_queue_order ON outgoing_queue (session, seq);",
+    "CREATE TABLE pending_upserts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        session TEXT NOT NULL,
+        data TEXT NOT NULL,
+        media TEXT
+    );",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` once migrated).
@@ -277,6 +285,7 @@ impl Store {
         let db = self.db();
         db.execute("DELETE FROM received_messages WHERE session = ?1", params![id])?;
         db.execute("DELETE FROM outgoing_queue WHERE session = ?1", params![id])?;
+        db.execute("DELETE FROM pending_upserts WHERE session = ?1", params![id])?;
         Ok(db.execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
     }
 

@@ -1,0 +1,60 @@
+//! `messages.upsert` events waiting for their file to be downloaded (for webhooks in the
+//! Node service's format, which carry the file). Kept on disk from the moment the message
+//! arrives until its event is in the outbox, so a crash during a download loses nothing:
+//! the next run downloads again and records the event then.
+
+use rusqlite::params;
+
+use super::{Store, StoreError};
+use crate::engine::MediaRef;
+
+/// An event waiting for its download.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingUpsert {
+    pub seq: i64,
+    pub data: serde_json::Value,
+    pub media: Option<MediaRef>,
+}
+
+impl Store {
+    pub fn add_pending_upsert(
+        &self,
+        session: &str,
+        data: &serde_json::Value,
+        media: Option<&MediaRef>,
+    ) -> Result<i64, StoreError> {
+        let media = media.map(|m| serde_json::to_string(m).expect("media references serialize"));
+        let db = self.db();
+        db.execute(
+            "INSERT INTO pending_upserts (session, data, media) VALUES (?1, ?2, ?3)",
+            params![session, data.to_string(), media],
+        )?;
+        Ok(db.last_insert_rowid())
+    }
+
+    /// The session's waiting events, oldest first.
+    pub fn pending_upserts(&self, session: &str) -> Result<Vec<PendingUpsert>, StoreError> {
+        let db = self.db();
+        let mut query = db.prepare("SELECT seq, data, media FROM pending_upserts WHERE session = ?1 ORDER BY seq")?;
+        let rows = query
+            .query_map(params![session], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, Option<String>>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(seq, data, media)| {
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("pending event {seq}: {e}"));
+                Ok(PendingUpsert {
+                    seq,
+                    data: serde_json::from_str(&data).map_err(corrupt)?,
+                    media: media.map(|m| serde_json::from_str(&m)).transpose().map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn remove_pending_upsert(&self, seq: i64) -> Result<(), StoreError> {
+        self.db().execute("DELETE FROM pending_upserts WHERE seq = ?1", params![seq])?;
+        Ok(())
+    }
+}
