@@ -96,6 +96,25 @@ pub struct TestClient {
     pub _dir: tempfile::TempDir,
 }
 
+/// Hands the library's events over inline and in order. (With `on_event`'s concurrent
+/// delivery an event right before a close, `StreamReplaced` say, could be lost.)
+struct Forward(mpsc::UnboundedSender<ClientEvent>);
+
+impl wacore::types::events::EventHandler for Forward {
+    fn handle_event(&self, event: Arc<Event>) {
+        let mapped = match &*event {
+            Event::PairingQrCode(qr) => ClientEvent::Qr(qr.code.clone()),
+            Event::PairingCode(code) => ClientEvent::PairCode(code.code.clone()),
+            Event::PairSuccess(_) => ClientEvent::PairSuccess,
+            Event::Connected(_) => ClientEvent::Connected,
+            Event::Disconnected(_) => ClientEvent::Disconnected,
+            Event::LoggedOut(reason) => ClientEvent::LoggedOut(format!("{reason:?}")),
+            other => ClientEvent::Other(format!("{other:?}").chars().take(80).collect()),
+        };
+        let _ = self.0.send(mapped);
+    }
+}
+
 impl TestClient {
     /// A whatsapp-rust client with its own SQLite store in a temp dir. `pair_phone` asks it
     /// to link by phone-number code instead of QR.
@@ -107,26 +126,11 @@ impl TestClient {
     pub async fn start_in(ws_url: &str, pair_phone: Option<&str>, dir: tempfile::TempDir) -> Self {
         let db = dir.path().join("client.db");
         let (tx, events) = mpsc::unbounded_channel();
-        let tx = Arc::new(tx);
         let mut builder = Bot::builder()
             .with_backend(SqliteStore::new(db.to_str().unwrap()).await.expect("sqlite store"))
             .with_transport_factory(TokioWebSocketTransportFactory::new().with_url(ws_url.to_string()))
             .with_version((2, 3000, 1_000_000_000))
-            .on_event(move |event, _client| {
-                let tx = tx.clone();
-                async move {
-                    let mapped = match &*event {
-                        Event::PairingQrCode(qr) => ClientEvent::Qr(qr.code.clone()),
-                        Event::PairingCode(code) => ClientEvent::PairCode(code.code.clone()),
-                        Event::PairSuccess(_) => ClientEvent::PairSuccess,
-                        Event::Connected(_) => ClientEvent::Connected,
-                        Event::Disconnected(_) => ClientEvent::Disconnected,
-                        Event::LoggedOut(reason) => ClientEvent::LoggedOut(format!("{reason:?}")),
-                        other => ClientEvent::Other(format!("{other:?}").chars().take(80).collect()),
-                    };
-                    let _ = tx.send(mapped);
-                }
-            });
+            .with_event_handler(Forward(tx));
         if let Some(phone) = pair_phone {
             builder = builder.with_pair_code(whatsapp_rust::pair_code::PairCodeOptions {
                 phone_number: phone.to_string(),

@@ -2,29 +2,33 @@
 //! format carries the file itself (base64), so a media message is downloaded before its
 //! event is recorded. The downloads run on their own task, one after the other, so the
 //! session's loop never waits on a file and the session's messages keep their order.
-//! Each event waits on disk (`pending_upserts`) until it is in the outbox; what a crash
-//! interrupted is downloaded and recorded at the session's first connection of the next run.
+//! A download uses the session's connection of the moment (one that dropped is replaced by
+//! the next). Each event waits on disk (`pending_upserts`) until it is in the outbox; what a
+//! crash interrupted is taken up again when the session starts next time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::engine::{Connection, MediaRef};
-use crate::store::PendingUpsert;
 use crate::webhook::Outbox;
 
-/// A download that takes longer than this is given up; the event goes out without the file.
+/// A file not downloaded within this (waiting for a connection included) is given up; the
+/// event goes out without it.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+type Current = Option<Arc<dyn Connection>>;
 
 struct Job {
     /// Its row in `pending_upserts`, removed once the event is recorded.
     pending: Option<i64>,
     data: Value,
-    download: Option<(Arc<dyn Connection>, MediaRef)>,
+    media: Option<MediaRef>,
 }
 
 /// The queue of one session's `messages.upsert` events in the Node service's format.
@@ -32,23 +36,27 @@ pub(super) struct MediaUpserts {
     session: String,
     outbox: Outbox,
     jobs: mpsc::UnboundedSender<Job>,
-    /// Events a previous run left waiting, read at start-up; queued again at the first
-    /// connection (events that arrive in this run are never among them).
-    left_over: Vec<PendingUpsert>,
+    connection: watch::Sender<Current>,
 }
 
 impl MediaUpserts {
+    /// Starts the worker; events a previous run left waiting go first.
     pub(super) fn spawn(session: String, outbox: Outbox) -> Self {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let (connection, current) = watch::channel::<Current>(None);
         let left_over = outbox.store().pending_upserts(&session).unwrap_or_else(|e| {
             warn!(session = %session, "could not read the events left waiting by the last run: {e}");
             Vec::new()
         });
-        let this = Self { session: session.clone(), outbox: outbox.clone(), jobs, left_over };
+        for event in left_over {
+            let _ = jobs.send(Job { pending: Some(event.seq), data: event.data, media: event.media });
+        }
+        let this = Self { session: session.clone(), outbox: outbox.clone(), jobs, connection };
         tokio::spawn(async move {
-            while let Some(Job { pending, mut data, download }) = queue.recv().await {
-                if let Some((conn, media)) = download {
-                    data["media"]["data"] = fetch(&session, &data, conn.as_ref(), &media).await;
+            let mut current = current;
+            while let Some(Job { pending, mut data, media }) = queue.recv().await {
+                if let Some(media) = media {
+                    data["media"]["data"] = fetch(&session, &data, &mut current, &media).await;
                 }
                 outbox.record_or_log(&session, "messages.upsert", &data);
                 if let Some(seq) = pending {
@@ -61,17 +69,13 @@ impl MediaUpserts {
         this
     }
 
-    /// At the session's first connection of this run: queues again what a previous run
-    /// left waiting, ahead of anything that arrives on this connection.
-    pub(super) fn resume(&mut self, conn: &Arc<dyn Connection>) {
-        for event in std::mem::take(&mut self.left_over) {
-            let download = event.media.map(|media| (conn.clone(), media));
-            let _ = self.jobs.send(Job { pending: Some(event.seq), data: event.data, download });
-        }
+    /// The session's live connection, or `None` once it closed.
+    pub(super) fn set_connection(&self, conn: Current) {
+        self.connection.send_replace(conn);
     }
 
-    /// Queues a received message's event; its file, if any, is fetched through `conn`.
-    pub(super) fn record(&self, data: Value, media: Option<MediaRef>, conn: Option<Arc<dyn Connection>>) {
+    /// Queues a received message's event; its file, if any, is downloaded first.
+    pub(super) fn record(&self, data: Value, media: Option<MediaRef>) {
         let pending = match self.outbox.store().add_pending_upsert(&self.session, &data, media.as_ref()) {
             Ok(seq) => Some(seq),
             Err(e) => {
@@ -79,8 +83,7 @@ impl MediaUpserts {
                 None
             }
         };
-        let download = conn.zip(media);
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { pending, data, download }) {
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { pending, data, media }) {
             // The worker is gone (only when the runtime shuts down): record without the file.
             warn!(session = %self.session, "the media download queue is closed; recording the message without its file");
             self.outbox.record_or_log(&self.session, "messages.upsert", &job.data);
@@ -88,24 +91,33 @@ impl MediaUpserts {
     }
 }
 
-/// The file as base64, or null (with a warning) when it could not be downloaded.
-async fn fetch(session: &str, data: &Value, conn: &dyn Connection, media: &MediaRef) -> Value {
+/// The file as base64, or null (with a warning) when it could not be downloaded in time.
+async fn fetch(session: &str, data: &Value, current: &mut watch::Receiver<Current>, media: &MediaRef) -> Value {
     let message = data["id"].as_str().unwrap_or_default();
-    match tokio::time::timeout(DOWNLOAD_TIMEOUT, conn.download(media)).await {
-        Ok(Ok(bytes)) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        Ok(Err(e)) => {
-            warn!(
-                session,
-                message, "could not download the file of a received message; the webhook goes without it: {e}"
-            );
-            Value::Null
-        }
-        Err(_) => {
-            warn!(
-                session,
-                message, "downloading the file of a received message took too long; the webhook goes without it"
-            );
-            Value::Null
+    let deadline = Instant::now() + DOWNLOAD_TIMEOUT;
+    let given_up = |why: String| {
+        warn!(
+            session,
+            message, "the file of a received message was not downloaded ({why}); the webhook goes without it"
+        );
+        Value::Null
+    };
+    loop {
+        let conn = match tokio::time::timeout_at(deadline, current.wait_for(Option::is_some)).await {
+            Ok(Ok(conn)) => conn.clone().expect("waited for a connection"),
+            Ok(Err(_)) => return given_up("the session is gone".into()),
+            Err(_) => return given_up("no connection in time".into()),
+        };
+        match tokio::time::timeout_at(deadline, conn.download(media)).await {
+            Ok(Ok(bytes)) => return Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            Ok(Err(e)) => {
+                // The connection it used went away meanwhile: try again on the next one.
+                let replaced = current.borrow().as_ref().is_none_or(|now| !Arc::ptr_eq(now, &conn));
+                if !replaced {
+                    return given_up(e.to_string());
+                }
+            }
+            Err(_) => return given_up("it took too long".into()),
         }
     }
 }

@@ -223,8 +223,8 @@ impl Supervisor {
                 self.qr_cycles = 0;
                 self.connected_at = Some(Instant::now());
                 self.set(StateKind::Connected, None, None);
+                self.media_upserts.set_connection(self.conn.clone());
                 if let Some(conn) = &self.conn {
-                    self.media_upserts.resume(conn);
                     tokio::spawn(self.drainer.clone().drain(conn.clone()));
                 }
             }
@@ -244,7 +244,7 @@ impl Supervisor {
                     let data = serde_json::to_value(&message).expect("messages serialize");
                     if self.webhook_is_compat() {
                         let media = message.media.map(|m| m.location);
-                        self.media_upserts.record(data, media, self.conn.clone());
+                        self.media_upserts.record(data, media);
                     } else {
                         self.outbox.record_or_log(&self.id, "messages.upsert", &data);
                     }
@@ -267,6 +267,7 @@ impl Supervisor {
             }
             EngineEvent::Closed(close) => {
                 self.conn = None;
+                self.media_upserts.set_connection(None);
                 self.events = None;
                 self.after_close(close).await;
             }
