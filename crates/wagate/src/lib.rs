@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+mod percent;
 pub mod server;
 pub mod session;
 pub mod store;

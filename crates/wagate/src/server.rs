@@ -55,7 +55,16 @@ impl Gateway {
         lock.record(&owner).context("writing the data directory's lock file")?;
         let mut sessions = config.sessions.clone();
         if sessions.public_url.is_empty() {
-            sessions.public_url = format!("http://{addr}");
+            // Links in events must be usable: a wildcard address is not one.
+            let host = if addr.ip().is_unspecified() {
+                tracing::warn!(
+                    "listening on {addr}: media links in events will use 127.0.0.1; set --public-url to the address webhook receivers can reach"
+                );
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+            } else {
+                addr
+            };
+            sessions.public_url = format!("http://{host}");
         }
         let manager = SessionManager::new(engine, outbox, sessions);
         let restored = manager.restore().await.context("restoring the sessions of the data directory")?;

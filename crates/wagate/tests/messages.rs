@@ -49,6 +49,14 @@ async fn a_text_arrives_as_messages_upsert_and_receipts_become_status() {
     assert_eq!(message["text"], "hello from A");
     assert_eq!(message["sender_phone"], "15556000001", "{message}");
     assert_eq!(message["is_group"], false);
+    // B answers it; quoting it towards anyone else would leak it into another chat.
+    let (status, body) =
+        api_b.post("/v1/sessions/B/messages", json!({ "to": "15556000001", "text": "got it", "reply_to": id })).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        api_b.post("/v1/sessions/B/messages", json!({ "to": "15556000077", "text": "leak", "reply_to": id })).await;
+    assert_eq!(status, 400, "chat {}: {body}", message["chat"]);
+    assert!(body["error"].as_str().unwrap().contains("another chat"), "{body}");
 
     // B's client acknowledges delivery; A learns it as message.status.
     let statuses = hooks_a

@@ -183,6 +183,11 @@ async fn media_uploads_and_downloads_go_through_the_proxy() {
     let url = image["media"]["url"].as_str().expect("a media url").to_string();
     let response = reqwest::get(&url).await.unwrap();
     assert_eq!(response.status(), 200);
+    // A file from outside is always a download, never rendered on the gateway's origin.
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(header("content-type"), "image/png");
+    assert!(header("content-disposition").starts_with("attachment;"), "{}", header("content-disposition"));
+    assert_eq!(header("x-content-type-options"), "nosniff");
     assert_eq!(response.bytes().await.unwrap().as_ref(), photo.as_slice(), "the image B downloaded is A's");
     assert_eq!(socks.tunnels_to(&media_host), 1, "B's download went through B's SOCKS5 proxy");
     assert_eq!(http_proxy.tunnels_to(&media_host), 1);

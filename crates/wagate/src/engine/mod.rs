@@ -271,6 +271,8 @@ pub trait Connection: Send + Sync {
     /// Closes the connection; its events end with `Closed(ClosedByUs)` unless it had
     /// already closed for another reason. Returns once its state is saved.
     async fn close(&self);
+    /// False once the connection has ended.
+    fn is_open(&self) -> bool;
 }
 
 #[async_trait]

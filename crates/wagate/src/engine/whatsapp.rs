@@ -403,6 +403,10 @@ impl Connection for WhatsAppConnection {
         self.client.disconnect().await;
         self.wait_done().await;
     }
+
+    fn is_open(&self) -> bool {
+        !*self.done.borrow()
+    }
 }
 
 fn media_type(kind: MediaKind) -> wacore::download::MediaType {

@@ -44,7 +44,7 @@ impl From<SessionError> for ApiError {
     fn from(error: SessionError) -> Self {
         let status = match &error {
             SessionError::NotFound => StatusCode::NOT_FOUND,
-            SessionError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            SessionError::InvalidId(_) | SessionError::BadRecipient(_) => StatusCode::BAD_REQUEST,
             SessionError::AlreadyLinked => StatusCode::CONFLICT,
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
             SessionError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

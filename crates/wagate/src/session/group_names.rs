@@ -13,38 +13,41 @@ use crate::engine::Connection;
 const KEEP_FOR: Duration = Duration::from_secs(600);
 /// A lookup holds up the session's loop: never longer than this.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A failed lookup is not tried again for this long, so a slow or failing server does not
+/// hold up every message of the group.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
 /// More groups than this and the cache starts over (a bound, not an expected size).
 const MAX_GROUPS: usize = 1000;
 
 #[derive(Default)]
 pub(super) struct GroupNames {
-    /// Group JID -> subject (`None`: the group could not be read) and when it was looked up.
+    /// Group JID -> subject (`None`: the group could not be read) and until when it holds.
     known: HashMap<String, (Option<String>, Instant)>,
 }
 
 impl GroupNames {
     /// The subject of group `jid`, from the cache or else asked of WhatsApp.
     pub(super) async fn subject(&mut self, session: &str, conn: &dyn Connection, jid: &str) -> Option<String> {
-        if let Some((subject, at)) = self.known.get(jid) {
-            if at.elapsed() < KEEP_FOR {
+        if let Some((subject, until)) = self.known.get(jid) {
+            if Instant::now() < *until {
                 return subject.clone();
             }
         }
-        let subject = match tokio::time::timeout(LOOKUP_TIMEOUT, conn.group(jid)).await {
-            Ok(Ok(group)) => group.map(|g| g.subject),
+        let (subject, keep) = match tokio::time::timeout(LOOKUP_TIMEOUT, conn.group(jid)).await {
+            Ok(Ok(group)) => (group.map(|g| g.subject), KEEP_FOR),
             Ok(Err(e)) => {
                 warn!(session = %session, group = %jid, "could not look up the group's subject: {e}");
-                return None;
+                (None, RETRY_AFTER_FAILURE)
             }
             Err(_) => {
                 warn!(session = %session, group = %jid, "looking up the group's subject took too long");
-                return None;
+                (None, RETRY_AFTER_FAILURE)
             }
         };
         if self.known.len() >= MAX_GROUPS {
             self.known.clear();
         }
-        self.known.insert(jid.to_string(), (subject.clone(), Instant::now()));
+        self.known.insert(jid.to_string(), (subject.clone(), Instant::now() + keep));
         subject
     }
 }

@@ -58,10 +58,18 @@ impl MediaUpserts {
                 if let Some(media) = media {
                     data["media"]["data"] = fetch(&session, &data, &mut current, &media).await;
                 }
-                outbox.record_or_log(&session, "messages.upsert", &data);
-                if let Some(seq) = pending {
-                    if let Err(e) = outbox.store().remove_pending_upsert(seq) {
-                        warn!(session = %session, "could not clear a recorded event from the pending list: {e}");
+                // The pending row goes only once the event is in the outbox: when recording
+                // fails it stays, and the next start tries again.
+                match outbox.record(&session, "messages.upsert", &data) {
+                    Ok(_) => {
+                        if let Some(seq) = pending {
+                            if let Err(e) = outbox.store().remove_pending_upsert(seq) {
+                                warn!(session = %session, "could not clear a recorded event from the pending list: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(session = %session, "could not record a message's webhook event; it is kept for the next start: {e}")
                     }
                 }
             }

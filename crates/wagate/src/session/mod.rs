@@ -58,6 +58,8 @@ pub enum SessionError {
     IdempotencyInProgress,
     #[error("WhatsApp refused or failed the request: {0}")]
     Send(String),
+    #[error("'{0}' is not a valid recipient")]
+    BadRecipient(String),
     #[error("the session's outgoing queue is full ({max} messages wait already)", max = crate::store::MAX_QUEUED)]
     QueueFull,
     #[error("no message '{0}' in this session")]
@@ -73,6 +75,7 @@ pub enum SessionError {
 /// What an engine call that reached WhatsApp but failed reports to the API.
 fn engine_failure(error: EngineError) -> SessionError {
     match error {
+        EngineError::BadRecipient(to) => SessionError::BadRecipient(to),
         EngineError::Send(reason) => SessionError::Send(reason),
         other => SessionError::Send(other.to_string()),
     }
@@ -251,7 +254,7 @@ impl SessionManager {
                 let started = std::time::Instant::now();
                 let sent = conn.send(to, message, &message_id).await.map_err(engine_failure)?;
                 self.store.record_sent(id, &sent.id, &sent.to, idempotency_key, sent.timestamp_ms)?;
-                queue::note_sent(&self.outbox, id, message.content.kind(), &sent, started);
+                queue::note_sent(&self.outbox, id, message.content.kind(), &sent, started, true);
             }
             Ok(conn) => {
                 self.enqueue(id, &message_id, to, message, idempotency_key)?;
@@ -263,6 +266,14 @@ impl SessionManager {
                     && self.get(id).is_some_and(|v| v.me.is_some()) =>
             {
                 self.enqueue(id, &message_id, to, message, idempotency_key)?;
+                // The session may have connected, or been logged out, while this was queued.
+                match self.connection(id).await {
+                    Ok(conn) => drop(tokio::spawn(self.drainer(id)?.drain(conn))),
+                    Err(SessionError::NotConnected(StateKind::LoggedOut | StateKind::AwaitingScan)) => {
+                        self.drainer(id)?.give_up_all("the session was logged out before it could be sent")
+                    }
+                    Err(_) => {}
+                }
             }
             Err(e) => return Err(e),
         }

@@ -12,8 +12,10 @@ use crate::engine::{Connection, DeliveryState, EngineError, Sent};
 use crate::store::{Queued, Store};
 use crate::webhook::Outbox;
 
-/// Connections a queued message may see fail under it before it is given up.
+/// Failed attempts (a dropped connection counts) before a queued message is given up.
 const MAX_ATTEMPTS: u32 = 5;
+/// Pause before trying a message again on a connection that is still up, times its attempts.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything a drain needs, shared by the supervisor and the manager.
 #[derive(Clone)]
@@ -25,7 +27,9 @@ pub(super) struct Drainer {
 }
 
 impl Drainer {
-    /// Sends queued messages over `conn` until the queue is empty or the connection fails.
+    /// Sends queued messages over `conn` until the queue is empty or the connection ends.
+    /// A message WhatsApp refuses, or one that keeps failing, is given up so that it never
+    /// holds back the ones behind it for long.
     pub async fn drain(self, conn: Arc<dyn Connection>) {
         let _one_at_a_time = self.lock.lock().await;
         loop {
@@ -40,26 +44,60 @@ impl Drainer {
             let started = Instant::now();
             match conn.send(&next.to, &next.message, &next.id).await {
                 Ok(sent) => {
-                    let _ = self.store.dequeue(next.seq);
-                    if let Err(e) =
-                        self.store.advance_status(&self.session, &sent.id, DeliveryState::Sent, sent.timestamp_ms)
-                    {
-                        warn!(session = %self.session, "could not record a sent message: {e}");
+                    if !self.take_off(&next) {
+                        return;
                     }
-                    note_sent(&self.outbox, &self.session, next.message.content.kind(), &sent, started);
+                    // A receipt may have moved it past `sent` already: then no `sent` event.
+                    let advanced = self
+                        .store
+                        .advance_status(&self.session, &sent.id, DeliveryState::Sent, sent.timestamp_ms)
+                        .unwrap_or_else(|e| {
+                            warn!(session = %self.session, "could not record a sent message: {e}");
+                            None
+                        });
+                    note_sent(
+                        &self.outbox,
+                        &self.session,
+                        next.message.content.kind(),
+                        &sent,
+                        started,
+                        advanced.is_some(),
+                    );
                 }
                 Err(e @ (EngineError::BadRecipient(_) | EngineError::Refused(_))) => {
-                    self.give_up(&next, &e.to_string())
+                    if !self.give_up(&next, &e.to_string()) {
+                        return;
+                    }
                 }
                 Err(e) => {
                     let attempts = self.store.queued_attempt_failed(next.seq).unwrap_or(MAX_ATTEMPTS);
                     if attempts >= MAX_ATTEMPTS {
-                        self.give_up(&next, &format!("{e} ({attempts} attempts)"));
+                        if !self.give_up(&next, &format!("{e} ({attempts} attempts)")) {
+                            return;
+                        }
                         continue;
                     }
-                    warn!(session = %self.session, message = %next.id, "queued message not sent yet ({e}); it waits for the next connection");
-                    return;
+                    if !conn.is_open() {
+                        warn!(session = %self.session, message = %next.id, "queued message not sent yet ({e}); it waits for the next connection");
+                        return;
+                    }
+                    // The connection is fine but this message failed (an upload, say): try it
+                    // again shortly rather than at the next reconnect.
+                    warn!(session = %self.session, message = %next.id, attempt = attempts, "queued message not sent ({e}); trying again");
+                    tokio::time::sleep(RETRY_PAUSE * attempts).await;
                 }
+            }
+        }
+    }
+
+    /// Takes a message off the queue; false (logged) when the store would not, which stops
+    /// the drain rather than sending the message again and again.
+    fn take_off(&self, queued: &Queued) -> bool {
+        match self.store.dequeue(queued.seq) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(session = %self.session, message = %queued.id, "could not take a message off the outgoing queue: {e}");
+                false
             }
         }
     }
@@ -67,13 +105,18 @@ impl Drainer {
     /// Fails every queued message, for a session that will not reconnect (logged out).
     pub fn give_up_all(&self, why: &str) {
         while let Ok(Some(next)) = self.store.next_queued(&self.session) {
-            self.give_up(&next, why);
+            if !self.give_up(&next, why) {
+                return;
+            }
         }
     }
 
-    fn give_up(&self, queued: &Queued, why: &str) {
+    /// Fails a queued message; false when it could not be taken off the queue.
+    fn give_up(&self, queued: &Queued, why: &str) -> bool {
         warn!(session = %self.session, message = %queued.id, "gave up a queued message: {why}");
-        let _ = self.store.dequeue(queued.seq);
+        if !self.take_off(queued) {
+            return false;
+        }
         let now = crate::webhook::now_ms();
         match self.store.advance_status(&self.session, &queued.id, DeliveryState::Failed, now) {
             Ok(Some(_)) => {
@@ -82,14 +125,18 @@ impl Drainer {
             Ok(None) => {}
             Err(e) => warn!(session = %self.session, "could not record a failed message: {e}"),
         }
+        true
     }
 }
 
-/// What follows every send WhatsApp acknowledged: metrics, the `sent` status event, a log line.
-pub(super) fn note_sent(outbox: &Outbox, session: &str, kind: &str, sent: &Sent, started: Instant) {
+/// What follows every send WhatsApp acknowledged: metrics, the `sent` status event (unless
+/// a receipt already moved the message further), a log line.
+pub(super) fn note_sent(outbox: &Outbox, session: &str, kind: &str, sent: &Sent, started: Instant, announce: bool) {
     let metrics = &crate::metrics::METRICS;
     metrics.send_seconds.observe(started.elapsed().as_secs_f64());
     metrics.messages_sent.with_label_values(&[kind]).inc();
-    record_status(outbox, session, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
+    if announce {
+        record_status(outbox, session, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
+    }
     info!(session = %session, message = %sent.id, kind, "message sent");
 }

@@ -233,8 +233,10 @@ impl Supervisor {
                 for mut message in messages.into_iter().filter(|m| !m.from_me) {
                     crate::metrics::METRICS.messages_received.with_label_values(&[message.kind.as_str()]).inc();
                     if let Some(media) = &mut message.media {
+                        // The id comes from the sender: escaped, it stays one path segment.
+                        let message_id = crate::percent::encode(&message.id);
                         media.url =
-                            Some(format!("{}/v1/sessions/{}/media/{}", self.config.public_url, self.id, message.id));
+                            Some(format!("{}/v1/sessions/{}/media/{message_id}", self.config.public_url, self.id));
                     }
                     // Kept before the event goes out, so a receiver can fetch the media or
                     // reply as soon as it hears of the message.
@@ -454,6 +456,7 @@ impl Supervisor {
 
     async fn logout(&mut self) {
         self.next_attempt = None;
+        self.media_upserts.set_connection(None);
         if let Some(conn) = self.conn.take() {
             self.events = None;
             if self.view.state == StateKind::Connected {
@@ -503,6 +506,7 @@ impl Supervisor {
 
     async fn close_connection(&mut self) {
         self.events = None;
+        self.media_upserts.set_connection(None);
         if let Some(conn) = self.conn.take() {
             conn.close().await;
         }

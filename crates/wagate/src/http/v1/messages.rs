@@ -149,9 +149,9 @@ async fn send(
         return Err(ApiError::bad_request("Idempotency-Key must be 1 to 200 characters"));
     }
     state.manager.get(&id).ok_or(SessionError::NotFound)?;
-    let reply_to = request.reply_to.as_deref().map(|m| known_message(&state, &id, m)).transpose()?;
+    let reply_to = request.reply_to.as_deref().map(|m| known_message(&state, &id, m, &to)).transpose()?;
     let may_queue = request.queue;
-    let content = content_of(&state, &id, request).await?;
+    let content = content_of(&state, &id, &to, request).await?;
     let sent = state.manager.send(&id, &to, &Outgoing { content, reply_to }, key.as_deref(), may_queue).await?;
     // A queued message is accepted, not yet sent: 202, and its state says so.
     let status = if sent.status == DeliveryState::Queued { StatusCode::ACCEPTED } else { StatusCode::OK };
@@ -159,18 +159,34 @@ async fn send(
     Ok((status, Json(body)).into_response())
 }
 
-/// A message a reply or reaction points at; unknown ids are the caller's mistake.
-fn known_message(state: &AppState, session: &str, message_id: &str) -> Result<MessageRef, ApiError> {
-    state.manager.message_ref(session, message_id).map_err(|e| match e {
+/// A message a reply or reaction points at, in the chat `to`; unknown ids and messages of
+/// another chat (whose text a quote would carry elsewhere) are the caller's mistake.
+fn known_message(state: &AppState, session: &str, message_id: &str, to: &str) -> Result<MessageRef, ApiError> {
+    let found = state.manager.message_ref(session, message_id).map_err(|e| match e {
         SessionError::UnknownMessage(_) => ApiError::bad_request(format!(
             "no message '{message_id}' in this session (replies and reactions need a message it sent or received)"
         )),
         other => other.into(),
-    })
+    })?;
+    if other_chat(&found.chat, to) {
+        return Err(ApiError::bad_request(format!("message '{message_id}' is in another chat ({})", found.chat)));
+    }
+    Ok(found)
+}
+
+/// Whether two chat JIDs surely differ. A chat can be named by phone number or by LID;
+/// only names of the same kind can be compared.
+fn other_chat(a: &str, b: &str) -> bool {
+    let split = |jid: &str| {
+        let (user, server) = jid.split_once('@').unwrap_or((jid, ""));
+        (user.split(':').next().unwrap_or(user).to_string(), server.to_string())
+    };
+    let ((user_a, server_a), (user_b, server_b)) = (split(a), split(b));
+    server_a == server_b && user_a != user_b
 }
 
 /// The one content field of a request, checked and loaded.
-async fn content_of(state: &AppState, session: &str, request: SendRequest) -> Result<Content, ApiError> {
+async fn content_of(state: &AppState, session: &str, to: &str, request: SendRequest) -> Result<Content, ApiError> {
     let SendRequest { text, document, image, video, audio, sticker, location, contact, reaction, .. } = request;
     let files = [
         (MediaKind::Document, document),
@@ -209,7 +225,7 @@ async fn content_of(state: &AppState, session: &str, request: SendRequest) -> Re
     if reaction.emoji.chars().count() > 10 {
         return Err(ApiError::bad_request("reaction: 'emoji' must be one emoji (or empty to remove a reaction)"));
     }
-    let target = known_message(state, session, &reaction.message_id)?;
+    let target = known_message(state, session, &reaction.message_id, to)?;
     Ok(Content::Reaction { target, emoji: reaction.emoji })
 }
 
@@ -240,12 +256,21 @@ async fn media(
     Path((id, message_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (bytes, media) = state.manager.download_media(&id, &message_id).await?;
-    let mimetype = media.mimetype.unwrap_or_else(|| "application/octet-stream".into());
-    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, mimetype)], bytes).into_response();
-    if let Some(value) = media.filename.as_deref().and_then(content_disposition) {
-        response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
+    // The type and name come from whoever sent the file: never let a browser render it on
+    // the gateway's origin (always a download, no sniffing, no scripts).
+    let mimetype = media
+        .mimetype
+        .and_then(|m| HeaderValue::from_str(&m).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let name = media.filename.unwrap_or_else(|| format!("{message_id}.{}", media.location.kind.as_str()));
+    let disposition = content_disposition(&name).unwrap_or(HeaderValue::from_static("attachment"));
+    let headers = [
+        (header::CONTENT_TYPE, mimetype),
+        (header::CONTENT_DISPOSITION, disposition),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
+    ];
+    Ok((StatusCode::OK, headers, bytes).into_response())
 }
 
 /// `attachment` with the file name; names beyond ASCII go in RFC 5987's `filename*`.
@@ -254,14 +279,7 @@ fn content_disposition(name: &str) -> Option<HeaderValue> {
     let value = if name.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         format!("attachment; filename=\"{}\"", name.replace(['"', '\\'], "_"))
     } else {
-        let encoded: String = name
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => char::from(b).to_string(),
-                other => format!("%{other:02X}"),
-            })
-            .collect();
-        format!("attachment; filename*=UTF-8''{encoded}")
+        format!("attachment; filename*=UTF-8''{}", crate::percent::encode(&name))
     };
     HeaderValue::from_str(&value).ok()
 }
@@ -295,6 +313,14 @@ mod tests {
         assert!(recipient_jid("hello").is_err());
         assert!(recipient_jid("123").is_err());
         assert!(recipient_jid("@x").is_err());
+    }
+
+    #[test]
+    fn chats_differ_only_when_named_alike() {
+        assert!(other_chat("1555@s.whatsapp.net", "1666@s.whatsapp.net"));
+        assert!(!other_chat("1555:3@s.whatsapp.net", "1555@s.whatsapp.net"));
+        assert!(!other_chat("9912@lid", "1555@s.whatsapp.net"), "a LID and a phone number cannot be compared");
+        assert!(other_chat("120363@g.us", "120364@g.us"));
     }
 
     #[test]
