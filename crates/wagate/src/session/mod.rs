@@ -137,7 +137,7 @@ impl SessionManager {
             // credentials never reached the disk starts a clean new link.
             let was_linking = record.me.is_some();
             let linked_now = identity.is_some();
-            self.spawn(&record.id, identity.or(record.me.clone()), record.link_confirmed);
+            self.spawn(&record.id, identity.or(record.me.clone()), record.link_confirmed, false);
             if linked_now || was_linking {
                 linked += usize::from(linked_now);
                 self.command(&record.id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
@@ -146,18 +146,20 @@ impl SessionManager {
         Ok(linked)
     }
 
-    fn spawn(&self, id: &str, me: Option<crate::engine::Me>, link_confirmed: bool) {
-        let (changes, _) = broadcast::channel(64);
-        let spawned = Supervisor::spawn(
-            id,
-            me,
-            link_confirmed,
-            self.engine.clone(),
-            self.outbox.clone(),
-            self.config.clone(),
-            changes,
-        );
-        self.sessions().insert(id.to_string(), Handle { spawned });
+    /// Starts the session's supervisor unless it has a live one. `replace`: its supervisor
+    /// died; the new one takes over what outlives it (see [`supervisor::Lasting`]).
+    fn spawn(&self, id: &str, me: Option<crate::engine::Me>, link_confirmed: bool, replace: bool) {
+        // Checked and inserted under one lock: two concurrent creates never start two.
+        let mut sessions = self.sessions();
+        let lasting = match sessions.get(id) {
+            Some(_) if !replace => return,
+            Some(old) => old.spawned.lasting.clone(),
+            None => supervisor::Lasting::new(id, &self.outbox),
+        };
+        let engine = self.engine.clone();
+        let spawned =
+            Supervisor::spawn(id, me, link_confirmed, engine, self.outbox.clone(), self.config.clone(), lasting);
+        sessions.insert(id.to_string(), Handle { spawned });
     }
 
     /// Creates the session if it is new, and starts it unless it is already running.
@@ -176,7 +178,7 @@ impl SessionManager {
         }
         if !self.sessions().contains_key(id) {
             let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
-            self.spawn(id, identity.or(record.me), record.link_confirmed);
+            self.spawn(id, identity.or(record.me), record.link_confirmed, false);
         }
         if created {
             info!(session = %id, "session created");
@@ -197,7 +199,7 @@ impl SessionManager {
     pub fn subscribe(&self, id: &str) -> Option<(SessionView, broadcast::Receiver<SessionView>)> {
         let sessions = self.sessions();
         let handle = sessions.get(id)?;
-        let receiver = handle.spawned.changes.subscribe();
+        let receiver = handle.spawned.lasting.changes.subscribe();
         let current = handle.spawned.view.borrow().clone();
         Some((current, receiver))
     }
@@ -300,7 +302,7 @@ impl SessionManager {
     }
 
     fn drainer(&self, id: &str) -> Result<queue::Drainer, SessionError> {
-        self.sessions().get(id).map(|h| h.spawned.drainer.clone()).ok_or(SessionError::NotFound)
+        self.sessions().get(id).map(|h| h.spawned.lasting.drainer.clone()).ok_or(SessionError::NotFound)
     }
 
     /// A message of this session's chats, received or sent, for a reply or a reaction.
@@ -420,7 +422,7 @@ impl SessionManager {
             warn!(session = %id, "the session's supervisor had stopped; starting a new one");
             let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
             let confirmed = self.store.session(id)?.is_some_and(|r| r.link_confirmed);
-            self.spawn(id, identity, confirmed);
+            self.spawn(id, identity, confirmed, true);
             let fresh = self.sessions().get(id).map(|h| h.spawned.mailbox.clone()).ok_or(SessionError::NotFound)?;
             fresh.send(command).await.map_err(|_| SessionError::Unavailable)?;
         }

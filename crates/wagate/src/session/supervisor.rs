@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::backoff::STABLE_AFTER;
+use super::media_upserts::MediaUpserts;
 use super::policy::{self, Decision, Situation};
 use super::queue::Drainer;
 use super::state::{reason, timestamp, LastState, SessionView, StateKind};
@@ -71,15 +72,37 @@ pub(super) struct Supervisor {
     pending_pair_code: Option<(String, oneshot::Sender<Result<String, SessionError>>)>,
     group_names: super::group_names::GroupNames,
     /// `messages.upsert` of a session with a Node-service webhook (it carries the files).
-    media_upserts: super::media_upserts::MediaUpserts,
+    media_upserts: Arc<MediaUpserts>,
 }
 
 /// What the manager keeps of a running supervisor.
 pub(super) struct Spawned {
-    pub drainer: Drainer,
     pub mailbox: mpsc::Sender<Command>,
     pub view: watch::Receiver<SessionView>,
+    pub lasting: Lasting,
+}
+
+/// The parts of a session that outlive its supervisor: a supervisor that died (a panic) is
+/// replaced by one that takes these over, so that watchers keep their stream and no queue
+/// is worked twice.
+#[derive(Clone)]
+pub(super) struct Lasting {
     pub changes: broadcast::Sender<SessionView>,
+    pub drainer: Drainer,
+    pub media_upserts: Arc<MediaUpserts>,
+}
+
+impl Lasting {
+    pub(super) fn new(id: &str, outbox: &Outbox) -> Self {
+        let (changes, _) = broadcast::channel(64);
+        let drainer = Drainer {
+            session: id.to_string(),
+            store: outbox.store().clone(),
+            outbox: outbox.clone(),
+            lock: Default::default(),
+        };
+        Self { changes, drainer, media_upserts: Arc::new(MediaUpserts::spawn(id.to_string(), outbox.clone())) }
+    }
 }
 
 impl Supervisor {
@@ -90,29 +113,24 @@ impl Supervisor {
         engine: Arc<dyn Engine>,
         outbox: Outbox,
         config: SessionConfig,
-        changes: broadcast::Sender<SessionView>,
+        lasting: Lasting,
     ) -> Spawned {
         let view = SessionView::new(id, StateKind::Stopped, None, me);
         let (publish, view_rx) = watch::channel(view.clone());
         let (mailbox, inbox) = mpsc::channel(64);
-        let drainer = Drainer {
-            session: id.to_string(),
-            store: outbox.store().clone(),
-            outbox: outbox.clone(),
-            lock: Default::default(),
-        };
+        let Lasting { changes, drainer, media_upserts } = lasting.clone();
         let supervisor = Supervisor {
-            drainer: drainer.clone(),
+            drainer,
             id: id.to_string(),
             engine_store: outbox.store().engine_store(id),
-            media_upserts: super::media_upserts::MediaUpserts::spawn(id.to_string(), outbox.clone()),
+            media_upserts,
             engine,
             store: outbox.store().clone(),
             outbox,
             config,
             view,
             publish,
-            changes: changes.clone(),
+            changes,
             conn: None,
             events: None,
             next_attempt: None,
@@ -128,7 +146,7 @@ impl Supervisor {
             group_names: Default::default(),
         };
         tokio::spawn(supervisor.run(inbox));
-        Spawned { mailbox, view: view_rx, changes, drainer }
+        Spawned { mailbox, view: view_rx, lasting }
     }
 
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
