@@ -33,6 +33,11 @@ impl Drainer {
     pub async fn drain(self, conn: Arc<dyn Connection>) {
         let _one_at_a_time = self.lock.lock().await;
         loop {
+            // A drain that waited for the lock may hold a connection that has ended since:
+            // it must not count failures against the messages.
+            if !conn.is_open() {
+                return;
+            }
             let next = match self.store.next_queued(&self.session) {
                 Ok(Some(next)) => next,
                 Ok(None) => return,
