@@ -1,6 +1,7 @@
-//! wagate's own records in the data directory: the session registry (and, as later parts
-//! arrive, the webhook outbox and message index) in one embedded SQLite database,
-//! `wagate.db`. Each session's engine state lives beside it in `engine/<id>.db`.
+//! wagate's own records in the data directory, in one embedded SQLite database, `wagate.db`:
+//! the session registry, the webhook outbox, sent and received messages, the outgoing queue
+//! and events waiting for a download. Each session's engine state lives beside it in
+//! `engine/<id>.db`; `wagate.lock` marks the running gateway.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
