@@ -111,16 +111,7 @@ impl Store {
             .query_row(
                 "SELECT id, session, chat, status, created_ms, updated_ms FROM sent_messages WHERE session = ?1 AND id = ?2",
                 params![session, id],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, i64>(4)?,
-                        row.get::<_, i64>(5)?,
-                    ))
-                },
+                |row| <(String, String, String, String, i64, i64)>::try_from(row),
             )
             .optional()?;
         row.map(|(id, session, chat, status, created, updated)| {

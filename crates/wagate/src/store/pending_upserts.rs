@@ -37,9 +37,7 @@ impl Store {
         let db = self.db();
         let mut query = db.prepare("SELECT seq, data, media FROM pending_upserts WHERE session = ?1 ORDER BY seq")?;
         let rows = query
-            .query_map(params![session], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, Option<String>>(2)?))
-            })?
+            .query_map(params![session], |row| <(i64, String, Option<String>)>::try_from(row))?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(seq, data, media)| {

@@ -17,8 +17,6 @@ pub struct Queued {
     pub id: String,
     pub to: String,
     pub message: Outgoing,
-    /// Failed attempts so far (the connection dropped while sending, say).
-    pub attempts: u32,
 }
 
 impl Store {
@@ -63,23 +61,15 @@ impl Store {
         let row = self
             .db()
             .query_row(
-                "SELECT seq, id, recipient, message, attempts FROM outgoing_queue WHERE session = ?1 ORDER BY seq LIMIT 1",
+                "SELECT seq, id, recipient, message FROM outgoing_queue WHERE session = ?1 ORDER BY seq LIMIT 1",
                 params![session],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, i64>(4)?,
-                    ))
-                },
+                |row| <(i64, String, String, String)>::try_from(row),
             )
             .optional()?;
-        row.map(|(seq, id, to, body, attempts)| {
+        row.map(|(seq, id, to, body)| {
             let message = serde_json::from_str(&body)
                 .map_err(|e| StoreError::Corrupt(format!("queued message {id} cannot be read: {e}")))?;
-            Ok(Queued { seq, id, to, message, attempts: u32::try_from(attempts).unwrap_or(u32::MAX) })
+            Ok(Queued { seq, id, to, message })
         })
         .transpose()
     }
