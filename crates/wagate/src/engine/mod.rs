@@ -5,6 +5,7 @@ mod compose;
 mod content;
 mod media_http;
 mod normalize;
+pub use normalize::non_device;
 mod presence;
 pub use presence::{ContactInfo, PresenceKind, PresenceUpdate};
 pub mod probe;

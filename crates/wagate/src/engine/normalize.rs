@@ -208,7 +208,7 @@ fn quoted_text(message: &wa::Message) -> Option<String> {
 }
 
 /// `user:device@server` -> `user@server`.
-fn non_device(jid: &str) -> String {
+pub fn non_device(jid: &str) -> String {
     match jid.split_once('@') {
         Some((user, server)) => format!("{}@{server}", user.split(':').next().unwrap_or(user)),
         None => jid.to_string(),

@@ -177,12 +177,9 @@ fn known_message(state: &AppState, session: &str, message_id: &str, to: &str) ->
 /// Whether two chat JIDs surely differ. A chat can be named by phone number or by LID;
 /// only names of the same kind can be compared.
 fn other_chat(a: &str, b: &str) -> bool {
-    let split = |jid: &str| {
-        let (user, server) = jid.split_once('@').unwrap_or((jid, ""));
-        (user.split(':').next().unwrap_or(user).to_string(), server.to_string())
-    };
-    let ((user_a, server_a), (user_b, server_b)) = (split(a), split(b));
-    server_a == server_b && user_a != user_b
+    let (a, b) = (crate::engine::non_device(a), crate::engine::non_device(b));
+    let server = |jid: &str| jid.split_once('@').map(|(_, server)| server.to_string());
+    a != b && server(&a) == server(&b)
 }
 
 /// The one content field of a request, checked and loaded.
