@@ -36,12 +36,24 @@ pub type PairReply = oneshot::Sender<Result<DeviceAddr, String>>;
 /// What the control API (or another connection) can ask of a connection.
 pub enum ConnCommand {
     Send(Node),
+    /// Write a relayed `<message>` that is pending in the outbox as `seq` until the device
+    /// acknowledges it.
+    Deliver {
+        seq: u64,
+        node: Node,
+    },
     /// Send the node, if any, then close the socket.
     Close(Option<Node>),
     /// Close the TCP connection without a word.
     Drop,
+    /// Close the TCP connection without a word right after writing the next relayed
+    /// `<message>`, before the device can acknowledge it.
+    DropAfterNextMessage,
     /// Answer nothing, send nothing, for this long.
     Silence(Duration),
+    /// Take what the client sends but act on it only after this long, in order (a server
+    /// that is slow to answer, not one that loses what it read).
+    Stall(Duration),
     /// The phone scanned this connection's QR: send `pair-success` and check the answer.
     PairSuccess {
         success: Box<PairSuccess>,
@@ -74,7 +86,12 @@ struct Conn {
     device: Option<DeviceAddr>,
     pairing: Pairing,
     silent_until: Option<Instant>,
+    /// Stalled until then; what came meanwhile waits in `stalled`.
+    stalled_until: Option<Instant>,
+    stalled: Vec<Node>,
     offline_sent: bool,
+    /// Fault: end the connection right after the next relayed message is written.
+    drop_after_message: bool,
     /// The id of the app-state key share sent on this connection, until its receipt comes.
     key_share_id: Option<String>,
 }
@@ -91,7 +108,10 @@ pub async fn serve(socket: WebSocket, state: Arc<SimState>) {
     let id = {
         let mut inner = state.lock();
         let id = inner.new_conn_id();
-        inner.conns.insert(id, LiveConn { commands, device: None, client_static: None, registration: None });
+        inner.conns.insert(
+            id,
+            LiveConn { commands, device: None, client_static: None, registration: None, offline_flushed: false },
+        );
         inner.stats.totals.connections += 1;
         id
     };
@@ -105,7 +125,10 @@ pub async fn serve(socket: WebSocket, state: Arc<SimState>) {
         device: None,
         pairing: Pairing::Idle,
         silent_until: None,
+        stalled_until: None,
+        stalled: Vec::new(),
         offline_sent: false,
+        drop_after_message: false,
         key_share_id: None,
     };
     let end = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.handshake()).await {
@@ -251,9 +274,11 @@ impl Conn {
 
     async fn run(&mut self, inbox: &mut mpsc::UnboundedReceiver<ConnCommand>) -> End {
         loop {
+            let stall_ends = self.stalled_until;
             let step = tokio::select! {
                 message = self.socket.recv() => self.on_socket(message).await,
                 Some(command) = inbox.recv() => self.on_command(command).await,
+                _ = sleep_until(stall_ends), if stall_ends.is_some() => self.end_stall().await,
             };
             if let Err(end) = step {
                 return end;
@@ -273,6 +298,10 @@ impl Conn {
                     if self.is_silent() {
                         continue;
                     }
+                    if self.stalled_until.is_some() {
+                        self.stalled.push(node);
+                        continue;
+                    }
                     self.on_node(node).await?;
                 }
                 Ok(())
@@ -285,6 +314,10 @@ impl Conn {
         match command {
             ConnCommand::Send(node) if !self.is_silent() => self.send_node(&node).await,
             ConnCommand::Send(_) => Ok(()),
+            // A silent connection writes nothing; the stanza stays pending and goes back to
+            // the offline queue when the connection ends.
+            ConnCommand::Deliver { seq, node } if !self.is_silent() => self.write_relayed(seq, &node).await,
+            ConnCommand::Deliver { .. } => Ok(()),
             ConnCommand::Close(node) => {
                 if let Some(node) = node {
                     self.send_node(&node).await?;
@@ -293,9 +326,19 @@ impl Conn {
                 Err(End::ServerClosed("closed by the simulator"))
             }
             ConnCommand::Drop => Err(End::ServerClosed("dropped without a word (fault)")),
+            ConnCommand::DropAfterNextMessage => {
+                info!(conn = self.id, "will drop the connection after the next message (fault)");
+                self.drop_after_message = true;
+                Ok(())
+            }
             ConnCommand::Silence(duration) => {
                 info!(conn = self.id, secs = duration.as_secs_f32(), "going silent (fault)");
                 self.silent_until = Some(Instant::now() + duration);
+                Ok(())
+            }
+            ConnCommand::Stall(duration) => {
+                info!(conn = self.id, secs = duration.as_secs_f32(), "stalling (fault)");
+                self.stalled_until = Some(Instant::now() + duration);
                 Ok(())
             }
             ConnCommand::PairSuccess { success, addr, reply } => {
@@ -321,8 +364,18 @@ impl Conn {
         if node.tag == "receipt" {
             self.on_receipt(&node);
             if let Some(reader) = self.device {
-                let ack = relay::relay_receipt(&mut self.state.lock(), reader, &node);
+                let ack = {
+                    let mut inner = self.state.lock();
+                    relay::settle_acked(&mut inner, reader, &node);
+                    relay::relay_receipt(&mut inner, reader, &node)
+                };
                 return self.send_node(&ack).await;
+            }
+            return Ok(());
+        }
+        if node.tag == "ack" {
+            if let Some(device) = self.device {
+                relay::settle_acked(&mut self.state.lock(), device, &node);
             }
             return Ok(());
         }
@@ -385,9 +438,10 @@ impl Conn {
         }
     }
 
-    /// Delivers what waited for the device, then `<ib><offline count=N/>`, which
-    /// whatsapp-rust waits for after `<active/>` (PROTOCOL.md 9). The only thing that waits
-    /// so far is the phone's app-state key share for a newly linked device.
+    /// Delivers what waited for the device (the phone's app-state key share for a newly
+    /// linked device, then the offline queue, which starts with what an earlier connection
+    /// delivered and the device never acknowledged), then `<ib><offline count=N/>`, which
+    /// whatsapp-rust waits for after `<active/>` (PROTOCOL.md 9).
     async fn flush_offline(&mut self) -> Result<(), End> {
         let mut delivered = 0;
         if let Some(share) = self.pending_key_share().await {
@@ -396,14 +450,32 @@ impl Conn {
             delivered += 1;
         }
         let queued = match self.device {
-            Some(addr) => relay::take_offline(&mut self.state.lock(), addr),
+            Some(addr) => relay::take_offline(&mut self.state.lock(), addr, self.id),
             None => Vec::new(),
         };
-        for node in queued {
-            self.send_node(&node).await?;
+        for outgoing in queued {
+            match outgoing.seq {
+                Some(seq) => self.write_relayed(seq, &outgoing.node).await?,
+                None => self.send_node(&outgoing.node).await?,
+            }
             delivered += 1;
         }
         self.send_node(&iq::offline_marker(delivered)).await
+    }
+
+    /// Writes a relayed message that stays pending until the device acknowledges it.
+    async fn write_relayed(&mut self, seq: u64, node: &Node) -> Result<(), End> {
+        self.send_node(node).await?;
+        if let Some(addr) = self.device {
+            let mut inner = self.state.lock();
+            inner.outbox.mark_written(addr, seq);
+            inner.stats.count_delivered(addr);
+        }
+        if self.drop_after_message {
+            // Nothing more is read from this socket, so the device's ack cannot arrive.
+            return Err(End::ServerClosed("dropped right after delivering a message (fault)"));
+        }
+        Ok(())
     }
 
     async fn pending_key_share(&mut self) -> Option<Node> {
@@ -541,7 +613,26 @@ impl Conn {
             }
             Pairing::Idle => {}
         }
+        // The registered device, not `self.device`: a pairing connection is the new device's
+        // for a moment before its 515.
+        let device = inner.conns.get(&self.id).and_then(|live| live.device);
+        if let Some(addr) = device {
+            relay::take_back_unacked(&mut inner, addr, self.id);
+        }
         inner.forget_conn(self.id);
+        if let Some(addr) = device {
+            relay::pass_offline_to_live(&mut inner, addr);
+        }
+    }
+
+    /// Acts on what came in while stalled, in the order it came.
+    async fn end_stall(&mut self) -> Result<(), End> {
+        self.stalled_until = None;
+        info!(conn = self.id, held = self.stalled.len(), "stall over");
+        for node in std::mem::take(&mut self.stalled) {
+            self.on_node(node).await?;
+        }
+        Ok(())
     }
 
     fn is_silent(&mut self) -> bool {
@@ -634,4 +725,11 @@ fn registration_from(payload: &ClientPayload, noise_key: [u8; 32]) -> Registrati
 /// For the control API's answers.
 pub fn linked_jids(addr: DeviceAddr, lid: u64) -> (String, String) {
     (addr.to_string(), lid_jid_string(lid, addr.device))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,5 +1,10 @@
 //! The control API under `/control/`: the simulated phones (scan, pairing code, unlink),
 //! fault injection, and what tests assert on (devices, stats, unhandled iqs).
+//!
+//! `GET /control/stats` counts, per device and in `totals`, relayed `<message>` stanzas:
+//! `delivered` (written to the device, redeliveries included), `acked` (confirmed by the
+//! device with a receipt or `<ack class="message">`) and `redelivered` (written, then put
+//! back in the offline queue because the connection ended before the device's ack).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -266,6 +271,19 @@ const DEFAULT_BAN_CODE: u16 = 101;
 /// Reasons a login `<failure>` can carry here (PROTOCOL.md 8).
 const FAILURE_REASONS: [u16; 5] = [401, 402, 403, 405, 406];
 
+/// `POST /control/fault {"jid", "kind", ...}`. Kinds that act on the live connection (409
+/// when the device has none):
+/// - `stream_error` + `code`: `<stream:error code=..>`, then close;
+/// - `replaced`: `<stream:error><conflict type="replaced"/>`, then close;
+/// - `drop`: close the TCP connection without a word;
+/// - `drop_after_next_message`: close the TCP connection without a word right after the
+///   next relayed `<message>` is written to the device, before it can acknowledge it; the
+///   message comes again, marked `offline`, at its next login;
+/// - `silence` + `seconds`: read and write nothing for that long;
+/// - `stall` + `seconds`: read what the client sends but act on it (answer, relay, ack)
+///   only after that long, in order.
+///
+/// And one for the next login: `failure` + `reason` (+ `expire`, `code` for a 402).
 async fn fault(State(state): State<Arc<SimState>>, Body(request): Body<FaultRequest>) -> Result<Json<Value>> {
     let addr = resolve(&state, &request.jid)?;
     let command = match request.kind.as_str() {
@@ -275,6 +293,14 @@ async fn fault(State(state): State<Arc<SimState>>, Body(request): Body<FaultRequ
         }
         "replaced" => ConnCommand::Close(Some(stream_error_conflict("replaced"))),
         "drop" => ConnCommand::Drop,
+        "drop_after_next_message" => ConnCommand::DropAfterNextMessage,
+        "stall" => {
+            let seconds = request
+                .seconds
+                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                .ok_or_else(|| ControlError::bad_request("stall needs seconds between 0 and 3600"))?;
+            ConnCommand::Stall(Duration::from_secs_f64(seconds))
+        }
         "silence" => {
             let seconds = request
                 .seconds
@@ -299,7 +325,7 @@ async fn fault(State(state): State<Arc<SimState>>, Body(request): Body<FaultRequ
         }
         other => {
             return Err(ControlError::bad_request(format!(
-                "unknown fault kind '{other}'; use stream_error, replaced, drop, silence or failure"
+                "unknown fault kind '{other}'; use stream_error, replaced, drop, drop_after_next_message, silence, stall or failure"
             )))
         }
     };

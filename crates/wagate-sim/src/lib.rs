@@ -20,6 +20,7 @@ mod keys;
 mod media;
 mod nodes;
 mod noise;
+mod outbox;
 mod pair_code;
 mod pairing;
 mod phone;

@@ -49,6 +49,9 @@ pub struct LiveConn {
     pub client_static: Option<[u8; 32]>,
     /// For a client waiting to be linked: the keys it will register.
     pub registration: Option<crate::conn::Registration>,
+    /// Set once this connection took its device's offline queue: what is queued for the
+    /// device later has to be handed to it directly, or it would wait for the next login.
+    pub offline_flushed: bool,
 }
 
 /// A QR ref handed to a pairing connection.
@@ -89,6 +92,10 @@ pub struct Totals {
     pub pairings: u64,
     pub logins: u64,
     pub login_failures: u64,
+    /// Relayed `<message>` stanzas, summed over devices (see [`DeviceStats`]).
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
 }
 
 /// Per device JID. A socket counts for a device once its handshake says who it is (for a
@@ -104,6 +111,14 @@ pub struct DeviceStats {
     /// decrypt them), and those it asked to be re-sent (it could not).
     pub key_shares_received: u64,
     pub key_share_retries: u64,
+    /// Relayed `<message>` stanzas written to the device, redeliveries included (the
+    /// phone's own key share is not relayed and not counted).
+    pub delivered: u64,
+    /// Stanzas the device acknowledged, by `<ack class="message">` or by a `<receipt>`.
+    pub acked: u64,
+    /// Written stanzas put back in the offline queue because the connection ended before
+    /// the device acknowledged them.
+    pub redelivered: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -115,6 +130,21 @@ pub struct Stats {
 impl Stats {
     pub fn device(&mut self, addr: DeviceAddr) -> &mut DeviceStats {
         self.devices.entry(addr.to_string()).or_default()
+    }
+
+    pub fn count_delivered(&mut self, addr: DeviceAddr) {
+        self.totals.delivered += 1;
+        self.device(addr).delivered += 1;
+    }
+
+    pub fn count_acked(&mut self, addr: DeviceAddr, stanzas: u64) {
+        self.totals.acked += stanzas;
+        self.device(addr).acked += stanzas;
+    }
+
+    pub fn count_redelivered(&mut self, addr: DeviceAddr, stanzas: u64) {
+        self.totals.redelivered += stanzas;
+        self.device(addr).redelivered += stanzas;
     }
 }
 
@@ -137,6 +167,8 @@ pub struct Inner {
     pub failures: HashMap<DeviceAddr, PendingFailure>,
     /// Stanzas waiting for devices that are offline, flushed at their next login.
     pub offline: HashMap<DeviceAddr, std::collections::VecDeque<wacore_binary::Node>>,
+    /// Stanzas handed to connections and not yet acknowledged by their devices.
+    pub outbox: crate::outbox::Outbox,
     pub groups: crate::groups::Groups,
     pub stats: Stats,
     pub unknown_iqs: BTreeMap<UnknownIq, u64>,

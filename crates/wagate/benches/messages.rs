@@ -4,6 +4,11 @@
 //! Two sessions are linked to the in-process simulator; session A sends texts to session
 //! B's number through `POST /v1/sessions/A/messages`, which answers once the server acked.
 //! Prints messages per second and the p50/p99 latency of the API call (call to server ack).
+//!
+//! Then the inbound side (`WAGATE_BENCH_INBOUND`, default 1000): B's gateway is stopped, A
+//! sends that many texts (the simulator keeps them for B), B's gateway starts again and
+//! the time until B's webhook receiver has every one of them is measured: simulator
+//! delivers -> committed before the ack -> webhook delivered, for one session.
 //! Figures only: nothing here asserts a duration.
 
 #[path = "../tests/common/mod.rs"]
@@ -12,6 +17,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::receiver::Receiver;
 use common::{link, start_gateway, start_sim, Api};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -23,22 +29,29 @@ fn env_number(name: &str, default: usize) -> usize {
 fn main() {
     let messages = env_number("WAGATE_BENCH_MESSAGES", 300);
     let concurrency = env_number("WAGATE_BENCH_CONCURRENCY", 4);
+    let inbound = env_number("WAGATE_BENCH_INBOUND", 1000);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime")
-        .block_on(bench(messages, concurrency));
+        .block_on(bench(messages, concurrency, inbound));
 }
 
-async fn bench(messages: usize, concurrency: usize) {
+async fn bench(messages: usize, concurrency: usize, inbound: usize) {
     let sim = start_sim().await;
     let control = Api::sim(&sim);
-    let data = tempfile::tempdir().unwrap();
+    let (data, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let gateway = start_gateway(&sim, data.path()).await;
     let api = Api::gateway(gateway.addr);
+    let gateway_b = start_gateway(&sim, data_b.path()).await;
+    let api_b = Api::gateway(gateway_b.addr);
+    let hooks = Receiver::start().await;
     link(&api, &control, "A", "15558000001").await;
-    link(&api, &control, "B", "15558000002").await;
+    api_b
+        .post("/v1/sessions", json!({ "id": "B", "webhook": { "url": hooks.url, "events": ["messages.upsert"] } }))
+        .await;
+    link(&api_b, &control, "B", "15558000002").await;
     // One message first, so sessions (prekey fetch, usync) are set up before timing.
     let (status, _) = api.post("/v1/sessions/A/messages", json!({ "to": "15558000002", "text": "warm-up" })).await;
     assert_eq!(status, 200);
@@ -81,6 +94,38 @@ async fn bench(messages: usize, concurrency: usize) {
         ms(percentile(0.99)),
         ms(*latencies.last().unwrap())
     );
+
+    // Inbound: a backlog waits for B, then B comes back and takes it all.
+    let before = hooks.received().len();
+    gateway_b.stop().await;
+    let senders: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                for n in 0..inbound.div_ceil(concurrency) {
+                    let text = format!("inbound {worker}-{n}");
+                    let (status, body) =
+                        api.post("/v1/sessions/A/messages", json!({ "to": "15558000002", "text": text })).await;
+                    assert_eq!(status, 200, "{body}");
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let expected = before + inbound.div_ceil(concurrency) * concurrency;
+    let started = Instant::now();
+    let gateway_b = start_gateway(&sim, data_b.path()).await;
+    hooks.wait_for("every inbound message", Duration::from_secs(600), |r| r.len() >= expected).await;
+    let took = started.elapsed();
+    println!(
+        "messages: inbound, one session: {} texts from the offline queue to the webhook receiver in {:.2} s: {:.0} messages/s (gateway start included)",
+        expected - before,
+        took.as_secs_f64(),
+        (expected - before) as f64 / took.as_secs_f64()
+    );
     gateway.stop().await;
+    gateway_b.stop().await;
     sim.stop().await;
 }

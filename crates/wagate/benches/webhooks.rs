@@ -1,7 +1,8 @@
 //! Webhook throughput and latency: `cargo bench -p wagate --bench webhooks`
 //! (`WAGATE_BENCH_EVENTS`, default 2000; `WAGATE_BENCH_SESSIONS`, default 10).
 //!
-//! Events are recorded into the outbox (as the sessions do) and delivered by the real
+//! Events are recorded into the outbox (as the sessions do: each session in order, all
+//! sessions at once) and delivered by the real
 //! dispatcher to a local receiver on 127.0.0.1 that answers 200. It prints events per
 //! second and the p50/p99 latency from recording an event (the durable write included) to
 //! its arrival. Figures only:
@@ -64,13 +65,28 @@ async fn bench(events: usize, sessions: usize) {
     let dispatcher = Dispatcher::spawn(outbox.clone()).unwrap();
 
     let data = serde_json::json!({ "state": "connected", "detail": "benchmark event" });
+    // Each session records its events in order, as a session's loop does; the sessions
+    // record at the same time, as they do in a gateway.
     let started = Instant::now();
+    let producers: Vec<_> = (0..sessions)
+        .map(|session| {
+            let (outbox, data) = (outbox.clone(), data.clone());
+            let count = events / sessions + usize::from(session < events % sessions);
+            tokio::spawn(async move {
+                let session = format!("bench-{session}");
+                let mut recorded = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let at = Instant::now();
+                    let id = outbox.record(&session, "connection.update", &data).await.unwrap();
+                    recorded.push((id.expect("the session has a webhook"), at));
+                }
+                recorded
+            })
+        })
+        .collect();
     let mut recorded = Vec::with_capacity(events);
-    for index in 0..events {
-        let session = format!("bench-{}", index % sessions);
-        let at = Instant::now();
-        let id = outbox.record(&session, "connection.update", &data).unwrap().expect("the session has a webhook");
-        recorded.push((id, at));
+    for producer in producers {
+        recorded.extend(producer.await.unwrap());
     }
     let recording = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -93,8 +109,8 @@ async fn bench(events: usize, sessions: usize) {
     for index in 0..steady {
         let session = format!("bench-{}", index % sessions);
         let at = Instant::now();
-        let id = outbox.record(&session, "connection.update", &data).unwrap().expect("the session has a webhook");
-        spaced.push((id, at));
+        let id = outbox.record(&session, "connection.update", &data).await.unwrap();
+        spaced.push((id.expect("the session has a webhook"), at));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     while arrivals.lock().unwrap().len() < events + steady {

@@ -44,6 +44,8 @@ impl Gateway {
             tracing::info!("WhatsApp traffic goes through the proxy {proxy}");
         }
         let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone(), proxy));
+        // Events held for a detail by the last run (which died) go out as they are.
+        store.release_held(crate::webhook::now_ms()).context("releasing held webhook events")?;
         let outbox = Outbox::new(Arc::new(store), config.webhooks.clone());
         // Deliveries left pending by the last run (a crash included) start going out at once.
         let dispatcher = Dispatcher::spawn(outbox.clone()).context("setting up webhook delivery")?;

@@ -257,7 +257,7 @@ async fn an_upsert_interrupted_by_a_crash_goes_out_after_the_restart() {
     let left = json!({ "id": "LEFT-1", "chat": "15550001111@s.whatsapp.net", "sender": "15550001111@s.whatsapp.net",
         "sender_phone": "15550001111", "timestamp": 1, "type": "text", "text": "left over", "is_group": false,
         "from_me": false, "offline": false });
-    store.add_pending_upsert("WA-Crash", &left, None).unwrap();
+    store.write_blocking(move |db| wagate::store::add_pending_upsert(db, "WA-Crash", &left, None)).unwrap();
     drop(store);
 
     let gateway = start_gateway(&sim, data.path()).await;

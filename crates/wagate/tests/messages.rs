@@ -137,7 +137,12 @@ async fn messages_sent_while_the_receiver_is_offline_arrive_once_in_order() {
         })
         .await;
     let texts: Vec<_> = upserts(&hooks_b).iter().map(|m| m["text"].as_str().unwrap().to_string()).collect();
-    assert_eq!(texts, ["offline 1", "offline 2", "offline 3"]);
+    assert_eq!(
+        texts,
+        ["offline 1", "offline 2", "offline 3"],
+        "{:#?}",
+        hooks_b.received().iter().map(|x| x.json.clone()).collect::<Vec<_>>()
+    );
     assert!(upserts(&hooks_b).iter().all(|m| m["offline"] == true), "flagged as from the offline queue");
     gw_a.stop().await;
     gw_b.stop().await;

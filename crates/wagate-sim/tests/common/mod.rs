@@ -2,6 +2,7 @@
 //! run a whatsapp-rust client against it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,13 +88,49 @@ pub enum ClientEvent {
     Connected,
     Disconnected,
     LoggedOut(String),
+    /// A stanza as it came off the wire, before the client handled it.
+    Stanza(Stanza),
     Other(String),
+}
+
+/// The envelope of a received stanza: enough to tell which message came, and how.
+#[derive(Debug, Clone)]
+pub struct Stanza {
+    pub tag: String,
+    pub attrs: BTreeMap<String, String>,
+    pub children: Vec<String>,
+}
+
+impl Stanza {
+    fn of(node: &wacore_binary::OwnedNodeRef) -> Self {
+        let node = node.get();
+        Self {
+            tag: node.tag.to_string(),
+            attrs: node.attrs_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            children: node.children().unwrap_or_default().iter().map(|c| c.tag.to_string()).collect(),
+        }
+    }
+
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs.get(key).map(String::as_str)
+    }
+
+    /// `<ib><offline count=N/></ib>`: the server is done with the offline queue of a login.
+    pub fn is_offline_marker(&self) -> bool {
+        self.tag == "ib" && self.children.iter().any(|c| c == "offline")
+    }
+
+    pub fn is_message(&self, id: &str) -> bool {
+        self.tag == "message" && self.attr("id") == Some(id)
+    }
 }
 
 pub struct TestClient {
     pub events: mpsc::UnboundedReceiver<ClientEvent>,
     pub handle: BotHandle,
     pub _dir: tempfile::TempDir,
+    /// Keeps [`ClientEvent::Stanza`] coming.
+    _raw_nodes: whatsapp_rust::RawNodeLease,
 }
 
 /// Hands the library's events over inline and in order. (With `on_event`'s concurrent
@@ -109,6 +146,7 @@ impl wacore::types::events::EventHandler for Forward {
             Event::Connected(_) => ClientEvent::Connected,
             Event::Disconnected(_) => ClientEvent::Disconnected,
             Event::LoggedOut(reason) => ClientEvent::LoggedOut(format!("{reason:?}")),
+            Event::RawNode(node) => ClientEvent::Stanza(Stanza::of(node)),
             other => ClientEvent::Other(format!("{other:?}").chars().take(80).collect()),
         };
         let _ = self.0.send(mapped);
@@ -138,8 +176,10 @@ impl TestClient {
             });
         }
         let bot = builder.build().await.expect("client builds");
+        // Raw stanzas are forwarded from the start, so a test sees every login's.
+        let raw_nodes = bot.client().acquire_raw_node_forwarding();
         let handle = bot.spawn();
-        Self { events, handle, _dir: dir }
+        Self { events, handle, _dir: dir, _raw_nodes: raw_nodes }
     }
 
     /// Waits for the first event `pick` accepts, skipping others.
@@ -158,6 +198,24 @@ impl TestClient {
 
     pub async fn wait_connected(&mut self) {
         self.wait_for("Connected", |e| matches!(e, ClientEvent::Connected).then_some(())).await
+    }
+
+    /// The stanzas received from now until the next `<ib><offline/>`, the end of a login's
+    /// offline flush (the marker not included).
+    pub async fn stanzas_until_offline_marker(&mut self) -> Vec<Stanza> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for an offline marker; saw {seen:?}"))
+                .expect("client stopped before an offline marker");
+            match event {
+                ClientEvent::Stanza(stanza) if stanza.is_offline_marker() => return seen,
+                ClientEvent::Stanza(stanza) => seen.push(stanza),
+                _ => {}
+            }
+        }
     }
 
     pub async fn stop(self) -> tempfile::TempDir {

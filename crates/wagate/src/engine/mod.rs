@@ -186,7 +186,9 @@ pub struct Sent {
 /// What a connection reports, in order. After `Closed` nothing more comes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
-    /// Messages received (live or from the offline queue).
+    /// Messages received (live or from the offline queue) that the engine could not
+    /// commit through the [`InboundSink`] before their ack (kinds WhatsApp acks on their
+    /// own path); they are to be recorded the same way, late.
     Messages(Vec<Inbound>),
     /// The other side's receipts for messages this session sent.
     Receipt {
@@ -276,15 +278,27 @@ pub trait Connection: Send + Sync {
     fn is_open(&self) -> bool;
 }
 
+/// Where received messages are committed before WhatsApp is told they arrived: the
+/// engine acknowledges a message to the server only after `commit` returned `Ok`, so a
+/// crash or a failed write before that makes WhatsApp deliver it again.
+#[async_trait]
+pub trait InboundSink: Send + Sync + 'static {
+    /// Commits the batch durably, all or nothing; `Ok` only once it is on disk. A message
+    /// committed before (same chat, sender and id: a redelivery) must make no second event.
+    async fn commit(&self, messages: Vec<Inbound>) -> Result<(), String>;
+}
+
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Opens a connection for the session whose state is in `store`. Events arrive on
-    /// `events` until `Closed`.
+    /// Opens a connection for the session whose state is in `store`. Received messages
+    /// go to `inbound` before they are acknowledged; every other event arrives on `events`
+    /// until `Closed`.
     async fn open(
         &self,
         session: &str,
         store: &EngineStore,
         proxy: Option<&proxy::Proxy>,
+        inbound: std::sync::Arc<dyn InboundSink>,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Box<dyn Connection>, EngineError>;
 

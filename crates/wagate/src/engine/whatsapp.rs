@@ -21,7 +21,7 @@ use super::media_http::MediaHttp;
 use super::proxy::Proxy;
 use super::{
     phone_of_jid, CloseReason, Connection, ContactInfo, Engine, EngineError, EngineEvent, EngineStore, GroupInfo,
-    GroupMember, Me, NumberCheck, PresenceKind, PresenceUpdate, Sent,
+    GroupMember, InboundSink, Me, NumberCheck, PresenceKind, PresenceUpdate, Sent,
 };
 
 /// The client version announced to a non-WhatsApp server (the simulator), which cannot
@@ -106,15 +106,79 @@ struct EventBridge {
     tracker: Arc<CloseTracker>,
     client: OnceLock<Weak<Client>>,
     acks: Arc<AckWaiters>,
+    committed: Arc<Committed>,
 }
 
 impl EventHandler for EventBridge {
     fn handle_event(&self, event: Arc<Event>) {
-        if let Event::ServerAck(ack) = &*event {
-            self.acks.acked(&ack.id, ack.error.clone());
+        match &*event {
+            Event::ServerAck(ack) => self.acks.acked(&ack.id, ack.error.clone()),
+            Event::Messages(batch) => {
+                // What the durability hook committed is recorded already; the rest (kinds
+                // the library acks on their own path) is recorded now, late.
+                let late: Vec<_> = batch
+                    .messages
+                    .iter()
+                    .filter(|m| !self.committed.take(&m.info))
+                    .filter_map(|m| super::normalize::inbound(&m.message, &m.info))
+                    .collect();
+                if !late.is_empty() {
+                    let _ = self.events.send(EngineEvent::Messages(late));
+                }
+                return;
+            }
+            _ => {}
         }
         let client = self.client.get().and_then(Weak::upgrade);
         translate(&event, client.as_deref(), &self.events, &self.tracker);
+    }
+}
+
+/// A received message's identity: its id is unique only within its chat and sender.
+type MessageKey = (String, String, String);
+
+fn key_of(info: &wacore::types::message::MessageInfo) -> MessageKey {
+    (info.source.chat.to_string(), info.source.sender.to_string(), info.id.clone())
+}
+
+/// Messages the durability hook committed whose `Messages` event has not come yet.
+#[derive(Default)]
+struct Committed {
+    keys: Mutex<std::collections::HashSet<MessageKey>>,
+}
+
+impl Committed {
+    fn add(&self, keys: impl IntoIterator<Item = MessageKey>) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).extend(keys);
+    }
+
+    /// Whether the hook committed this message (forgetting it: its event came).
+    fn take(&self, info: &wacore::types::message::MessageInfo) -> bool {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&key_of(info))
+    }
+}
+
+/// whatsapp-rust's inbound durability hook: the library acks a decrypted message only
+/// once this returned `Ok`, so every message is in wagate's outbox before WhatsApp
+/// forgets it.
+struct DurableInbound {
+    sink: Arc<dyn InboundSink>,
+    committed: Arc<Committed>,
+}
+
+#[async_trait]
+impl whatsapp_rust::InboundDurabilityHook for DurableInbound {
+    async fn on_messages(
+        &self,
+        _client: Arc<Client>,
+        batch: &[wacore::types::events::InboundMessage],
+    ) -> anyhow::Result<()> {
+        let messages: Vec<_> = batch.iter().filter_map(|m| super::normalize::inbound(&m.message, &m.info)).collect();
+        if !messages.is_empty() {
+            self.sink.commit(messages).await.map_err(anyhow::Error::msg)?;
+        }
+        self.committed.add(batch.iter().map(|m| key_of(&m.info)));
+        Ok(())
     }
 }
 
@@ -160,6 +224,7 @@ impl Engine for WhatsAppEngine {
         session: &str,
         store: &EngineStore,
         proxy: Option<&Proxy>,
+        inbound: Arc<dyn InboundSink>,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Box<dyn Connection>, EngineError> {
         let backend = open_store(store).await?;
@@ -171,14 +236,17 @@ impl Engine for WhatsAppEngine {
         let transport = super::transport::Dialer::new(self.ws_url.as_deref(), proxy, dial_error.clone());
         let tracker = Arc::new(CloseTracker::default());
         let acks = Arc::new(AckWaiters::default());
+        let committed = Arc::new(Committed::default());
         let bridge = Arc::new(EventBridge {
             events: events.clone(),
             tracker: tracker.clone(),
             client: OnceLock::new(),
             acks: acks.clone(),
+            committed: committed.clone(),
         });
         let mut builder = Bot::builder()
             .with_backend(backend)
+            .with_inbound_durability_hook(DurableInbound { sink: inbound, committed })
             .with_transport_factory(transport)
             .with_http_client(media_http)
             .with_event_handler(BridgeRef(bridge.clone()));
@@ -499,13 +567,6 @@ fn translate(
             });
         }
         Event::Connected(_) => send(EngineEvent::Connected { me: me_of(client) }),
-        Event::Messages(batch) => {
-            let messages: Vec<_> =
-                batch.messages.iter().filter_map(|m| super::normalize::inbound(&m.message, &m.info)).collect();
-            if !messages.is_empty() {
-                send(EngineEvent::Messages(messages));
-            }
-        }
         Event::Receipt(receipt) => {
             if let Some(state) = super::normalize::receipt_state(receipt) {
                 send(EngineEvent::Receipt {

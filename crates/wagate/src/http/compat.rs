@@ -231,7 +231,7 @@ async fn send(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<Se
     };
     let message = Outgoing { content, reply_to: None };
     // The Node service never queued: a session that is not connected answers 400 as it did.
-    match state.manager.send(&id, &to, &message, None, false).await {
+    match state.manager.send(&id, &to, message, None, false).await {
         Ok(sent) => {
             Json(json!({ "status": "sent", "messageId": sent.id, "timestamp": sent.created_ms / 1000 })).into_response()
         }

@@ -3,8 +3,9 @@
 //! event is recorded. The downloads run on their own task, one after the other, so the
 //! session's loop never waits on a file and the session's messages keep their order.
 //! A download uses the session's connection of the moment (one that dropped is replaced by
-//! the next). Each event waits on disk (`pending_upserts`) until it is in the outbox; what a
-//! crash interrupted is taken up again when the session starts next time.
+//! the next). Each event waits on disk (`pending_upserts`, written in the same commit as the
+//! message itself, before WhatsApp gets its ack) until it is in the outbox; what a crash
+//! interrupted is taken up again when the session starts next time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::group_names::GroupNames;
 use crate::engine::{Connection, MediaRef};
+use crate::store;
 use crate::webhook::Outbox;
 
 /// A file not downloaded within this (waiting for a connection included) is given up; the
@@ -25,78 +28,95 @@ const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 type Current = Option<Arc<dyn Connection>>;
 
 struct Job {
-    /// Its row in `pending_upserts`, removed once the event is recorded.
-    pending: Option<i64>,
+    /// Its row in `pending_upserts`, removed in the commit that records the event.
+    pending: i64,
     data: Value,
     media: Option<MediaRef>,
 }
 
 /// The queue of one session's `messages.upsert` events in the Node service's format.
 pub(super) struct MediaUpserts {
-    session: String,
-    outbox: Outbox,
     jobs: mpsc::UnboundedSender<Job>,
-    connection: watch::Sender<Current>,
 }
 
 impl MediaUpserts {
     /// Starts the worker; events a previous run left waiting go first.
-    pub(super) fn spawn(session: String, outbox: Outbox) -> Self {
+    pub(super) fn spawn(
+        session: String,
+        outbox: Outbox,
+        current: watch::Receiver<Current>,
+        groups: Arc<GroupNames>,
+    ) -> Self {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        let (connection, current) = watch::channel::<Current>(None);
         let left_over = outbox.store().pending_upserts(&session).unwrap_or_else(|e| {
             warn!(session = %session, "could not read the events left waiting by the last run: {e}");
             Vec::new()
         });
         for event in left_over {
-            let _ = jobs.send(Job { pending: Some(event.seq), data: event.data, media: event.media });
+            let _ = jobs.send(Job { pending: event.seq, data: event.data, media: event.media });
         }
-        let this = Self { session: session.clone(), outbox: outbox.clone(), jobs, connection };
         tokio::spawn(async move {
             let mut current = current;
             while let Some(Job { pending, mut data, media }) = queue.recv().await {
                 if let Some(media) = media {
                     data["media"]["data"] = fetch(&session, &data, &mut current, &media).await;
                 }
-                // The pending row goes only once the event is in the outbox: when recording
-                // fails it stays, and the next start tries again.
-                match outbox.record(&session, "messages.upsert", &data) {
-                    Ok(_) => {
-                        if let Some(seq) = pending {
-                            if let Err(e) = outbox.store().remove_pending_upsert(seq) {
-                                warn!(session = %session, "could not clear a recorded event from the pending list: {e}");
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        warn!(session = %session, "could not record a message's webhook event; it is kept for the next start: {e}")
-                    }
-                }
+                name_group(&session, &mut data, &current, &groups).await;
+                record(&session, &outbox, pending, &data).await;
             }
         });
-        this
+        Self { jobs }
     }
 
-    /// The session's live connection, or `None` once it closed.
-    pub(super) fn set_connection(&self, conn: Current) {
-        self.connection.send_replace(conn);
+    /// Queues a received message's event, already kept on disk as `pending`; its file, if
+    /// any, is downloaded first.
+    pub(super) fn enqueue(&self, pending: i64, data: Value, media: Option<MediaRef>) {
+        // Only when the runtime shuts down is the worker gone: the event stays on disk
+        // and the next start takes it up.
+        let _ = self.jobs.send(Job { pending, data, media });
     }
+}
 
-    /// Queues a received message's event; its file, if any, is downloaded first.
-    pub(super) fn record(&self, data: Value, media: Option<MediaRef>) {
-        let pending = match self.outbox.store().add_pending_upsert(&self.session, &data, media.as_ref()) {
-            Ok(seq) => Some(seq),
-            Err(e) => {
-                warn!(session = %self.session, "could not keep a received message's event on disk: {e}");
-                None
+/// Records the event and removes it from the pending list in one commit: when recording
+/// fails it stays, and the next start tries again.
+async fn record(session: &str, outbox: &Outbox, pending: i64, data: &Value) {
+    let prepared = match outbox.prepare(session, "messages.upsert", data) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            warn!(session = %session, "could not record a message's webhook event; it is kept for the next start: {e}");
+            return;
+        }
+    };
+    let written = outbox
+        .store()
+        .write(move |db| {
+            if let Some(event) = &prepared {
+                store::insert_event(db, event)?;
             }
-        };
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { pending, data, media }) {
-            // The worker is gone (only when the runtime shuts down): record without the file.
-            warn!(session = %self.session, "the media download queue is closed; recording the message without its file");
-            self.outbox.record_or_log(&self.session, "messages.upsert", &job.data);
+            store::remove_pending_upsert(db, pending)
+        })
+        .await;
+    match written {
+        Ok(()) => outbox.wake(session),
+        Err(e) => {
+            warn!(session = %session, "could not record a message's webhook event; it is kept for the next start: {e}")
         }
     }
+}
+
+/// Fills in the group's subject when the message was committed before it was known.
+async fn name_group(session: &str, data: &mut Value, current: &watch::Receiver<Current>, groups: &GroupNames) {
+    if data["is_group"] != Value::Bool(true) || !data["group_subject"].is_null() {
+        return;
+    }
+    let Some(group) = data["chat"].as_str().map(str::to_string) else { return };
+    let conn = current.borrow().clone();
+    let subject = match (groups.cached(&group), conn) {
+        (Some(subject), _) => subject,
+        (None, Some(conn)) => groups.subject(session, conn.as_ref(), &group).await,
+        (None, None) => None,
+    };
+    data["group_subject"] = subject.into();
 }
 
 /// The file as base64, or null (with a warning) when it could not be downloaded in time.

@@ -3,17 +3,18 @@
 
 pub mod backoff;
 mod group_names;
+mod inbound;
 mod media_upserts;
 pub mod policy;
 mod queue;
 pub mod state;
 mod supervisor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::engine::{ContactInfo, DeliveryState, Engine, EngineError, GroupInfo, MessageRef, NumberCheck, Outgoing};
@@ -105,6 +106,11 @@ pub struct SessionManager {
     outbox: Outbox,
     config: SessionConfig,
     sessions: Mutex<BTreeMap<String, Handle>>,
+    /// Names this process among the runs of the gateway on its data directory, so that an
+    /// idempotency claim left by a run that died is told from one still being sent.
+    run: String,
+    /// Keyed sends in progress: `(session, key)` -> becomes true when the send has ended.
+    keyed_sends: Mutex<HashMap<(String, String), watch::Receiver<bool>>>,
 }
 
 /// How long an API call waits for a supervisor's answer.
@@ -112,7 +118,15 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SessionManager {
     pub fn new(engine: Arc<dyn Engine>, outbox: Outbox, config: SessionConfig) -> Arc<Self> {
-        Arc::new(Self { engine, store: outbox.store().clone(), outbox, config, sessions: Mutex::new(BTreeMap::new()) })
+        Arc::new(Self {
+            engine,
+            store: outbox.store().clone(),
+            outbox,
+            config,
+            sessions: Mutex::new(BTreeMap::new()),
+            run: format!("{}-{}", std::process::id(), crate::engine::new_message_id()),
+            keyed_sends: Mutex::default(),
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -154,7 +168,7 @@ impl SessionManager {
         let lasting = match sessions.get(id) {
             Some(_) if !replace => return,
             Some(old) => old.spawned.lasting.clone(),
-            None => supervisor::Lasting::new(id, &self.outbox),
+            None => supervisor::Lasting::new(id, &self.outbox, &self.config),
         };
         let engine = self.engine.clone();
         let spawned =
@@ -213,33 +227,86 @@ impl SessionManager {
         self.command(id, |reply| Command::PairCode { phone, reply }).await?
     }
 
-    /// Sends a message; with an idempotency key, a repeated call returns the first result
-    /// and never sends twice. A linked session that is reconnecting queues the message
-    /// (answered with the state `queued`) unless `may_queue` is false; messages queue behind
-    /// earlier queued ones so that they go out in order.
+    /// Sends a message; with an idempotency key, a repeated call returns the first
+    /// result and never sends twice. A linked session that is reconnecting queues the
+    /// message (answered with the state `queued`) unless `may_queue` is false; messages
+    /// queue behind earlier queued ones so that they go out in order.
+    ///
+    /// A keyed send runs to its end even when the caller goes away; a retry with the key
+    /// meanwhile waits for it and answers its outcome. A claim left by a run that died
+    /// mid-send is taken over under the same message id, so WhatsApp and the recipient
+    /// see one message whatever happened before.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         to: &str,
-        message: &Outgoing,
+        message: Outgoing,
         idempotency_key: Option<&str>,
         may_queue: bool,
     ) -> Result<SentMessage, SessionError> {
         if self.get(id).is_none() {
             return Err(SessionError::NotFound);
         }
-        if let Some(key) = idempotency_key {
-            match self.store.claim_idempotency_key(id, key, crate::webhook::now_ms())? {
-                KeyClaim::Claimed => {}
+        let Some(key) = idempotency_key else {
+            return self.send_or_queue(id, to, &message, None, may_queue, crate::engine::new_message_id()).await;
+        };
+        for _ in 0..3 {
+            let fresh_id = crate::engine::new_message_id();
+            let now = crate::webhook::now_ms();
+            match self.store.claim_idempotency_key(id, key, &fresh_id, &self.run, now).await? {
+                KeyClaim::Claimed => return self.send_keyed(id, to, message, key, fresh_id, may_queue).await,
+                KeyClaim::Orphaned { message_id } => {
+                    warn!(session = %id, message = %message_id, "an earlier run stopped while sending this message; sending it again under the same id");
+                    return self.send_keyed(id, to, message, key, message_id, may_queue).await;
+                }
                 KeyClaim::Sent(message) => return Ok(message),
-                KeyClaim::InProgress => return Err(SessionError::IdempotencyInProgress),
+                KeyClaim::InProgress { .. } => {
+                    let running = self.keyed_sends().get(&(id.to_string(), key.to_string())).cloned();
+                    if let Some(mut done) = running {
+                        let ended = tokio::time::timeout(COMMAND_TIMEOUT, done.wait_for(|ended| *ended)).await;
+                        if ended.is_err() {
+                            return Err(SessionError::IdempotencyInProgress);
+                        }
+                    }
+                }
             }
         }
-        let result = self.send_or_queue(id, to, message, idempotency_key, may_queue).await;
-        if let (Err(_), Some(key)) = (&result, idempotency_key) {
-            self.store.release_idempotency_key(id, key)?;
-        }
-        result
+        Err(SessionError::IdempotencyInProgress)
+    }
+
+    fn keyed_sends(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), watch::Receiver<bool>>> {
+        self.keyed_sends.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends under a claimed key on a task of its own, so that a caller who hangs up
+    /// does not cut the send short and leave the key without an outcome.
+    async fn send_keyed(
+        self: &Arc<Self>,
+        id: &str,
+        to: &str,
+        message: Outgoing,
+        key: &str,
+        message_id: String,
+        may_queue: bool,
+    ) -> Result<SentMessage, SessionError> {
+        let (ended, done) = watch::channel(false);
+        let slot = (id.to_string(), key.to_string());
+        self.keyed_sends().insert(slot.clone(), done);
+        let (this, to) = (self.clone(), to.to_string());
+        let task = tokio::spawn(async move {
+            let (session, key) = (&slot.0, &slot.1);
+            let result = this.send_or_queue(session, &to, &message, Some(key), may_queue, message_id).await;
+            if result.is_err() {
+                // Nothing reached WhatsApp: the caller may try again with the same key.
+                if let Err(e) = this.store.release_idempotency_key(session, key).await {
+                    warn!(session = %session, "could not free an idempotency key after a failed send: {e}");
+                }
+            }
+            this.keyed_sends().remove(&slot);
+            let _ = ended.send(true);
+            result
+        });
+        task.await.unwrap_or_else(|e| Err(SessionError::Send(format!("the send stopped: {e}"))))
     }
 
     async fn send_or_queue(
@@ -249,17 +316,19 @@ impl SessionManager {
         message: &Outgoing,
         idempotency_key: Option<&str>,
         may_queue: bool,
+        message_id: String,
     ) -> Result<SentMessage, SessionError> {
-        let message_id = crate::engine::new_message_id();
         match self.connection(id).await {
             Ok(conn) if !may_queue || self.store.queued_count(id)? == 0 => {
                 let started = std::time::Instant::now();
                 let sent = conn.send(to, message, &message_id).await.map_err(engine_failure)?;
-                self.store.record_sent(id, &sent.id, &sent.to, idempotency_key, sent.timestamp_ms)?;
-                queue::note_sent(&self.outbox, id, message.content.kind(), &sent, started, true);
+                // On disk before anyone hears of it: a crash after the server's ack still
+                // knows the message was sent, and its receipts still move its state.
+                queue::record_sent(&self.outbox, id, &sent).await?;
+                queue::note_sent(id, message.content.kind(), &sent, started);
             }
             Ok(conn) => {
-                self.enqueue(id, &message_id, to, message, idempotency_key)?;
+                self.enqueue(id, &message_id, to, message, idempotency_key).await?;
                 tokio::spawn(self.drainer(id)?.drain(conn));
             }
             Err(SessionError::NotConnected(state))
@@ -267,12 +336,12 @@ impl SessionManager {
                     && matches!(state, StateKind::Connecting | StateKind::Reconnecting)
                     && self.get(id).is_some_and(|v| v.me.is_some()) =>
             {
-                self.enqueue(id, &message_id, to, message, idempotency_key)?;
+                self.enqueue(id, &message_id, to, message, idempotency_key).await?;
                 // The session may have connected, or been logged out, while this was queued.
                 match self.connection(id).await {
                     Ok(conn) => drop(tokio::spawn(self.drainer(id)?.drain(conn))),
                     Err(SessionError::NotConnected(StateKind::LoggedOut | StateKind::AwaitingScan)) => {
-                        self.drainer(id)?.give_up_all("the session was logged out before it could be sent")
+                        self.drainer(id)?.give_up_all("the session was logged out before it could be sent").await
                     }
                     Err(_) => {}
                 }
@@ -284,7 +353,7 @@ impl SessionManager {
             .ok_or_else(|| SessionError::Send("the message was not recorded".into()))
     }
 
-    fn enqueue(
+    async fn enqueue(
         &self,
         id: &str,
         message_id: &str,
@@ -296,7 +365,7 @@ impl SessionManager {
         if !self.store.enqueue(id, message_id, to, message, idempotency_key, now)? {
             return Err(SessionError::QueueFull);
         }
-        supervisor::record_status(&self.outbox, id, message_id, to, DeliveryState::Queued, now);
+        queue::announce_status(&self.outbox, id, message_id, to, DeliveryState::Queued, now).await;
         info!(session = %id, message = %message_id, "message queued until the session is connected again");
         Ok(())
     }

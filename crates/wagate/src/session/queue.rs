@@ -7,9 +7,8 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::supervisor::record_status;
 use crate::engine::{Connection, DeliveryState, EngineError, Sent};
-use crate::store::{Queued, Store};
+use crate::store::{self, Queued, Store};
 use crate::webhook::Outbox;
 
 /// Failed attempts (a dropped connection counts) before a queued message is given up.
@@ -53,31 +52,20 @@ impl Drainer {
                         return;
                     }
                     // A receipt may have moved it past `sent` already: then no `sent` event.
-                    let advanced = self
-                        .store
-                        .advance_status(&self.session, &sent.id, DeliveryState::Sent, sent.timestamp_ms)
-                        .unwrap_or_else(|e| {
-                            warn!(session = %self.session, "could not record a sent message: {e}");
-                            None
-                        });
-                    note_sent(
-                        &self.outbox,
-                        &self.session,
-                        next.message.content.kind(),
-                        &sent,
-                        started,
-                        advanced.is_some(),
-                    );
+                    let (id, to) = (sent.id.clone(), sent.to.clone());
+                    advance_and_announce(&self.outbox, &self.session, &id, &to, DeliveryState::Sent, sent.timestamp_ms)
+                        .await;
+                    note_sent(&self.session, next.message.content.kind(), &sent, started);
                 }
                 Err(e @ (EngineError::BadRecipient(_) | EngineError::Refused(_))) => {
-                    if !self.give_up(&next, &e.to_string()) {
+                    if !self.give_up(&next, &e.to_string()).await {
                         return;
                     }
                 }
                 Err(e) => {
                     let attempts = self.store.queued_attempt_failed(next.seq).unwrap_or(MAX_ATTEMPTS);
                     if attempts >= MAX_ATTEMPTS {
-                        if !self.give_up(&next, &format!("{e} ({attempts} attempts)")) {
+                        if !self.give_up(&next, &format!("{e} ({attempts} attempts)")).await {
                             return;
                         }
                         continue;
@@ -108,40 +96,116 @@ impl Drainer {
     }
 
     /// Fails every queued message, for a session that will not reconnect (logged out).
-    pub fn give_up_all(&self, why: &str) {
+    pub async fn give_up_all(&self, why: &str) {
         while let Ok(Some(next)) = self.store.next_queued(&self.session) {
-            if !self.give_up(&next, why) {
+            if !self.give_up(&next, why).await {
                 return;
             }
         }
     }
 
     /// Fails a queued message; false when it could not be taken off the queue.
-    fn give_up(&self, queued: &Queued, why: &str) -> bool {
+    async fn give_up(&self, queued: &Queued, why: &str) -> bool {
         warn!(session = %self.session, message = %queued.id, "gave up a queued message: {why}");
         if !self.take_off(queued) {
             return false;
         }
         let now = crate::webhook::now_ms();
-        match self.store.advance_status(&self.session, &queued.id, DeliveryState::Failed, now) {
-            Ok(Some(_)) => {
-                record_status(&self.outbox, &self.session, &queued.id, &queued.to, DeliveryState::Failed, now)
-            }
-            Ok(None) => {}
-            Err(e) => warn!(session = %self.session, "could not record a failed message: {e}"),
-        }
+        advance_and_announce(&self.outbox, &self.session, &queued.id, &queued.to, DeliveryState::Failed, now).await;
         true
     }
 }
 
-/// What follows every send WhatsApp acknowledged: metrics, the `sent` status event (unless
-/// a receipt already moved the message further), a log line.
-pub(super) fn note_sent(outbox: &Outbox, session: &str, kind: &str, sent: &Sent, started: Instant, announce: bool) {
+/// What follows every send WhatsApp acknowledged: metrics and a log line.
+pub(super) fn note_sent(session: &str, kind: &str, sent: &Sent, started: Instant) {
     let metrics = &crate::metrics::METRICS;
     metrics.send_seconds.observe(started.elapsed().as_secs_f64());
     metrics.messages_sent.with_label_values(&[kind]).inc();
-    if announce {
-        record_status(outbox, session, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
-    }
     info!(session = %session, message = %sent.id, kind, "message sent");
+}
+
+/// The `message.status` event of a state change, ready to insert.
+fn status_event(
+    outbox: &Outbox,
+    session: &str,
+    id: &str,
+    chat: &str,
+    state: DeliveryState,
+    timestamp_ms: u64,
+) -> Option<crate::store::NewEvent> {
+    let data = serde_json::json!({ "id": id, "chat": chat, "status": state, "timestamp_ms": timestamp_ms });
+    outbox.prepare(session, "message.status", &data).unwrap_or_else(|e| {
+        warn!(session, "could not prepare a message.status event: {e}");
+        None
+    })
+}
+
+/// Moves a sent message's state forward and, when it moved, records its `message.status`
+/// event in the same commit. Returns whether it moved.
+pub(super) async fn advance_and_announce(
+    outbox: &Outbox,
+    session: &str,
+    id: &str,
+    chat: &str,
+    state: DeliveryState,
+    timestamp_ms: u64,
+) -> bool {
+    let event = status_event(outbox, session, id, chat, state, timestamp_ms);
+    let (owner, message) = (session.to_string(), id.to_string());
+    let moved = outbox
+        .store()
+        .write(move |db| {
+            let moved = store::advance_status(db, &owner, &message, state, timestamp_ms)?;
+            if let (true, Some(event)) = (moved, &event) {
+                store::insert_event(db, event)?;
+            }
+            Ok(moved)
+        })
+        .await;
+    match moved {
+        Ok(moved) => {
+            if moved {
+                outbox.wake(session);
+            }
+            moved
+        }
+        Err(e) => {
+            warn!(session, message = id, "could not record the message's new state: {e}");
+            false
+        }
+    }
+}
+
+/// Records a message WhatsApp acknowledged (and its `sent` event) before anyone is told.
+pub(super) async fn record_sent(outbox: &Outbox, session: &str, sent: &Sent) -> Result<(), crate::store::StoreError> {
+    let event = status_event(outbox, session, &sent.id, &sent.to, DeliveryState::Sent, sent.timestamp_ms);
+    let (owner, id, to, at) = (session.to_string(), sent.id.clone(), sent.to.clone(), sent.timestamp_ms);
+    outbox
+        .store()
+        .write(move |db| {
+            store::record_sent(db, &owner, &id, &to, at)?;
+            if let Some(event) = &event {
+                store::insert_event(db, event)?;
+            }
+            Ok(())
+        })
+        .await?;
+    outbox.wake(session);
+    Ok(())
+}
+
+/// Announces a state without a stored change (a message just queued).
+pub(super) async fn announce_status(
+    outbox: &Outbox,
+    session: &str,
+    id: &str,
+    chat: &str,
+    state: DeliveryState,
+    timestamp_ms: u64,
+) {
+    let Some(event) = status_event(outbox, session, id, chat, state, timestamp_ms) else { return };
+    match outbox.store().enqueue_events(vec![event]).await {
+        Ok(()) => outbox.wake(session),
+        Err(e) => warn!(session, message = id, "could not record the message's state: {e}"),
+    }
 }

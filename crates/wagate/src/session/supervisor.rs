@@ -12,12 +12,14 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::backoff::STABLE_AFTER;
+use super::group_names::GroupNames;
+use super::inbound::InboundRecorder;
 use super::media_upserts::MediaUpserts;
 use super::policy::{self, Decision, Situation};
 use super::queue::Drainer;
 use super::state::{reason, timestamp, LastState, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
-use crate::engine::{CloseReason, Connection, DeliveryState, Engine, EngineEvent, EngineStore, Me};
+use crate::engine::{CloseReason, Connection, Engine, EngineEvent, EngineStore, InboundSink, Me};
 use crate::store::Store;
 use crate::webhook::Outbox;
 
@@ -70,9 +72,10 @@ pub(super) struct Supervisor {
     /// When connections were opened in the last minute (rate limit).
     opens: VecDeque<Instant>,
     pending_pair_code: Option<(String, oneshot::Sender<Result<String, SessionError>>)>,
-    group_names: super::group_names::GroupNames,
-    /// `messages.upsert` of a session with a Node-service webhook (it carries the files).
-    media_upserts: Arc<MediaUpserts>,
+    /// Commits received messages before WhatsApp gets their ack.
+    inbound: Arc<InboundRecorder>,
+    /// The connection of the moment, for work outside the loop (downloads, lookups).
+    live: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
 }
 
 /// What the manager keeps of a running supervisor.
@@ -89,11 +92,12 @@ pub(super) struct Spawned {
 pub(super) struct Lasting {
     pub changes: broadcast::Sender<SessionView>,
     pub drainer: Drainer,
-    pub media_upserts: Arc<MediaUpserts>,
+    pub inbound: Arc<InboundRecorder>,
+    pub live: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
 }
 
 impl Lasting {
-    pub(super) fn new(id: &str, outbox: &Outbox) -> Self {
+    pub(super) fn new(id: &str, outbox: &Outbox, config: &SessionConfig) -> Self {
         let (changes, _) = broadcast::channel(64);
         let drainer = Drainer {
             session: id.to_string(),
@@ -101,7 +105,20 @@ impl Lasting {
             outbox: outbox.clone(),
             lock: Default::default(),
         };
-        Self { changes, drainer, media_upserts: Arc::new(MediaUpserts::spawn(id.to_string(), outbox.clone())) }
+        let (live, _) = watch::channel(None);
+        let live = Arc::new(live);
+        let groups = Arc::new(GroupNames::default());
+        let media_upserts =
+            Arc::new(MediaUpserts::spawn(id.to_string(), outbox.clone(), live.subscribe(), groups.clone()));
+        let inbound = Arc::new(InboundRecorder {
+            session: id.to_string(),
+            outbox: outbox.clone(),
+            public_url: config.public_url.clone(),
+            groups,
+            live: live.subscribe(),
+            media_upserts,
+        });
+        Self { changes, drainer, inbound, live }
     }
 }
 
@@ -118,12 +135,13 @@ impl Supervisor {
         let view = SessionView::new(id, StateKind::Stopped, None, me);
         let (publish, view_rx) = watch::channel(view.clone());
         let (mailbox, inbox) = mpsc::channel(64);
-        let Lasting { changes, drainer, media_upserts } = lasting.clone();
+        let Lasting { changes, drainer, inbound, live } = lasting.clone();
         let supervisor = Supervisor {
             drainer,
             id: id.to_string(),
             engine_store: outbox.store().engine_store(id),
-            media_upserts,
+            inbound,
+            live,
             engine,
             store: outbox.store().clone(),
             outbox,
@@ -143,7 +161,6 @@ impl Supervisor {
             connected_at: None,
             opens: VecDeque::new(),
             pending_pair_code: None,
-            group_names: Default::default(),
         };
         tokio::spawn(supervisor.run(inbox));
         Spawned { mailbox, view: view_rx, lasting }
@@ -199,7 +216,7 @@ impl Supervisor {
             Command::Stop { reply } => {
                 self.close_connection().await;
                 self.next_attempt = None;
-                self.set(StateKind::Stopped, Some(reason::STOPPED), None);
+                self.set(StateKind::Stopped, Some(reason::STOPPED), None).await;
                 let _ = reply.send(self.view.clone());
             }
         }
@@ -220,7 +237,7 @@ impl Supervisor {
                 view.qr = Some(code);
                 view.qr_expires_at =
                     Some(timestamp(Utc::now() + chrono::Duration::from_std(valid_for).unwrap_or_default()));
-                self.publish_view(view);
+                self.publish_view(view).await;
                 self.serve_pair_code();
             }
             EngineEvent::Paired { me } => {
@@ -228,7 +245,7 @@ impl Supervisor {
                 crate::metrics::METRICS.pairings.inc();
                 self.confirm_link(false);
                 self.remember_me(me);
-                self.set(StateKind::Pairing, None, None);
+                self.set(StateKind::Pairing, None, None).await;
             }
             EngineEvent::Connected { me } => {
                 let mut me = me;
@@ -240,76 +257,34 @@ impl Supervisor {
                 self.confirm_link(true);
                 self.qr_cycles = 0;
                 self.connected_at = Some(Instant::now());
-                self.set(StateKind::Connected, None, None);
-                self.media_upserts.set_connection(self.conn.clone());
+                self.set(StateKind::Connected, None, None).await;
+                self.live.send_replace(self.conn.clone());
                 if let Some(conn) = &self.conn {
                     tokio::spawn(self.drainer.clone().drain(conn.clone()));
                 }
             }
-            EngineEvent::Messages(mut messages) => {
-                self.name_groups(&mut messages).await;
-                for mut message in messages.into_iter().filter(|m| !m.from_me) {
-                    crate::metrics::METRICS.messages_received.with_label_values(&[message.kind.as_str()]).inc();
-                    if let Some(media) = &mut message.media {
-                        // The id comes from the sender: escaped, it stays one path segment.
-                        let message_id = crate::percent::encode(&message.id);
-                        media.url =
-                            Some(format!("{}/v1/sessions/{}/media/{message_id}", self.config.public_url, self.id));
-                    }
-                    // Kept before the event goes out, so a receiver can fetch the media or
-                    // reply as soon as it hears of the message.
-                    if let Err(e) = self.store.record_received(&self.id, &message, crate::webhook::now_ms()) {
-                        warn!(session = %self.id, message = %message.id, "could not keep a received message: {e}");
-                    }
-                    let data = serde_json::to_value(&message).expect("messages serialize");
-                    if self.webhook_is_compat() {
-                        let media = message.media.map(|m| m.location);
-                        self.media_upserts.record(data, media);
-                    } else {
-                        self.outbox.record_or_log(&self.id, "messages.upsert", &data);
-                    }
+            EngineEvent::Messages(messages) => {
+                // Kinds the engine could not commit before their ack: recorded now, the
+                // same way (a redelivery of one already recorded makes no second event).
+                if let Err(e) = self.inbound.commit(messages).await {
+                    warn!(session = %self.id, "could not record received messages: {e}");
                 }
             }
             EngineEvent::Presence(update) => {
                 let data = serde_json::to_value(&update).expect("presence updates serialize");
-                self.outbox.record_or_log(&self.id, "presence.update", &data);
+                self.outbox.record_or_log(&self.id, "presence.update", &data).await;
             }
             EngineEvent::Receipt { ids, chat, state, timestamp_ms } => {
                 for id in ids {
-                    match self.store.advance_status(&self.id, &id, state, timestamp_ms) {
-                        Ok(Some(message)) => {
-                            record_status(&self.outbox, &self.id, &message.id, &chat, state, timestamp_ms)
-                        }
-                        Ok(None) => {}
-                        Err(e) => warn!(session = %self.id, "could not record a receipt: {e}"),
-                    }
+                    super::queue::advance_and_announce(&self.outbox, &self.id, &id, &chat, state, timestamp_ms).await;
                 }
             }
             EngineEvent::Closed(close) => {
                 self.conn = None;
-                self.media_upserts.set_connection(None);
+                self.live.send_replace(None);
                 self.events = None;
                 self.after_close(close).await;
             }
-        }
-    }
-
-    /// Whether the session's webhook speaks the Node service's format.
-    fn webhook_is_compat(&self) -> bool {
-        match self.outbox.endpoint(&self.id) {
-            Ok(endpoint) => endpoint.is_some_and(|e| e.format == crate::store::WebhookFormat::Compat),
-            Err(e) => {
-                warn!(session = %self.id, "could not read the session's webhook settings: {e}");
-                false
-            }
-        }
-    }
-
-    /// Fills in the subject of each group message's group.
-    async fn name_groups(&mut self, messages: &mut [crate::engine::Inbound]) {
-        let Some(conn) = self.conn.clone() else { return };
-        for message in messages.iter_mut().filter(|m| m.is_group && !m.from_me) {
-            message.group_subject = self.group_names.subject(&self.id, conn.as_ref(), &message.chat).await;
         }
     }
 
@@ -338,7 +313,7 @@ impl Supervisor {
         match decision {
             Decision::ReconnectNow { reason: why } => {
                 crate::metrics::METRICS.reconnects.with_label_values(&[why]).inc();
-                self.set(StateKind::Connecting, Some(why), None);
+                self.set(StateKind::Connecting, Some(why), None).await;
                 self.open(why).await;
             }
             Decision::Retry { state, reason: why, code, schedule } => {
@@ -364,7 +339,7 @@ impl Supervisor {
                 view.attempt = Some(attempt);
                 view.next_attempt_at =
                     Some(timestamp(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()));
-                self.publish_view(view);
+                self.publish_view(view).await;
             }
             Decision::LoggedOut { code } if !self.link_confirmed => {
                 // Credentials from a pair-success whose pairing WhatsApp then dropped (the
@@ -372,21 +347,21 @@ impl Supervisor {
                 warn!(session = %self.id, code, "WhatsApp does not know the credentials of an unfinished pairing; starting a new link");
                 self.forget_credentials().await;
                 self.qr_cycles = 0;
-                self.set(StateKind::Connecting, Some(reason::PAIRING_INCOMPLETE), Some(code));
+                self.set(StateKind::Connecting, Some(reason::PAIRING_INCOMPLETE), Some(code)).await;
                 self.open(reason::PAIRING_INCOMPLETE).await;
             }
             Decision::LoggedOut { code } => {
                 self.forget_credentials().await;
-                self.set(StateKind::LoggedOut, Some(reason::LOGGED_OUT), Some(code));
+                self.set(StateKind::LoggedOut, Some(reason::LOGGED_OUT), Some(code)).await;
             }
             Decision::Banned { expire } => {
                 self.schedule(Instant::now() + expire, reason::TEMP_BANNED);
                 let mut view = self.view_for(StateKind::Banned, Some(reason::TEMP_BANNED), Some(402));
                 view.banned_until =
                     Some(timestamp(Utc::now() + chrono::Duration::from_std(expire).unwrap_or_default()));
-                self.publish_view(view.explained());
+                self.publish_view(view.explained()).await;
             }
-            Decision::Stop { state, reason: why, code } => self.set(state, Some(why), code),
+            Decision::Stop { state, reason: why, code } => self.set(state, Some(why), code).await,
         }
     }
 
@@ -408,11 +383,12 @@ impl Supervisor {
         self.opens.push_back(now);
         self.next_attempt = None;
         if !self.view.state.is_active() || self.view.state == StateKind::Connected {
-            self.set(StateKind::Connecting, Some(why), None);
+            self.set(StateKind::Connecting, Some(why), None).await;
         }
         let (events, receiver) = mpsc::unbounded_channel();
         let proxy = self.session_proxy();
-        match self.engine.open(&self.id, &self.engine_store, proxy.as_ref(), events).await {
+        let inbound: Arc<dyn InboundSink> = self.inbound.clone();
+        match self.engine.open(&self.id, &self.engine_store, proxy.as_ref(), inbound, events).await {
             Ok(conn) => {
                 self.conn = Some(Arc::from(conn));
                 self.events = Some(receiver);
@@ -474,14 +450,14 @@ impl Supervisor {
 
     async fn logout(&mut self) {
         self.next_attempt = None;
-        self.media_upserts.set_connection(None);
+        self.live.send_replace(None);
         if let Some(conn) = self.conn.take() {
-            self.events = None;
             if self.view.state == StateKind::Connected {
                 conn.logout().await;
             } else {
                 conn.close().await;
             }
+            self.drain_events().await;
         } else if self.view.me.is_some() {
             warn!(
                 session = %self.id,
@@ -489,7 +465,7 @@ impl Supervisor {
             );
         }
         self.forget_credentials().await;
-        self.set(StateKind::LoggedOut, Some(reason::LOGOUT_REQUESTED), None);
+        self.set(StateKind::LoggedOut, Some(reason::LOGOUT_REQUESTED), None).await;
     }
 
     async fn forget_credentials(&mut self) {
@@ -502,7 +478,7 @@ impl Supervisor {
         self.confirm_link(false);
         self.view.me = None;
         // Nothing queued can go out on credentials that are gone.
-        self.drainer.give_up_all("the session was logged out before it could be sent");
+        self.drainer.give_up_all("the session was logged out before it could be sent").await;
     }
 
     fn confirm_link(&mut self, confirmed: bool) {
@@ -522,11 +498,31 @@ impl Supervisor {
         self.view.me = Some(me);
     }
 
+    /// Closes the connection, then handles what it had already reported: an event taken
+    /// from WhatsApp is never thrown away by a clean stop.
     async fn close_connection(&mut self) {
-        self.events = None;
-        self.media_upserts.set_connection(None);
+        self.live.send_replace(None);
         if let Some(conn) = self.conn.take() {
             conn.close().await;
+            self.drain_events().await;
+        }
+        self.events = None;
+    }
+
+    /// Handles the events a closing connection reported up to its `Closed`, without
+    /// acting on the close itself (the caller decided what follows).
+    async fn drain_events(&mut self) {
+        let Some(mut events) = self.events.take() else { return };
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            match event {
+                EngineEvent::Closed(_) => break,
+                EngineEvent::Messages(_) | EngineEvent::Receipt { .. } | EngineEvent::Presence(_) => {
+                    Box::pin(self.on_event(event)).await
+                }
+                // A QR or a login that raced the close changes nothing now.
+                EngineEvent::Qr { .. } | EngineEvent::Paired { .. } | EngineEvent::Connected { .. } => {}
+            }
         }
     }
 
@@ -539,21 +535,21 @@ impl Supervisor {
         view.explained()
     }
 
-    fn set(&mut self, state: StateKind, why: Option<&str>, code: Option<u16>) {
+    async fn set(&mut self, state: StateKind, why: Option<&str>, code: Option<u16>) {
         let view = self.view_for(state, why, code);
-        self.publish_view(view);
+        self.publish_view(view).await;
     }
 
     /// Makes a state change visible: first recorded in the webhook outbox (so no receiver
     /// can miss it, even across a crash), then to API readers and event streams.
-    fn publish_view(&mut self, view: SessionView) {
+    async fn publish_view(&mut self, view: SessionView) {
         let changed = view.state != self.view.state || view.reason != self.view.reason;
         if changed {
             log_transition(&view);
         }
         if changed || view.qr != self.view.qr {
             let data = serde_json::to_value(&view).expect("views serialize");
-            self.outbox.record_or_log(&self.id, "connection.update", &data);
+            self.outbox.record_or_log(&self.id, "connection.update", &data).await;
         }
         // Kept for `wagate status` / `doctor` while the gateway is down. The stop at shutdown
         // is not recorded: the state before it says more about the session.
@@ -567,19 +563,6 @@ impl Supervisor {
         let _ = self.changes.send(view.clone());
         self.publish.send_replace(view);
     }
-}
-
-/// A `message.status` event, recorded durably like every other event.
-pub(super) fn record_status(
-    outbox: &Outbox,
-    session: &str,
-    id: &str,
-    chat: &str,
-    state: DeliveryState,
-    timestamp_ms: u64,
-) {
-    let data = serde_json::json!({ "id": id, "chat": chat, "status": state, "timestamp_ms": timestamp_ms });
-    outbox.record_or_log(session, "message.status", &data);
 }
 
 fn log_transition(view: &SessionView) {
@@ -600,6 +583,9 @@ fn log_transition(view: &SessionView) {
         ),
     }
 }
+
+/// How long a stop waits for a closing connection's last events.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<EngineEvent>>) -> Option<EngineEvent> {
     match events {

@@ -18,11 +18,12 @@ mod outbox;
 mod pending_upserts;
 mod queue;
 mod received;
-pub use messages::{KeyClaim, SentMessage};
-pub use outbox::{Delivery, DeliveryStatus, OutboxEvent};
-pub use pending_upserts::PendingUpsert;
+mod writer;
+pub use messages::{advance_status, record_sent, KeyClaim, SentMessage};
+pub use outbox::{insert_event, Delivery, DeliveryStatus, NewEvent, OutboxEvent, HELD};
+pub use pending_upserts::{add_pending_upsert, remove_pending_upsert, PendingUpsert};
 pub use queue::{Queued, MAX_QUEUED};
-pub use received::{ReceivedMessage, StoredMedia};
+pub use received::{claim_inbound, record_received, ReceivedMessage, StoredMedia};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +37,17 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("the database has schema {found}, this wagate expects {expected}; run `wagate serve` once to update it")]
     SchemaBehind { found: usize, expected: usize },
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("the batch this write was part of could not be committed: {0}")]
+    BatchFailed(String),
+}
+
+impl StoreError {
+    /// Every write of a failed batch hears the batch's error.
+    fn batch_failed(error: &StoreError) -> StoreError {
+        StoreError::BatchFailed(error.to_string())
+    }
 }
 
 /// Where a session's events go.
@@ -158,6 +170,18 @@ const MIGRATIONS: &[&str] = &[
         data TEXT NOT NULL,
         media TEXT
     );",
+    // Received messages already committed, so a redelivery makes no second event. A
+    // message id is unique only within its chat and sender.
+    "CREATE TABLE inbound_keys (
+        session TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        id TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (session, chat, sender, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbound_keys_age ON inbound_keys (received_ms);
+    ALTER TABLE idempotency_keys ADD COLUMN run TEXT;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` once migrated).
@@ -172,21 +196,38 @@ const SESSION_COLUMNS: &str = "id, webhook, created_at, me, link_confirmed, prox
 
 pub struct Store {
     data_dir: PathBuf,
+    /// Reads, and the rare writes of the session registry.
     db: Mutex<Connection>,
+    /// The hot writes, group-committed on their own thread (`None`: opened read-only).
+    writer: Option<writer::Writer>,
+    /// Each session's own webhook, read for every event; kept current by the setters.
+    webhooks: Mutex<std::collections::HashMap<String, Option<WebhookConfig>>>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let db = Connection::open(path)?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    // Every committed change reaches the disk before the call returns: a crash right
+    // after never loses what the API already confirmed.
+    db.pragma_update(None, "synchronous", "FULL")?;
+    db.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(db)
 }
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir.join("engine"))
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
-        let mut db = Connection::open(data_dir.join(DB_FILE))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        // Every committed change reaches the disk before the call returns: a crash right
-        // after never loses what the API already confirmed.
-        db.pragma_update(None, "synchronous", "FULL")?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        let path = data_dir.join(DB_FILE);
+        let mut db = open_connection(&path)?;
         migrate(&mut db)?;
-        Ok(Self { data_dir: data_dir.to_path_buf(), db: Mutex::new(db) })
+        let writer = writer::Writer::spawn(open_connection(&path)?);
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            db: Mutex::new(db),
+            writer: Some(writer),
+            webhooks: Default::default(),
+        })
     }
 
     /// Opens an existing registry for reading only (the operator commands): creates
@@ -206,7 +247,7 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(newer_schema(found));
         }
-        Ok(Self { data_dir: data_dir.to_path_buf(), db: Mutex::new(db) })
+        Ok(Self { data_dir: data_dir.to_path_buf(), db: Mutex::new(db), writer: None, webhooks: Default::default() })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -215,6 +256,49 @@ impl Store {
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writer(&self) -> Result<&writer::Writer, StoreError> {
+        self.writer.as_ref().ok_or_else(|| StoreError::Corrupt("the database was opened read-only".into()))
+    }
+
+    /// Runs `work` in the writer's next group commit; resolves once it is on disk.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer()?.write(work).await
+    }
+
+    /// [`Store::write`] for synchronous callers; blocks the thread until the commit.
+    pub fn write_blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer()?.write_blocking(work)
+    }
+
+    /// Runs one statement through the writer (a rare write from synchronous code);
+    /// returns how many rows it changed.
+    fn execute(&self, sql: &'static str, values: Vec<rusqlite::types::Value>) -> Result<usize, StoreError> {
+        self.write_blocking(move |db| Ok(db.execute(sql, rusqlite::params_from_iter(values))?))
+    }
+
+    /// The session's own webhook (`None` when it has none or is unknown), from memory
+    /// after the first read.
+    pub fn session_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError> {
+        if let Some(known) = self.webhooks.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(known.clone());
+        }
+        let webhook = self.session(id)?.and_then(|record| record.webhook);
+        self.webhooks.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), webhook.clone());
+        Ok(webhook)
+    }
+
+    fn forget_webhook(&self, id: &str) {
+        self.webhooks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Where the engine of session `id` keeps its state.
@@ -228,14 +312,13 @@ impl Store {
         id: &str,
         webhook: Option<&WebhookConfig>,
     ) -> Result<(SessionRecord, bool), StoreError> {
-        let db = self.db();
         let now = crate::session::state::timestamp(chrono::Utc::now());
         let webhook_json = webhook.map(|w| serde_json::to_string(&StoredWebhook::from(w)).expect("webhook serializes"));
-        let inserted = db.execute(
+        let inserted = self.execute(
             "INSERT INTO sessions (id, webhook, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
-            params![id, webhook_json, now],
+            vec![id.to_string().into(), webhook_json.into(), now.into()],
         )?;
-        drop(db);
+        self.forget_webhook(id);
         let record = self.session(id)?.ok_or_else(|| StoreError::Corrupt(format!("session {id} vanished")))?;
         Ok((record, inserted == 1))
     }
@@ -256,38 +339,64 @@ impl Store {
 
     pub fn set_me(&self, id: &str, me: Option<&Me>) -> Result<(), StoreError> {
         let json = me.map(|m| serde_json::to_string(m).expect("me serializes"));
-        self.db().execute("UPDATE sessions SET me = ?2 WHERE id = ?1", params![id, json])?;
+        self.execute("UPDATE sessions SET me = ?2 WHERE id = ?1", vec![id.to_string().into(), json.into()])?;
         Ok(())
     }
 
     /// Replaces (or with `None` removes) a session's webhook; false for an unknown session.
     pub fn set_webhook(&self, id: &str, webhook: Option<&WebhookConfig>) -> Result<bool, StoreError> {
         let json = webhook.map(|w| serde_json::to_string(&StoredWebhook::from(w)).expect("webhook serializes"));
-        Ok(self.db().execute("UPDATE sessions SET webhook = ?2 WHERE id = ?1", params![id, json])? == 1)
+        let changed = self
+            .execute("UPDATE sessions SET webhook = ?2 WHERE id = ?1", vec![id.to_string().into(), json.into()])?
+            == 1;
+        self.forget_webhook(id);
+        Ok(changed)
     }
 
     /// Sets (or with `None` removes) the session's proxy; false for an unknown session.
     pub fn set_proxy(&self, id: &str, proxy: Option<&str>) -> Result<bool, StoreError> {
-        Ok(self.db().execute("UPDATE sessions SET proxy = ?2 WHERE id = ?1", params![id, proxy])? == 1)
+        let proxy = proxy.map(str::to_string);
+        Ok(self.execute("UPDATE sessions SET proxy = ?2 WHERE id = ?1", vec![id.to_string().into(), proxy.into()])?
+            == 1)
     }
 
     pub fn set_link_confirmed(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
-        self.db().execute("UPDATE sessions SET link_confirmed = ?2 WHERE id = ?1", params![id, confirmed])?;
+        self.execute(
+            "UPDATE sessions SET link_confirmed = ?2 WHERE id = ?1",
+            vec![id.to_string().into(), confirmed.into()],
+        )?;
         Ok(())
     }
 
     pub fn set_last_state(&self, id: &str, state: &LastState) -> Result<(), StoreError> {
         let json = serde_json::to_string(state).expect("states serialize");
-        self.db().execute("UPDATE sessions SET last_state = ?2 WHERE id = ?1", params![id, json])?;
+        self.execute("UPDATE sessions SET last_state = ?2 WHERE id = ?1", vec![id.to_string().into(), json.into()])?;
         Ok(())
     }
 
+    /// Forgets a session and everything kept for it, in one transaction.
     pub fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        let db = self.db();
-        db.execute("DELETE FROM received_messages WHERE session = ?1", params![id])?;
-        db.execute("DELETE FROM outgoing_queue WHERE session = ?1", params![id])?;
-        db.execute("DELETE FROM pending_upserts WHERE session = ?1", params![id])?;
-        Ok(db.execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
+        let id = id.to_string();
+        let deleted = self.write_blocking({
+            let id = id.clone();
+            move |db| {
+                for table in [
+                    "received_messages",
+                    "outgoing_queue",
+                    "pending_upserts",
+                    "inbound_keys",
+                    "idempotency_keys",
+                    "sent_messages",
+                ] {
+                    db.execute(&format!("DELETE FROM {table} WHERE session = ?1"), params![id])?;
+                }
+                // Events still to deliver (the logout among them) go out; the history goes.
+                db.execute("DELETE FROM webhook_events WHERE session = ?1 AND status != 'pending'", params![id])?;
+                Ok(db.execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
+            }
+        })?;
+        self.forget_webhook(&id);
+        Ok(deleted)
     }
 
     /// Checks the database file itself (for `doctor` and `/health`).

@@ -2,7 +2,7 @@
 //! state. Rows are written before any attempt and survive crashes; an attempt in flight at
 //! a crash is simply made again (same event id).
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Store, StoreError};
@@ -66,30 +66,47 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// An event to add to the outbox (see [`Store::insert_event`]).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub session: String,
+    pub event: String,
+    pub body: String,
+    pub created_ms: u64,
+    /// Kept back (it still waits for a detail, see [`HELD`]) and, with it, every later
+    /// event of its session.
+    pub held: bool,
+}
+
+/// `next_attempt_ms` of an event that is not to be sent until released (a group message
+/// whose subject is being looked up). Released at the latest when the gateway starts.
+pub const HELD: i64 = i64::MAX;
+
+/// Adds an event inside the caller's transaction; returns its place in the outbox.
+pub fn insert_event(db: &Connection, event: &NewEvent) -> Result<i64, StoreError> {
+    let next = if event.held { HELD } else { event.created_ms as i64 };
+    db.prepare_cached(
+        "INSERT INTO webhook_events (id, session, event, body, created_ms, next_attempt_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![event.id, event.session, event.event, event.body, event.created_ms as i64, next])?;
+    Ok(db.last_insert_rowid())
+}
+
 impl Store {
-    pub fn enqueue_event(
-        &self,
-        id: &str,
-        session: &str,
-        event: &str,
-        body: &str,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.db().execute(
-            "INSERT INTO webhook_events (id, session, event, body, created_ms, next_attempt_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![id, session, event, body, now_ms as i64],
-        )?;
-        Ok(())
+    /// Adds events; resolves once they are on disk.
+    pub async fn enqueue_events(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        self.write(move |db| events.iter().try_for_each(|event| insert_event(db, event).map(drop))).await
     }
 
-    /// The oldest pending event of every session: only these may be sent now.
-    pub fn queue_heads(&self) -> Result<Vec<OutboxEvent>, StoreError> {
+    /// The session's pending events after `after_seq`, oldest first, at most `limit`.
+    pub fn next_pending(&self, session: &str, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
         let db = self.db();
         let mut statement = db.prepare_cached(
             "SELECT seq, id, session, event, body, created_ms, attempts, next_attempt_ms FROM webhook_events
-             WHERE seq IN (SELECT MIN(seq) FROM webhook_events WHERE status = 'pending' GROUP BY session)",
+             WHERE status = 'pending' AND session = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = statement.query_map([], |row| {
+        let rows = statement.query_map(params![session, after_seq, limit], |row| {
             Ok(OutboxEvent {
                 seq: row.get(0)?,
                 id: row.get(1)?,
@@ -104,56 +121,112 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn mark_delivered(&self, seq: i64, status: u16, now_ms: u64) -> Result<(), StoreError> {
-        self.db().execute(
-            "UPDATE webhook_events SET status = 'delivered', attempts = attempts + 1, last_status = ?2, last_error = NULL,
-             finished_ms = ?3 WHERE seq = ?1",
-            params![seq, status, now_ms as i64],
-        )?;
-        Ok(())
+    /// Every session that has events to deliver.
+    pub fn sessions_with_pending(&self) -> Result<Vec<String>, StoreError> {
+        let db = self.db();
+        let mut statement =
+            db.prepare_cached("SELECT DISTINCT session FROM webhook_events WHERE status = 'pending'")?;
+        let rows = statement.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn mark_retry(
+    /// Lets held events go (at start-up: whatever held them died with the last run).
+    pub fn release_held(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.write_blocking(move |db| {
+            Ok(db.execute(
+                "UPDATE webhook_events SET next_attempt_ms = ?2 WHERE status = 'pending' AND next_attempt_ms = ?1",
+                params![HELD, now_ms as i64],
+            )?)
+        })
+    }
+
+    /// Gives a held event its final body and lets it go.
+    pub async fn release_event(&self, id: &str, body: String, now_ms: u64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |db| {
+            db.execute(
+                "UPDATE webhook_events SET body = ?2, next_attempt_ms = ?3 WHERE id = ?1 AND next_attempt_ms = ?4",
+                params![id, body, now_ms as i64, HELD],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a delivery without waiting for the disk: a crash before the commit only
+    /// means the event is sent again (same id), which at-least-once allows.
+    pub fn mark_delivered_soon(&self, seq: i64, status: u16, now_ms: u64) {
+        let Ok(writer) = self.writer() else { return };
+        writer.submit_logged(move |db| {
+            db.prepare_cached(
+                "UPDATE webhook_events SET status = 'delivered', attempts = attempts + 1, last_status = ?2, last_error = NULL,
+                 finished_ms = ?3 WHERE seq = ?1",
+            )?
+            .execute(params![seq, status, now_ms as i64])?;
+            Ok(())
+        });
+    }
+
+    /// Resolves once every write submitted before it is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(())).await
+    }
+
+    pub async fn mark_retry(
         &self,
         seq: i64,
         status: Option<u16>,
         error: &str,
         next_attempt_ms: u64,
     ) -> Result<(), StoreError> {
-        self.db().execute(
-            "UPDATE webhook_events SET attempts = attempts + 1, last_status = ?2, last_error = ?3, next_attempt_ms = ?4
-             WHERE seq = ?1",
-            params![seq, status, error, next_attempt_ms as i64],
-        )?;
-        Ok(())
+        let error = error.to_string();
+        self.write(move |db| {
+            db.execute(
+                "UPDATE webhook_events SET attempts = attempts + 1, last_status = ?2, last_error = ?3, next_attempt_ms = ?4
+                 WHERE seq = ?1",
+                params![seq, status, error, next_attempt_ms as i64],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    pub fn mark_dead(&self, seq: i64, status: Option<u16>, error: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.db().execute(
-            "UPDATE webhook_events SET status = 'dead', attempts = attempts + 1, last_status = ?2, last_error = ?3,
-             finished_ms = ?4 WHERE seq = ?1",
-            params![seq, status, error, now_ms as i64],
-        )?;
-        Ok(())
+    pub async fn mark_dead(&self, seq: i64, status: Option<u16>, error: &str, now_ms: u64) -> Result<(), StoreError> {
+        let error = error.to_string();
+        self.write(move |db| {
+            db.execute(
+                "UPDATE webhook_events SET status = 'dead', attempts = attempts + 1, last_status = ?2, last_error = ?3,
+                 finished_ms = ?4 WHERE seq = ?1",
+                params![seq, status, error, now_ms as i64],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Puts a dead (or pending) event back at the front of its session's queue, to be sent
-    /// now. `Ok(None)` for an unknown id, `Ok(Some(status))` with the status it had.
-    pub fn retry_event(&self, id: &str, now_ms: u64) -> Result<Option<DeliveryStatus>, StoreError> {
-        let db = self.db();
-        let status: Option<String> = db
-            .query_row("SELECT status FROM webhook_events WHERE id = ?1", params![id], |row| row.get(0))
-            .optional()?;
-        let Some(status) = status.as_deref().and_then(DeliveryStatus::parse) else {
-            return Ok(None);
-        };
-        if status != DeliveryStatus::Delivered {
-            db.execute(
-                "UPDATE webhook_events SET status = 'pending', next_attempt_ms = ?2, finished_ms = NULL WHERE id = ?1",
-                params![id, now_ms as i64],
-            )?;
-        }
-        Ok(Some(status))
+    /// now. `Ok(None)` for an unknown id, `Ok(Some((status, session)))` with the status it had.
+    pub async fn retry_event(&self, id: &str, now_ms: u64) -> Result<Option<(DeliveryStatus, String)>, StoreError> {
+        let id = id.to_string();
+        self.write(move |db| {
+            let found: Option<(String, String)> = db
+                .query_row("SELECT status, session FROM webhook_events WHERE id = ?1", params![id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            let Some((status, session)) = found else {
+                return Ok(None);
+            };
+            let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Dead);
+            if status != DeliveryStatus::Delivered {
+                db.execute(
+                    "UPDATE webhook_events SET status = 'pending', next_attempt_ms = ?2, finished_ms = NULL WHERE id = ?1",
+                    params![id, now_ms as i64],
+                )?;
+            }
+            Ok(Some((status, session)))
+        })
+        .await
     }
 
     pub fn deliveries(
@@ -186,10 +259,12 @@ impl Store {
 
     /// Deletes delivered events finished before `before_ms`; returns how many.
     pub fn prune_delivered(&self, before_ms: u64) -> Result<usize, StoreError> {
-        Ok(self.db().execute(
-            "DELETE FROM webhook_events WHERE status = 'delivered' AND finished_ms < ?1",
-            params![before_ms as i64],
-        )?)
+        self.write_blocking(move |db| {
+            Ok(db.execute(
+                "DELETE FROM webhook_events WHERE status = 'delivered' AND finished_ms < ?1",
+                params![before_ms as i64],
+            )?)
+        })
     }
 
     /// Pending events, for the outbox-depth figure.
@@ -222,42 +297,63 @@ fn delivery_of(row: &Row<'_>) -> rusqlite::Result<Delivery> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_queue_holds_one_head_per_session_in_order() {
+    fn event(id: &str, session: &str, held: bool) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            session: session.into(),
+            event: "connection.update".into(),
+            body: "{}".into(),
+            created_ms: 1000,
+            held,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_session_reads_its_own_queue_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        for (id, session) in [("e1", "a"), ("e2", "b"), ("e3", "a"), ("e4", "b")] {
-            store.enqueue_event(id, session, "connection.update", "{}", 1000).unwrap();
-        }
-        let heads: Vec<String> = store.queue_heads().unwrap().into_iter().map(|e| e.id).collect();
-        assert_eq!(heads, ["e1", "e2"]);
-        let first = store.queue_heads().unwrap().into_iter().find(|e| e.id == "e1").unwrap();
-        store.mark_retry(first.seq, Some(500), "server error", 5000).unwrap();
-        let head = store.queue_heads().unwrap().into_iter().find(|e| e.session == "a").unwrap();
-        assert_eq!(
-            (head.id.as_str(), head.attempts, head.next_attempt_ms),
-            ("e1", 1, 5000),
-            "still first after a failure"
-        );
-        store.mark_dead(head.seq, Some(404), "not found", 6000).unwrap();
-        let head = store.queue_heads().unwrap().into_iter().find(|e| e.session == "a").unwrap();
+        let events = [("e1", "a"), ("e2", "b"), ("e3", "a"), ("e4", "b")].map(|(id, s)| event(id, s, false));
+        store.enqueue_events(events.to_vec()).await.unwrap();
+        let mut sessions = store.sessions_with_pending().unwrap();
+        sessions.sort();
+        assert_eq!(sessions, ["a", "b"]);
+        let a: Vec<_> = store.next_pending("a", 0, 10).unwrap();
+        assert_eq!(a.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e1", "e3"]);
+        assert_eq!(store.next_pending("a", a[0].seq, 10).unwrap()[0].id, "e3", "after the cursor");
+
+        store.mark_retry(a[0].seq, Some(500), "server error", 5000).await.unwrap();
+        let head = &store.next_pending("a", 0, 1).unwrap()[0];
+        assert_eq!((head.id.as_str(), head.attempts, head.next_attempt_ms), ("e1", 1, 5000), "still first");
+        store.mark_dead(head.seq, Some(404), "not found", 6000).await.unwrap();
+        let head = &store.next_pending("a", 0, 1).unwrap()[0];
         assert_eq!(head.id, "e3", "a dead event no longer blocks its session");
-        store.mark_delivered(head.seq, 200, 7000).unwrap();
+        store.mark_delivered_soon(head.seq, 200, 7000);
+        store.flush().await.unwrap();
+        assert!(store.next_pending("a", 0, 10).unwrap().is_empty());
 
-        assert_eq!(store.retry_event("e1", 8000).unwrap(), Some(DeliveryStatus::Dead));
-        let head = store.queue_heads().unwrap().into_iter().find(|e| e.session == "a").unwrap();
-        assert_eq!(head.id, "e1", "a retried event is sent next");
-        assert_eq!(
-            store.retry_event("e3", 8000).unwrap(),
-            Some(DeliveryStatus::Delivered),
-            "delivered stays delivered"
-        );
-        assert_eq!(store.retry_event("nope", 8000).unwrap(), None);
+        assert_eq!(store.retry_event("e1", 8000).await.unwrap(), Some((DeliveryStatus::Dead, "a".into())));
+        assert_eq!(store.next_pending("a", 0, 1).unwrap()[0].id, "e1", "a retried event is sent next");
+        let delivered = store.retry_event("e3", 8000).await.unwrap();
+        assert_eq!(delivered, Some((DeliveryStatus::Delivered, "a".into())), "delivered stays delivered");
+        assert_eq!(store.retry_event("nope", 8000).await.unwrap(), None);
 
-        let dead = store.deliveries(Some("a"), Some(DeliveryStatus::Delivered), 10).unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].last_status, Some(200));
+        let done = store.deliveries(Some("a"), Some(DeliveryStatus::Delivered), 10).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].last_status, Some(200));
         assert_eq!(store.prune_delivered(7001).unwrap(), 1);
         assert_eq!(store.pending_count().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_held_event_waits_until_released_with_its_final_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.enqueue_events(vec![event("h1", "g", true), event("h2", "g", false)]).await.unwrap();
+        assert_eq!(store.next_pending("g", 0, 1).unwrap()[0].next_attempt_ms, HELD as u64);
+        store.release_event("h1", "{\"subject\":\"Team\"}".into(), 2000).await.unwrap();
+        let head = &store.next_pending("g", 0, 1).unwrap()[0];
+        assert_eq!((head.body.as_str(), head.next_attempt_ms), ("{\"subject\":\"Team\"}", 2000));
+        store.enqueue_events(vec![event("h3", "g", true)]).await.unwrap();
+        assert_eq!(store.release_held(3000).unwrap(), 1, "start-up lets every held event go");
     }
 }

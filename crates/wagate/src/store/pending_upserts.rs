@@ -3,7 +3,7 @@
 //! arrives until its event is in the outbox, so a crash during a download loses nothing:
 //! the next run downloads again and records the event then.
 
-use rusqlite::params;
+use rusqlite::{params, Connection};
 
 use super::{Store, StoreError};
 use crate::engine::MediaRef;
@@ -16,22 +16,30 @@ pub struct PendingUpsert {
     pub media: Option<MediaRef>,
 }
 
-impl Store {
-    pub fn add_pending_upsert(
-        &self,
-        session: &str,
-        data: &serde_json::Value,
-        media: Option<&MediaRef>,
-    ) -> Result<i64, StoreError> {
-        let media = media.map(|m| serde_json::to_string(m).expect("media references serialize"));
-        let db = self.db();
-        db.execute(
-            "INSERT INTO pending_upserts (session, data, media) VALUES (?1, ?2, ?3)",
-            params![session, data.to_string(), media],
-        )?;
-        Ok(db.last_insert_rowid())
-    }
+/// Keeps an event that waits for its file, inside the caller's transaction; returns its
+/// place in the list.
+pub fn add_pending_upsert(
+    db: &Connection,
+    session: &str,
+    data: &serde_json::Value,
+    media: Option<&MediaRef>,
+) -> Result<i64, StoreError> {
+    let media = media.map(|m| serde_json::to_string(m).expect("media references serialize"));
+    db.prepare_cached("INSERT INTO pending_upserts (session, data, media) VALUES (?1, ?2, ?3)")?.execute(params![
+        session,
+        data.to_string(),
+        media
+    ])?;
+    Ok(db.last_insert_rowid())
+}
 
+/// Removes a waiting event (its event is in the outbox now), inside the caller's transaction.
+pub fn remove_pending_upsert(db: &Connection, seq: i64) -> Result<(), StoreError> {
+    db.execute("DELETE FROM pending_upserts WHERE seq = ?1", params![seq])?;
+    Ok(())
+}
+
+impl Store {
     /// The session's waiting events, oldest first.
     pub fn pending_upserts(&self, session: &str) -> Result<Vec<PendingUpsert>, StoreError> {
         let db = self.db();
@@ -49,10 +57,5 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    pub fn remove_pending_upsert(&self, seq: i64) -> Result<(), StoreError> {
-        self.db().execute("DELETE FROM pending_upserts WHERE seq = ?1", params![seq])?;
-        Ok(())
     }
 }

@@ -31,8 +31,9 @@ impl Store {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let body = serde_json::to_string(message).expect("outgoing messages serialize");
-        let mut db = self.db();
-        let tx = db.transaction()?;
+        let (session, id, to) = (session.to_string(), id.to_string(), to.to_string());
+        let idempotency_key = idempotency_key.map(str::to_string);
+        self.write_blocking(move |tx| {
         let waiting: i64 =
             tx.query_row("SELECT COUNT(*) FROM outgoing_queue WHERE session = ?1", params![session], |row| row.get(0))?;
         if waiting as usize >= MAX_QUEUED {
@@ -52,8 +53,8 @@ impl Store {
                 params![session, key, id],
             )?;
         }
-        tx.commit()?;
         Ok(true)
+        })
     }
 
     /// The oldest waiting message of the session.
@@ -84,18 +85,21 @@ impl Store {
 
     /// Takes a message off the queue (sent, or given up).
     pub fn dequeue(&self, seq: i64) -> Result<(), StoreError> {
-        self.db().execute("DELETE FROM outgoing_queue WHERE seq = ?1", params![seq])?;
-        Ok(())
+        self.write_blocking(move |db| {
+            db.execute("DELETE FROM outgoing_queue WHERE seq = ?1", params![seq])?;
+            Ok(())
+        })
     }
 
     /// Counts a failed attempt; returns the attempts so far.
     pub fn queued_attempt_failed(&self, seq: i64) -> Result<u32, StoreError> {
-        let db = self.db();
-        db.execute("UPDATE outgoing_queue SET attempts = attempts + 1 WHERE seq = ?1", params![seq])?;
-        let attempts: i64 = db
-            .query_row("SELECT attempts FROM outgoing_queue WHERE seq = ?1", params![seq], |row| row.get(0))
-            .optional()?
-            .unwrap_or(0);
+        let attempts: i64 = self.write_blocking(move |db| {
+            db.execute("UPDATE outgoing_queue SET attempts = attempts + 1 WHERE seq = ?1", params![seq])?;
+            Ok(db
+                .query_row("SELECT attempts FROM outgoing_queue WHERE seq = ?1", params![seq], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0))
+        })?;
         Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
     }
 }

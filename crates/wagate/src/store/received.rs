@@ -1,7 +1,7 @@
 //! Messages this gateway received: enough of each to download its file later and to reply
 //! or react to it (a reply names the quoted message's author and shows its text).
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Store, StoreError};
 use crate::engine::{Inbound, MediaRef};
@@ -26,33 +26,44 @@ pub struct StoredMedia {
     pub filename: Option<String>,
 }
 
-impl Store {
-    pub fn record_received(&self, session: &str, message: &Inbound, now_ms: u64) -> Result<(), StoreError> {
-        let media = message.media.as_ref().map(|m| {
-            let stored = StoredMedia {
-                location: m.location.clone(),
-                mimetype: m.mimetype.clone(),
-                filename: m.filename.clone(),
-            };
-            serde_json::to_string(&stored).expect("media references serialize")
-        });
-        self.db().execute(
-            "INSERT INTO received_messages (session, id, chat, sender, kind, text, media, received_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-            params![
-                session,
-                message.id,
-                message.chat,
-                message.sender,
-                message.kind,
-                message.text,
-                media,
-                now_ms as i64
-            ],
-        )?;
-        Ok(())
-    }
+/// Claims a received message's identity inside the caller's transaction: true the first
+/// time, false for a redelivery (same chat, sender and id), which must make no new event.
+pub fn claim_inbound(db: &Connection, session: &str, message: &Inbound, now_ms: u64) -> Result<bool, StoreError> {
+    let inserted = db
+        .prepare_cached(
+            "INSERT INTO inbound_keys (session, chat, sender, id, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![session, message.chat, message.sender, message.id, now_ms as i64])?;
+    Ok(inserted == 1)
+}
 
+/// Keeps what replies, reactions and downloads need of a received message, inside the
+/// caller's transaction.
+pub fn record_received(db: &Connection, session: &str, message: &Inbound, now_ms: u64) -> Result<(), StoreError> {
+    let media = message.media.as_ref().map(|m| {
+        let stored =
+            StoredMedia { location: m.location.clone(), mimetype: m.mimetype.clone(), filename: m.filename.clone() };
+        serde_json::to_string(&stored).expect("media references serialize")
+    });
+    db.prepare_cached(
+        "INSERT INTO received_messages (session, id, chat, sender, kind, text, media, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        session,
+        message.id,
+        message.chat,
+        message.sender,
+        message.kind,
+        message.text,
+        media,
+        now_ms as i64
+    ])?;
+    Ok(())
+}
+
+impl Store {
     pub fn received_message(&self, session: &str, id: &str) -> Result<Option<ReceivedMessage>, StoreError> {
         let row = self
             .db()
@@ -86,7 +97,12 @@ impl Store {
 
     /// Forgets received messages older than `before_ms`; WhatsApp's CDN drops their files
     /// after a few weeks anyway.
+    /// The keys that recognise redeliveries go with them: WhatsApp keeps a message for an
+    /// offline device for a few weeks at most.
     pub fn prune_received(&self, before_ms: u64) -> Result<usize, StoreError> {
-        Ok(self.db().execute("DELETE FROM received_messages WHERE received_ms < ?1", params![before_ms as i64])?)
+        self.write_blocking(move |db| {
+            db.execute("DELETE FROM inbound_keys WHERE received_ms < ?1", params![before_ms as i64])?;
+            Ok(db.execute("DELETE FROM received_messages WHERE received_ms < ?1", params![before_ms as i64])?)
+        })
     }
 }

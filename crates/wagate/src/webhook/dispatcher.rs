@@ -1,14 +1,17 @@
-//! The one dispatcher: takes the oldest pending event of each session, sends it, records
-//! the outcome. Sessions are independent (each has at most one request in flight, many
-//! sessions send at once); within a session an event waits until the one before it was
-//! delivered or dead-lettered.
+//! The one dispatcher: a worker per session that has events to deliver takes them in
+//! order, sends each, records the outcome. Sessions are independent (each has at most one
+//! request in flight, many sessions send at once); within a session an event waits until
+//! the one before it was delivered or dead-lettered. A worker reads its session's queue
+//! in small pages from where it stopped, so an event body is read only shortly before it
+//! is sent, and a delivery is recorded without waiting for the disk (a crash before that
+//! commit only repeats the delivery, with the same event id).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -19,9 +22,15 @@ use crate::store::{OutboxEvent, WebhookConfig, WebhookFormat};
 
 /// Requests in flight at once, over all sessions.
 const MAX_IN_FLIGHT: usize = 64;
+/// How many of a session's events a worker reads at once.
+const PAGE: u32 = 32;
 /// How much of a receiver's answer is kept for errors and the test endpoint.
 const BODY_EXCERPT: usize = 500;
+/// At most this much of a receiver's answer is read at all.
+const MAX_ANSWER: usize = 64 * 1024;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Every session's queue is looked at this often even without a wake-up.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Dispatcher {
     stop: watch::Sender<bool>,
@@ -37,7 +46,7 @@ impl Dispatcher {
     }
 
     /// Stops taking new events; requests in flight are abandoned and sent again after the
-    /// next start (same event id).
+    /// next start (same event id). Deliveries already made are on disk when this returns.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -54,59 +63,168 @@ fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-async fn run(outbox: Outbox, client: reqwest::Client, mut stopped: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut in_flight: HashSet<String> = HashSet::new();
-    let (done, mut finished) = mpsc::unbounded_channel::<String>();
+/// What the dispatcher and one session's worker share.
+struct WorkerSlot {
+    /// New events came in since the worker last looked.
+    more: bool,
+    /// The queue must be read again from its start.
+    from_start: bool,
+    notify: Arc<Notify>,
+}
+
+type Workers = Arc<Mutex<HashMap<String, WorkerSlot>>>;
+
+fn lock(workers: &Workers) -> std::sync::MutexGuard<'_, HashMap<String, WorkerSlot>> {
+    workers.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Clone)]
+struct Shared {
+    outbox: Outbox,
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+    workers: Workers,
+    stopped: watch::Receiver<bool>,
+}
+
+async fn run(outbox: Outbox, client: reqwest::Client, stopped: watch::Receiver<bool>) {
+    let shared = Shared {
+        outbox: outbox.clone(),
+        client,
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        workers: Arc::default(),
+        stopped: stopped.clone(),
+    };
     let wake = outbox.woken();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stopped = stopped;
     let mut last_prune: Option<Instant> = None;
+    let mut last_sweep: Option<Instant> = None;
     loop {
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
-            prune(&outbox);
+            let outbox = outbox.clone();
+            tasks.spawn(async move { drop(tokio::task::spawn_blocking(move || prune(&outbox)).await) });
         }
-        let mut next_due: Option<u64> = None;
-        match outbox.store().queue_heads() {
-            Ok(heads) => {
-                let now = now_ms();
-                for head in heads {
-                    if in_flight.contains(&head.session) {
-                        continue;
+        if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            last_sweep = Some(Instant::now());
+            let store = outbox.store().clone();
+            match tokio::task::spawn_blocking(move || store.sessions_with_pending()).await {
+                Ok(Ok(sessions)) => {
+                    for session in sessions {
+                        start_or_nudge(&shared, &mut tasks, session, false);
                     }
-                    if head.next_attempt_ms > now {
-                        next_due = Some(next_due.map_or(head.next_attempt_ms, |d| d.min(head.next_attempt_ms)));
-                        continue;
-                    }
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        break;
-                    };
-                    in_flight.insert(head.session.clone());
-                    let (outbox, client, done) = (outbox.clone(), client.clone(), done.clone());
-                    tokio::spawn(async move {
-                        let session = head.session.clone();
-                        deliver(&outbox, &client, head).await;
-                        drop(permit);
-                        let _ = done.send(session);
-                    });
                 }
-            }
-            Err(e) => {
-                error!("cannot read the webhook outbox: {e}");
-                next_due = Some(now_ms() + 1000);
+                Ok(Err(e)) => error!("cannot read the webhook outbox: {e}"),
+                Err(e) => error!("cannot read the webhook outbox: {e}"),
             }
         }
-        let idle = next_due.map_or(Duration::from_secs(60), |due| Duration::from_millis(due.saturating_sub(now_ms())));
+        for (session, from_start) in wake.take() {
+            start_or_nudge(&shared, &mut tasks, session, from_start);
+        }
+        while tasks.try_join_next().is_some() {}
         tokio::select! {
             _ = wake.notified() => {}
-            Some(session) = finished.recv() => {
-                in_flight.remove(&session);
-                while let Ok(session) = finished.try_recv() {
-                    in_flight.remove(&session);
-                }
-            }
-            _ = tokio::time::sleep(idle) => {}
-            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = stopped.changed() => break,
         }
+    }
+    // Workers see the stop themselves; what they delivered is committed before returning.
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = outbox.store().flush().await {
+        error!("could not record the last webhook deliveries: {e}");
+    }
+}
+
+/// Starts the session's worker, or tells the running one to look again.
+fn start_or_nudge(shared: &Shared, tasks: &mut tokio::task::JoinSet<()>, session: String, from_start: bool) {
+    let mut workers = lock(&shared.workers);
+    if let Some(slot) = workers.get_mut(&session) {
+        slot.more = true;
+        slot.from_start |= from_start;
+        slot.notify.notify_one();
+        return;
+    }
+    let notify = Arc::new(Notify::new());
+    workers.insert(session.clone(), WorkerSlot { more: false, from_start: false, notify: notify.clone() });
+    drop(workers);
+    let shared = shared.clone();
+    tasks.spawn(async move { work_session(shared, session, notify).await });
+}
+
+/// Delivers one session's events in order until its queue is empty.
+async fn work_session(shared: Shared, session: String, notify: Arc<Notify>) {
+    let store = shared.outbox.store().clone();
+    let mut stopped = shared.stopped.clone();
+    let mut after_seq = 0;
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let from_start = lock(&shared.workers).get_mut(&session).is_some_and(|slot| {
+            slot.more = false;
+            std::mem::take(&mut slot.from_start)
+        });
+        if from_start {
+            // Deliveries recorded without waiting must be on disk before the queue is read
+            // again from its start, or they would be sent twice.
+            if let Err(e) = store.flush().await {
+                error!(session = %session, "could not record webhook deliveries: {e}");
+            }
+            after_seq = 0;
+        }
+        let page = {
+            let (store, session) = (store.clone(), session.clone());
+            tokio::task::spawn_blocking(move || store.next_pending(&session, after_seq, PAGE)).await
+        };
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                error!(session = %session, "cannot read the webhook outbox: {e}");
+                wait(&notify, &mut stopped, Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                error!(session = %session, "cannot read the webhook outbox: {e}");
+                break;
+            }
+        };
+        if page.is_empty() {
+            let mut workers = lock(&shared.workers);
+            if workers.get(&session).is_some_and(|slot| slot.more || slot.from_start) {
+                continue;
+            }
+            workers.remove(&session);
+            return;
+        }
+        for event in page {
+            let now = now_ms();
+            if event.next_attempt_ms > now {
+                // Not due (a retry's back-off, or held): wait for it or for news, then
+                // read again from here.
+                let due = Duration::from_millis(event.next_attempt_ms - now);
+                wait(&notify, &mut stopped, due.min(SWEEP_EVERY)).await;
+                break;
+            }
+            let seq = event.seq;
+            match deliver(&shared, event).await {
+                Handled::Done => after_seq = seq,
+                // Recorded for a later attempt: read again from here once it is due.
+                Handled::Later => break,
+            }
+            if *stopped.borrow() || lock(&shared.workers).get(&session).is_some_and(|slot| slot.from_start) {
+                break;
+            }
+        }
+    }
+    lock(&shared.workers).remove(&session);
+}
+
+async fn wait(notify: &Notify, stopped: &mut watch::Receiver<bool>, at_most: Duration) {
+    tokio::select! {
+        _ = notify.notified() => {}
+        _ = tokio::time::sleep(at_most) => {}
+        _ = stopped.changed() => {}
     }
 }
 
@@ -161,8 +279,20 @@ async fn post(client: &reqwest::Client, endpoint: &WebhookConfig, id: &str, body
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::retry_after(v, chrono::Utc::now()));
-    let text = response.text().await.unwrap_or_default();
-    Ok(Answer { status, retry_after, body: text.chars().take(BODY_EXCERPT).collect() })
+    Ok(Answer { status, retry_after, body: read_excerpt(response).await })
+}
+
+/// The start of a receiver's answer: at most [`MAX_ANSWER`] bytes are read, however much
+/// it sends.
+async fn read_excerpt(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() >= MAX_ANSWER {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&bytes).chars().take(BODY_EXCERPT).collect()
 }
 
 fn describe_error(error: reqwest::Error) -> String {
@@ -183,25 +313,39 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     source.to_string()
 }
 
-async fn deliver(outbox: &Outbox, client: &reqwest::Client, event: OutboxEvent) {
-    let store = outbox.store();
-    let endpoint = match outbox.endpoint(&event.session) {
+/// What became of an event.
+enum Handled {
+    /// Delivered or dead-lettered: the next one may go.
+    Done,
+    /// To be tried again later.
+    Later,
+}
+
+async fn deliver(shared: &Shared, event: OutboxEvent) -> Handled {
+    let store = shared.outbox.store();
+    let endpoint = match shared.outbox.endpoint(&event.session) {
         Ok(Some(endpoint)) => endpoint,
         Ok(None) => {
             warn!(session = %event.session, id = %event.id, "webhook event dropped to the dead letter: the session has no webhook any more");
-            let _ = store.mark_dead(event.seq, None, "no webhook configured", now_ms());
-            return;
+            return match store.mark_dead(event.seq, None, "no webhook configured", now_ms()).await {
+                Ok(()) => Handled::Done,
+                Err(_) => Handled::Later,
+            };
         }
         Err(e) => {
             error!(session = %event.session, "cannot read the session's webhook: {e}");
-            let _ = store.mark_retry(event.seq, None, &e.to_string(), now_ms() + 1000);
-            return;
+            let _ = store.mark_retry(event.seq, None, &e.to_string(), now_ms() + 1000).await;
+            return Handled::Later;
         }
     };
     let attempt = event.attempts + 1;
-    let started = Instant::now();
-    let outcome = post(client, &endpoint, &event.id, &event.body).await;
-    crate::metrics::METRICS.webhook_seconds.observe(started.elapsed().as_secs_f64());
+    let outcome = {
+        let Ok(_permit) = shared.permits.acquire().await else { return Handled::Later };
+        let started = Instant::now();
+        let outcome = post(&shared.client, &endpoint, &event.id, &event.body).await;
+        crate::metrics::METRICS.webhook_seconds.observe(started.elapsed().as_secs_f64());
+        outcome
+    };
     let now = now_ms();
     let (verdict, status, error, retry_after) = match &outcome {
         Ok(answer) => {
@@ -226,29 +370,34 @@ async fn deliver(outbox: &Outbox, client: &reqwest::Client, event: OutboxEvent) 
             if let Ok(answer) = &outcome {
                 warn_if_rejected(&event, &answer.body);
             }
-            store.mark_delivered(event.seq, status, now)
+            store.mark_delivered_soon(event.seq, status, now);
+            return Handled::Done;
         }
         Verdict::Dead => {
             let error = error.unwrap_or_default();
             warn!(session = %event.session, id = %event.id, "Webhook refused: {} - {error}; moved to the dead letter (retry it through the API once the receiver is fixed)", event.event);
-            store.mark_dead(event.seq, status, &error, now)
+            store.mark_dead(event.seq, status, &error, now).await.map(|()| Handled::Done)
         }
         Verdict::Retry => {
             let error = error.unwrap_or_default();
             let retrying_for = Duration::from_millis(now.saturating_sub(event.created_ms));
-            if retrying_for >= outbox.settings().retry_for {
+            if retrying_for >= shared.outbox.settings().retry_for {
                 warn!(session = %event.session, id = %event.id, attempt, "Webhook failed: {} - {error}; giving up after {}h, moved to the dead letter", event.event, retrying_for.as_secs() / 3600);
-                store.mark_dead(event.seq, status, &error, now)
+                store.mark_dead(event.seq, status, &error, now).await.map(|()| Handled::Done)
             } else {
                 let delay = retry_after.unwrap_or_else(|| retry::backoff(attempt));
                 warn!(session = %event.session, id = %event.id, attempt, "Webhook failed: {} - {error}; next attempt in {:.1}s", event.event, delay.as_secs_f64());
-                store.mark_retry(event.seq, status, &error, now + delay.as_millis() as u64)
+                store
+                    .mark_retry(event.seq, status, &error, now + delay.as_millis() as u64)
+                    .await
+                    .map(|()| Handled::Later)
             }
         }
     };
-    if let Err(e) = result {
+    result.unwrap_or_else(|e| {
         error!(session = %event.session, id = %event.id, "could not record the delivery outcome: {e}");
-    }
+        Handled::Later
+    })
 }
 
 /// The ERPNext app answers 200 with `{"status": "error"}` when it rejects a token: a 200

@@ -8,7 +8,8 @@ pub mod envelope;
 pub mod retry;
 pub mod signing;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -16,7 +17,7 @@ use tracing::warn;
 
 pub use dispatcher::{send_once, Dispatcher, TestOutcome};
 
-use crate::store::{Store, StoreError, WebhookConfig, WebhookFormat};
+use crate::store::{NewEvent, Store, StoreError, WebhookConfig, WebhookFormat};
 
 /// Delivery settings (`wagate serve --webhook-*`).
 #[derive(Debug, Clone)]
@@ -50,12 +51,40 @@ pub fn now_ms() -> u64 {
 pub struct Outbox {
     store: Arc<Store>,
     settings: Arc<WebhookSettings>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
+}
+
+/// Which sessions have new events for the dispatcher (a set, so it stays small however
+/// many events come in before the dispatcher looks).
+#[derive(Default)]
+pub(crate) struct Wake {
+    /// Session -> whether its queue must be read again from its start (a retried event).
+    sessions: Mutex<HashMap<String, bool>>,
+    notify: Notify,
+}
+
+impl Wake {
+    fn session(&self, session: &str, from_start: bool) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = sessions.entry(session.to_string()).or_insert(false);
+        *entry |= from_start;
+        drop(sessions);
+        self.notify.notify_one();
+    }
+
+    /// The sessions woken since the last call.
+    pub(crate) fn take(&self) -> HashMap<String, bool> {
+        std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
 }
 
 impl Outbox {
     pub fn new(store: Arc<Store>, settings: WebhookSettings) -> Self {
-        Self { store, settings: Arc::new(settings), wake: Arc::new(Notify::new()) }
+        Self { store, settings: Arc::new(settings), wake: Arc::default() }
     }
 
     pub fn settings(&self) -> &WebhookSettings {
@@ -68,13 +97,19 @@ impl Outbox {
 
     /// The webhook that applies to a session: its own, else the default.
     pub fn endpoint(&self, session: &str) -> Result<Option<WebhookConfig>, StoreError> {
-        let own = self.store.session(session)?.and_then(|record| record.webhook);
+        let own = self.store.session_webhook(session)?;
         Ok(own.or_else(|| self.settings.default.clone()))
     }
 
-    /// Records an event for delivery (when the session has a webhook that wants it) and
-    /// wakes the dispatcher. Returns the event id. The row is on disk when this returns.
-    pub fn record(&self, session: &str, event: &str, data: &serde_json::Value) -> Result<Option<String>, StoreError> {
+    /// The event as it will be stored, or `None` when the session has no webhook that
+    /// wants it. For callers that insert it in a transaction of their own
+    /// ([`crate::store::insert_event`]); they call [`Outbox::wake`] after the commit.
+    pub fn prepare(
+        &self,
+        session: &str,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<Option<NewEvent>, StoreError> {
         let Some(endpoint) = self.endpoint(session)? else {
             return Ok(None);
         };
@@ -83,34 +118,80 @@ impl Outbox {
         }
         let now = now_ms();
         let id = envelope::new_event_id(now);
-        let body = match endpoint.format {
-            WebhookFormat::Native => {
-                serde_json::to_string(&envelope::Envelope { id: &id, event, session, timestamp_ms: now, data, v: 1 })
-            }
-            WebhookFormat::Compat => match compat::body(session, event, data) {
-                Some(body) => serde_json::to_string(&body),
-                None => return Ok(None),
-            },
-        }
-        .expect("bodies serialize");
-        self.store.enqueue_event(&id, session, event, &body, now)?;
-        self.wake.notify_one();
+        let Some(body) = body(&endpoint, &id, session, event, now, data) else {
+            return Ok(None);
+        };
+        Ok(Some(NewEvent {
+            id,
+            session: session.to_string(),
+            event: event.to_string(),
+            body,
+            created_ms: now,
+            held: false,
+        }))
+    }
+
+    /// The body of an already prepared event with new data (a held event's final form).
+    pub fn body_of(&self, prepared: &NewEvent, data: &serde_json::Value) -> Result<Option<String>, StoreError> {
+        let Some(endpoint) = self.endpoint(&prepared.session)? else {
+            return Ok(None);
+        };
+        Ok(body(&endpoint, &prepared.id, &prepared.session, &prepared.event, prepared.created_ms, data))
+    }
+
+    /// Records an event for delivery (when the session has a webhook that wants it) and
+    /// wakes the dispatcher. Returns the event id once the row is on disk.
+    pub async fn record(
+        &self,
+        session: &str,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(prepared) = self.prepare(session, event, data)? else {
+            return Ok(None);
+        };
+        let id = prepared.id.clone();
+        self.store.enqueue_events(vec![prepared]).await?;
+        self.wake(session);
         Ok(Some(id))
     }
 
     /// Like [`Outbox::record`], for callers that can only log a failure.
-    pub fn record_or_log(&self, session: &str, event: &str, data: &serde_json::Value) {
-        if let Err(e) = self.record(session, event, data) {
+    pub async fn record_or_log(&self, session: &str, event: &str, data: &serde_json::Value) {
+        if let Err(e) = self.record(session, event, data).await {
             warn!(session, event, "could not record the webhook event: {e}");
         }
     }
 
-    /// Makes the dispatcher look at the queue now (after a manual retry).
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// Tells the dispatcher that the session has new events.
+    pub fn wake(&self, session: &str) {
+        self.wake.session(session, false);
     }
 
-    fn woken(&self) -> Arc<Notify> {
+    /// Tells the dispatcher to read the session's queue again from its start (an older
+    /// event was put back by a manual retry).
+    pub fn wake_from_start(&self, session: &str) {
+        self.wake.session(session, true);
+    }
+
+    pub(crate) fn woken(&self) -> Arc<Wake> {
         self.wake.clone()
     }
+}
+
+fn body(
+    endpoint: &WebhookConfig,
+    id: &str,
+    session: &str,
+    event: &str,
+    timestamp_ms: u64,
+    data: &serde_json::Value,
+) -> Option<String> {
+    let body = match endpoint.format {
+        WebhookFormat::Native => {
+            serde_json::to_string(&envelope::Envelope { id, event, session, timestamp_ms, data, v: 1 })
+        }
+        WebhookFormat::Compat => serde_json::to_string(&compat::body(session, event, data)?),
+    };
+    Some(body.expect("bodies serialize"))
 }

@@ -152,7 +152,7 @@ async fn send(
     let reply_to = request.reply_to.as_deref().map(|m| known_message(&state, &id, m, &to)).transpose()?;
     let may_queue = request.queue;
     let content = content_of(&state, &id, &to, request).await?;
-    let sent = state.manager.send(&id, &to, &Outgoing { content, reply_to }, key.as_deref(), may_queue).await?;
+    let sent = state.manager.send(&id, &to, Outgoing { content, reply_to }, key.as_deref(), may_queue).await?;
     // A queued message is accepted, not yet sent: 202, and its state says so.
     let status = if sent.status == DeliveryState::Queued { StatusCode::ACCEPTED } else { StatusCode::OK };
     let body = json!({ "id": sent.id, "status": sent.status, "timestamp": sent.created_ms, "to": sent.chat });

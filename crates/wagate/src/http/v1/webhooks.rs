@@ -118,11 +118,11 @@ async fn deliveries(
 
 async fn retry(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let outbox = state.manager.outbox();
-    match outbox.store().retry_event(&id, now_ms()).map_err(ApiError::internal)? {
+    match outbox.store().retry_event(&id, now_ms()).await.map_err(ApiError::internal)? {
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such webhook event")),
-        Some(DeliveryStatus::Delivered) => Err(ApiError::conflict("that event was delivered already")),
-        Some(_) => {
-            outbox.wake();
+        Some((DeliveryStatus::Delivered, _)) => Err(ApiError::conflict("that event was delivered already")),
+        Some((_, session)) => {
+            outbox.wake_from_start(&session);
             Ok(Json(json!({ "id": id, "status": "pending" })))
         }
     }

@@ -1,0 +1,175 @@
+//! Group commit: every write of the hot paths (webhook events, received messages, sent
+//! messages, delivery outcomes) goes to one writer thread, which runs whatever is waiting
+//! in one transaction and one fsync, then tells each caller its outcome. A caller is told
+//! only after its commit, so nothing acknowledged can be lost; a burst costs one fsync per
+//! batch instead of one per write, and no async worker ever waits on the disk.
+//!
+//! Each job runs inside its own savepoint: a job that fails is rolled back alone and its
+//! caller gets the error, the others in the batch still commit.
+
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tracing::error;
+
+use super::StoreError;
+
+/// At most this many jobs share one transaction (a bound on latency, not a target).
+const MAX_BATCH: usize = 2000;
+
+/// Reports a job's outcome once the batch's commit is known.
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A job: runs inside the batch's transaction and returns how to tell its caller.
+type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+
+/// The handle of the writer thread. Dropping the last one ends the thread once the jobs
+/// already sent are committed.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread on its own connection to the database.
+    pub fn spawn(db: Connection) -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("wagate-store-writer".into())
+            .spawn(move || run(db, queue))
+            .expect("the store writer thread starts");
+        Self { jobs }
+    }
+
+    /// Runs `work` in the next batch; resolves once it is committed (or failed).
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(work, move |outcome| {
+            let _ = reply.send(outcome);
+        })?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Like [`Writer::write`], for code outside the async runtime's workers (or where a
+    /// caller must not go on before the commit and cannot await).
+    pub fn write_blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(work, move |outcome| {
+            let _ = reply.send(outcome);
+        })?;
+        answer.recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues `work` without waiting for it; a failure is only logged.
+    pub fn submit_logged<F>(&self, work: F)
+    where
+        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    {
+        let queued = self.submit(work, |outcome| {
+            if let Err(e) = outcome {
+                error!("a database write failed: {e}");
+            }
+        });
+        if let Err(e) = queued {
+            error!("a database write was not queued: {e}");
+        }
+    }
+
+    /// Queues `work` without waiting; its outcome goes to `done`.
+    fn submit<T, F, D>(&self, work: F, done: D) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        D: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |db: &Connection| {
+            let result = in_savepoint(db, work);
+            Box::new(move |commit: Result<(), StoreError>| done(commit.and(result)))
+        });
+        self.jobs.send(job).map_err(|_| StoreError::WriterGone)
+    }
+}
+
+fn in_savepoint<T>(db: &Connection, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    db.execute_batch("SAVEPOINT job")?;
+    let result = work(db);
+    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+    db.execute_batch(end)?;
+    result
+}
+
+fn run(db: Connection, queue: mpsc::Receiver<Job>) {
+    let mut db = db;
+    // Blocks for the first job of a batch; takes whatever else waits without blocking.
+    while let Ok(first) = queue.recv() {
+        let mut finishes = Vec::new();
+        let outcome = (|| -> Result<(), StoreError> {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            finishes.push(first(&tx));
+            while finishes.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => finishes.push(job(&tx)),
+                    Err(_) => break,
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = &outcome {
+            error!("a batch of database writes could not be committed: {e}");
+        }
+        for finish in finishes {
+            finish(outcome.as_ref().map(|_| ()).map_err(StoreError::batch_failed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (tempfile::TempDir, Writer, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x INTEGER UNIQUE)").unwrap();
+        let reader = Connection::open(&path).unwrap();
+        (dir, Writer::spawn(db), reader)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_job_rolls_back_alone_and_every_caller_hears_after_the_commit() {
+        let (_dir, writer, reader) = writer();
+        let mut calls = Vec::new();
+        for x in [1, 2, 1, 3] {
+            let writer = writer.clone();
+            calls.push(tokio::spawn(async move {
+                writer
+                    .write(move |db| {
+                        db.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+                        Ok(x)
+                    })
+                    .await
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.unwrap().is_ok());
+        }
+        assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 3, "{outcomes:?}");
+        let rows: i64 = reader.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 3, "what was answered Ok is visible to another connection");
+        let blocking = tokio::task::spawn_blocking(move || {
+            writer.write_blocking(|db| Ok(db.execute("INSERT INTO t (x) VALUES (9)", [])?))
+        });
+        assert_eq!(blocking.await.unwrap().unwrap(), 1);
+    }
+}
