@@ -135,7 +135,7 @@ export function freePort () {
  * to the simulator at `waUrl`; resolves once /health answers. stop() ends it (SIGTERM) and
  * removes the data directory.
  */
-export async function startGateway ({ waUrl, extraArgs = [], bin = process.env.WAGATE_BIN, readyTimeoutMs = 30000, dataDir: keptDir, port: keptPort }) {
+export async function startGateway ({ waUrl, extraArgs = [], bin = process.env.WAGATE_BIN, readyTimeoutMs = 30000, dataDir: keptDir, port: keptPort, env = {} }) {
   if (!bin) throw new Error('WAGATE_BIN must point at a sandbox build of wagate')
   // A restart passes the data directory (and port) of the gateway it replaces; that
   // directory is then the caller's to remove.
@@ -144,7 +144,7 @@ export async function startGateway ({ waUrl, extraArgs = [], bin = process.env.W
   const url = `http://127.0.0.1:${port}`
   const child = spawn(bin, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
     '--log-file', path.join(dataDir, 'wagate.log'), '--wa-url', waUrl, ...extraArgs],
-  { stdio: ['ignore', 'pipe', 'pipe'] })
+  { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
   const logs = [] // what wagate printed, for diagnostics
   for (const stream of [child.stdout, child.stderr]) {
     stream.setEncoding('utf8')

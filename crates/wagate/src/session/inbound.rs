@@ -71,6 +71,10 @@ impl InboundSink for InboundRecorder {
         if items.is_empty() {
             return Ok(());
         }
+        #[cfg(feature = "sandbox")]
+        if let Some(delay) = sandbox_slow_commit() {
+            tokio::time::sleep(delay).await;
+        }
         let session = self.session.clone();
         let added = self
             .outbox
@@ -113,6 +117,19 @@ impl InboundSink for InboundRecorder {
         }
         Ok(())
     }
+}
+
+/// Sandbox builds only: `WAGATE_SANDBOX_SLOW_COMMIT_MS` makes every commit of received
+/// messages wait that long first, as a slow disk would, so that a test's kill lands
+/// between a message's arrival and its commit (where only the ack-after-commit rule keeps
+/// it from being lost).
+#[cfg(feature = "sandbox")]
+fn sandbox_slow_commit() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms: u64 = std::env::var("WAGATE_SANDBOX_SLOW_COMMIT_MS").ok()?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    })
 }
 
 impl InboundRecorder {

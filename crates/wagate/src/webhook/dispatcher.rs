@@ -72,9 +72,18 @@ struct WorkerSlot {
     notify: Arc<Notify>,
 }
 
-type Workers = Arc<Mutex<HashMap<String, WorkerSlot>>>;
+/// The running workers, and where each session's queue was left: deliveries are recorded
+/// without waiting, so a worker started later must go on from there, not read from the
+/// start events whose delivery is not on disk yet.
+#[derive(Default)]
+struct Registry {
+    slots: HashMap<String, WorkerSlot>,
+    cursors: HashMap<String, i64>,
+}
 
-fn lock(workers: &Workers) -> std::sync::MutexGuard<'_, HashMap<String, WorkerSlot>> {
+type Workers = Arc<Mutex<Registry>>;
+
+fn lock(workers: &Workers) -> std::sync::MutexGuard<'_, Registry> {
     workers.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -139,14 +148,14 @@ async fn run(outbox: Outbox, client: reqwest::Client, stopped: watch::Receiver<b
 /// Starts the session's worker, or tells the running one to look again.
 fn start_or_nudge(shared: &Shared, tasks: &mut tokio::task::JoinSet<()>, session: String, from_start: bool) {
     let mut workers = lock(&shared.workers);
-    if let Some(slot) = workers.get_mut(&session) {
+    if let Some(slot) = workers.slots.get_mut(&session) {
         slot.more = true;
         slot.from_start |= from_start;
         slot.notify.notify_one();
         return;
     }
     let notify = Arc::new(Notify::new());
-    workers.insert(session.clone(), WorkerSlot { more: false, from_start: false, notify: notify.clone() });
+    workers.slots.insert(session.clone(), WorkerSlot { more: false, from_start, notify: notify.clone() });
     drop(workers);
     let shared = shared.clone();
     tasks.spawn(async move { work_session(shared, session, notify).await });
@@ -156,12 +165,12 @@ fn start_or_nudge(shared: &Shared, tasks: &mut tokio::task::JoinSet<()>, session
 async fn work_session(shared: Shared, session: String, notify: Arc<Notify>) {
     let store = shared.outbox.store().clone();
     let mut stopped = shared.stopped.clone();
-    let mut after_seq = 0;
+    let mut after_seq = lock(&shared.workers).cursors.get(&session).copied().unwrap_or(0);
     loop {
         if *stopped.borrow() {
             break;
         }
-        let from_start = lock(&shared.workers).get_mut(&session).is_some_and(|slot| {
+        let from_start = lock(&shared.workers).slots.get_mut(&session).is_some_and(|slot| {
             slot.more = false;
             std::mem::take(&mut slot.from_start)
         });
@@ -191,10 +200,11 @@ async fn work_session(shared: Shared, session: String, notify: Arc<Notify>) {
         };
         if page.is_empty() {
             let mut workers = lock(&shared.workers);
-            if workers.get(&session).is_some_and(|slot| slot.more || slot.from_start) {
+            if workers.slots.get(&session).is_some_and(|slot| slot.more || slot.from_start) {
                 continue;
             }
-            workers.remove(&session);
+            workers.slots.remove(&session);
+            workers.cursors.insert(session, after_seq);
             return;
         }
         for event in page {
@@ -212,12 +222,14 @@ async fn work_session(shared: Shared, session: String, notify: Arc<Notify>) {
                 // Recorded for a later attempt: read again from here once it is due.
                 Handled::Later => break,
             }
-            if *stopped.borrow() || lock(&shared.workers).get(&session).is_some_and(|slot| slot.from_start) {
+            if *stopped.borrow() || lock(&shared.workers).slots.get(&session).is_some_and(|slot| slot.from_start) {
                 break;
             }
         }
     }
-    lock(&shared.workers).remove(&session);
+    let mut workers = lock(&shared.workers);
+    workers.slots.remove(&session);
+    workers.cursors.insert(session, after_seq);
 }
 
 async fn wait(notify: &Notify, stopped: &mut watch::Receiver<bool>, at_most: Duration) {

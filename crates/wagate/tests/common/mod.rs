@@ -185,6 +185,16 @@ impl GatewayProcess {
     }
 }
 
+/// A test that ends early (a failed assert) leaves no gateway behind.
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (for a child process that must be restarted on the same one).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
