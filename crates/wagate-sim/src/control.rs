@@ -271,6 +271,15 @@ const DEFAULT_BAN_CODE: u16 = 101;
 /// Reasons a login `<failure>` can carry here (PROTOCOL.md 8).
 const FAILURE_REASONS: [u16; 5] = [401, 402, 403, 405, 406];
 
+/// The `seconds` of a fault that lasts: more than 0, at most an hour.
+fn fault_duration(request: &FaultRequest, kind: &str) -> Result<Duration> {
+    let seconds = request
+        .seconds
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .ok_or_else(|| ControlError::bad_request(format!("{kind} needs seconds between 0 and 3600")))?;
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// `POST /control/fault {"jid", "kind", ...}`. Kinds that act on the live connection (409
 /// when the device has none):
 /// - `stream_error` + `code`: `<stream:error code=..>`, then close;
@@ -294,20 +303,8 @@ async fn fault(State(state): State<Arc<SimState>>, Body(request): Body<FaultRequ
         "replaced" => ConnCommand::Close(Some(stream_error_conflict("replaced"))),
         "drop" => ConnCommand::Drop,
         "drop_after_next_message" => ConnCommand::DropAfterNextMessage,
-        "stall" => {
-            let seconds = request
-                .seconds
-                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-                .ok_or_else(|| ControlError::bad_request("stall needs seconds between 0 and 3600"))?;
-            ConnCommand::Stall(Duration::from_secs_f64(seconds))
-        }
-        "silence" => {
-            let seconds = request
-                .seconds
-                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-                .ok_or_else(|| ControlError::bad_request("silence needs seconds between 0 and 3600"))?;
-            ConnCommand::Silence(Duration::from_secs_f64(seconds))
-        }
+        "stall" => ConnCommand::Stall(fault_duration(&request, "stall")?),
+        "silence" => ConnCommand::Silence(fault_duration(&request, "silence")?),
         "failure" => {
             let reason = request.reason.filter(|r| FAILURE_REASONS.contains(r)).ok_or_else(|| {
                 ControlError::bad_request(format!("failure needs a reason, one of {FAILURE_REASONS:?}"))

@@ -48,9 +48,6 @@ async fn bench(messages: usize, concurrency: usize, inbound: usize) {
     let api_b = Api::gateway(gateway_b.addr);
     let hooks = Receiver::start().await;
     link(&api, &control, "A", "15558000001").await;
-    api_b
-        .post("/v1/sessions", json!({ "id": "B", "webhook": { "url": hooks.url, "events": ["messages.upsert"] } }))
-        .await;
     link(&api_b, &control, "B", "15558000002").await;
     // One message first, so sessions (prekey fetch, usync) are set up before timing.
     let (status, _) = api.post("/v1/sessions/A/messages", json!({ "to": "15558000002", "text": "warm-up" })).await;
@@ -96,6 +93,9 @@ async fn bench(messages: usize, concurrency: usize, inbound: usize) {
     );
 
     // Inbound: a backlog waits for B, then B comes back and takes it all.
+    let webhook = json!({ "url": hooks.url, "events": ["messages.upsert"] });
+    let (status, body) = api_b.call(reqwest::Method::PUT, "/v1/sessions/B/webhook", Some(webhook)).await;
+    assert_eq!(status, 200, "{body}");
     let before = hooks.received().len();
     gateway_b.stop().await;
     let senders: Vec<_> = (0..concurrency)
