@@ -16,6 +16,8 @@ if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "wagate is already running (pid $(cat "$pidfile"))"
   exit 0
 fi
+# The PID file, the stderr log and a new home are the user's alone, like wagate's own files.
+umask 077
 mkdir -p "$home"
 WAGATE_LISTEN="$listen" nohup "$bin" serve --data-dir "$home/sessions" --log-file "$home/whatsapp-service.log" "$@" \
   >/dev/null 2>>"$home/wagate-stderr.log" &

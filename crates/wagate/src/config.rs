@@ -13,8 +13,8 @@ pub struct Config {
     /// WebSocket URL of a server other than WhatsApp (the simulator). Only sandbox builds
     /// accept it: see [`check_wa_url`].
     pub wa_url: Option<String>,
-    /// Required from non-loopback callers of `/v1`.
-    pub api_key: Option<String>,
+    /// Who may call without the API key, and the key (see [`crate::http::trust`]).
+    pub access: crate::http::trust::Access,
     pub sessions: SessionConfig,
     pub webhooks: WebhookSettings,
     /// Outbound proxy for WhatsApp traffic (`http://` or `socks5://`), for sessions

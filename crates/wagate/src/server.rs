@@ -16,6 +16,7 @@ use crate::http::{self, AppState};
 use crate::session::state::timestamp;
 use crate::session::SessionManager;
 use crate::store::lock::{DataDirLock, LockOwner};
+use crate::store::private;
 use crate::store::Store;
 use crate::webhook::{Dispatcher, Outbox};
 
@@ -35,6 +36,12 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         check_wa_url(config.wa_url.as_deref())?;
+        // Files are private: what an older version, a copy or an unpack left open is closed.
+        let opened_up = private::tighten_data_dir(&config.data_dir);
+        if !opened_up.is_empty() {
+            let paths: Vec<String> = opened_up.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!("took group and other permissions away from {}", paths.join(", "));
+        }
         let mut lock = DataDirLock::acquire(&config.data_dir)?;
         let started_at = chrono::Utc::now();
         let store = Store::open(&config.data_dir)
@@ -72,7 +79,7 @@ impl Gateway {
         let restored = manager.restore().await.context("restoring the sessions of the data directory")?;
         let state = Arc::new(AppState {
             manager: manager.clone(),
-            api_key: config.api_key.clone(),
+            access: config.access.clone(),
             started: Instant::now(),
             started_at,
         });

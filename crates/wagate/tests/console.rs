@@ -25,7 +25,7 @@ async fn serve_as_if_from(peer: &str, api_key: Option<&str>, data_dir: &Path) ->
     let manager = SessionManager::new(Arc::new(WhatsAppEngine::new(None, None)), outbox, SessionConfig::default());
     let state = Arc::new(AppState {
         manager,
-        api_key: api_key.map(str::to_string),
+        access: wagate::http::trust::Access { api_key: api_key.map(str::to_string), ..Default::default() },
         started: Instant::now(),
         started_at: chrono::Utc::now(),
     });

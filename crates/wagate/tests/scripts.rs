@@ -57,3 +57,32 @@ async fn start_status_stop_work_from_anywhere() {
     assert!(log.contains("closing WhatsApp connections"), "a clean SIGTERM exit: {log}");
     sim.stop().await;
 }
+
+#[test]
+fn stop_leaves_a_process_that_is_not_wagate_alone() {
+    let home = tempfile::tempdir().unwrap();
+    // The PID file outlived its wagate, and the PID now names something else.
+    let mut other = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+    let pidfile = home.path().join("wagate.pid");
+    std::fs::write(&pidfile, format!("{}\n", other.id())).unwrap();
+    let stopped = Command::new(script("stop.sh")).env("WAGATE_HOME", home.path()).output().expect("the script runs");
+    let out = String::from_utf8_lossy(&stopped.stdout).into_owned() + &String::from_utf8_lossy(&stopped.stderr);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(alive, "stop.sh killed an unrelated process: {out}");
+    assert!(stopped.status.success(), "{out}");
+    assert!(out.contains("not wagate"), "{out}");
+    assert!(!pidfile.exists(), "the stale PID file is removed: {out}");
+
+    // Nor does it act on a PID file that names no single process.
+    for junk in ["-1", "0", "", "12 34", "abc"] {
+        std::fs::write(&pidfile, junk).unwrap();
+        let stopped =
+            Command::new(script("stop.sh")).env("WAGATE_HOME", home.path()).output().expect("the script runs");
+        let out = String::from_utf8_lossy(&stopped.stdout).into_owned() + &String::from_utf8_lossy(&stopped.stderr);
+        assert!(stopped.status.success(), "'{junk}': {out}");
+        assert!(!pidfile.exists(), "'{junk}': {out}");
+    }
+}

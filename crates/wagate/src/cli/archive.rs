@@ -100,7 +100,8 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    /// `.<name>.<purpose>-<pid>` beside `beside`, so that the final rename stays on one file system.
+    /// `.<name>.<purpose>-<pid>` beside `beside`, so that the final rename stays on one file
+    /// system; private (0700), as the data directory it may become.
     pub fn beside(beside: &Path, purpose: &str) -> std::io::Result<Self> {
         let parent = beside.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = beside.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wagate".into());
@@ -108,7 +109,7 @@ impl TempDir {
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }
-        std::fs::create_dir_all(&path)?;
+        crate::store::private::create_dir(&path)?;
         Ok(Self { path: Some(path) })
     }
 

@@ -2,7 +2,6 @@
 //! gateway runs. Each database is copied with SQLite's online backup API (a file copy of a
 //! live database can catch it half-written), checked, then packed with a manifest.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::archive::{self, Manifest, ManifestSession, TempDir, FORMAT, MANIFEST};
 use super::DataDirArg;
 use crate::session::state::timestamp;
-use crate::store::{schema_version, Store};
+use crate::store::{private, schema_version, Store};
 
 /// Pages copied per step (4 MiB at SQLite's default page size): big databases show progress,
 /// and a writer is never held up for long.
@@ -35,6 +34,8 @@ pub struct BackupArgs {
 }
 
 pub fn run(args: BackupArgs) -> anyhow::Result<()> {
+    // The archive holds every session's keys: private, like the data directory.
+    private::restrict_umask();
     let dir = &args.data.data_dir;
     if args.out.exists() && !args.force {
         anyhow::bail!("{} already exists; choose another --out, or add --force to overwrite it", args.out.display());
@@ -51,7 +52,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         let step = format!("[{}/{total}] {relative}", index + 1);
         let copy = staging.path().join(relative);
         if let Some(parent) = copy.parent() {
-            std::fs::create_dir_all(parent)?;
+            private::create_dir(parent)?;
         }
         let pages = copy_database(&dir.join(relative), &copy, |done, all| println!("{step}: {done}/{all} pages"))
             .with_context(|| format!("copying {relative}"))?;
@@ -78,7 +79,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         files: described,
     };
     drop(copy);
-    std::fs::write(staging.path().join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
+    private::write(&staging.path().join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     pack(staging.path(), &manifest, &args.out)?;
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -97,6 +98,7 @@ fn copy_database(source: &Path, target: &Path, mut progress: impl FnMut(i32, i32
     let source =
         Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     source.busy_timeout(Duration::from_secs(5))?;
+    private::create_file(target)?;
     let mut copy = Connection::open(target)?;
     let pages = {
         let backup = Backup::new(&source, &mut copy)?;
@@ -131,7 +133,13 @@ fn pack(staging: &Path, manifest: &Manifest, out: &Path) -> anyhow::Result<()> {
         std::process::id()
     ));
     let result = (|| -> anyhow::Result<()> {
-        let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let file = private::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        private::tighten(&partial, private::FILE_MODE)?;
         let mut tar = tar::Builder::new(GzEncoder::new(file, flate2::Compression::default()));
         tar.mode(tar::HeaderMode::Deterministic);
         tar.append_path_with_name(staging.join(MANIFEST), MANIFEST)?;

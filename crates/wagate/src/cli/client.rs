@@ -8,6 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::GatewayArgs;
+use crate::http::trust::CLIENT_HEADER;
 use crate::store::lock::{self, LockState};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:3000";
@@ -63,7 +64,8 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
+        // Marks the call as wagate's own, so a POST without a body is not taken for a form.
+        let request = self.http.request(method, format!("{}{path}", self.base)).header(CLIENT_HEADER, "cli");
         match &self.api_key {
             Some(key) => request.bearer_auth(key),
             None => request,

@@ -18,7 +18,7 @@ use crate::engine::WHATSAPP_WS_URL;
 use crate::session::state::COMPANION_LIMIT_HINT;
 use crate::session::StateKind;
 use crate::store::lock::{self, LockState};
-use crate::store::{Store, StoreError, DB_FILE, ENGINE_DIR};
+use crate::store::{private, Store, StoreError, DB_FILE, ENGINE_DIR};
 
 /// Each network step gets at most this long, so doctor never hangs on a closed network.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,7 +90,12 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<i32> {
     check_wa_url(args.wa_url.as_deref())?;
     let mut report = Report::default();
     let dir = &args.data.data_dir;
-    let records = if data_dir(&mut report, dir) { registry(&mut report, dir) } else { None };
+    let records = if data_dir(&mut report, dir) {
+        private_files(&mut report, dir);
+        registry(&mut report, dir)
+    } else {
+        None
+    };
     if let Some(records) = &records {
         engine_databases(&mut report, dir, records);
     }
@@ -137,6 +142,34 @@ fn data_dir(report: &mut Report, dir: &Path) -> bool {
             );
             false
         }
+    }
+}
+
+/// The data directory, `engine/` and the databases are the owner's alone (0700 / 0600):
+/// they hold every session's keys.
+fn private_files(report: &mut Report, dir: &Path) {
+    let mut open = 0;
+    for (path, mode) in private::data_dir_entries(dir) {
+        let Some(found) = private::open_to_others(&path) else { continue };
+        open += 1;
+        let what = if mode == private::DIR_MODE { "directory" } else { "file" };
+        report.warn(
+            format!("{what} {} is open to other users (mode {found:o}, should be {mode:o})", path.display()),
+            &format!("chmod {mode:o} {}", shell_word(&path)),
+        );
+    }
+    if open == 0 {
+        report.ok("the data directory and its files are private (0700 / 0600)");
+    }
+}
+
+/// `path` as one shell word (quoted only when it needs to be).
+fn shell_word(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:@,=".contains(&b)) {
+        text.into_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::archive::{self, Manifest, TempDir, FORMAT, MANIFEST};
 use super::DataDirArg;
 use crate::store::lock::{self, DataDirLock, LockState, LOCK_FILE};
-use crate::store::{integrity_check, schema_version, DB_FILE, SCHEMA_VERSION};
+use crate::store::{integrity_check, private, schema_version, DB_FILE, SCHEMA_VERSION};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -29,6 +29,8 @@ pub struct RestoreArgs {
 }
 
 pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    // What is unpacked becomes the data directory: private (0700 / 0600).
+    private::restrict_umask();
     let target = std::path::absolute(&args.data.data_dir)?;
     if !args.file.is_file() {
         anyhow::bail!("{} is not a file", args.file.display());
@@ -139,9 +141,9 @@ fn extract(file: &Path, into: &Path) -> anyhow::Result<BTreeSet<String>> {
         }
         let destination = into.join(&path);
         if let Some(parent) = destination.parent() {
-            std::fs::create_dir_all(parent)?;
+            private::create_dir(parent)?;
         }
-        let mut out = File::create(&destination)?;
+        let mut out = private::options().write(true).create(true).truncate(true).open(&destination)?;
         let bytes = std::io::copy(&mut entry, &mut out).with_context(|| format!("extracting {path}"))?;
         out.sync_all()?;
         println!("extracted {path} ({bytes} bytes)");

@@ -9,6 +9,7 @@ use clap::Args;
 use tracing::info;
 
 use crate::config::Config;
+use crate::http::trust::{Access, Cidr};
 use crate::server::Gateway;
 use crate::session::SessionConfig;
 use crate::store::WebhookConfig;
@@ -28,9 +29,18 @@ pub struct ServeArgs {
     /// WebSocket URL of a WhatsApp-compatible server such as wagate-sim (sandbox builds only).
     #[arg(long, env = "WAGATE_WA_URL")]
     wa_url: Option<String>,
-    /// API key required from callers that are not on this machine.
+    /// API key required from callers that are not on this machine (a request through a
+    /// reverse proxy is not on this machine, even when the proxy is).
     #[arg(long, env = "WAGATE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Public host names this gateway answers to (behind a reverse proxy, the names it
+    /// serves); requests for any other non-loopback `Host` get 421. Comma-separated.
+    #[arg(long, env = "WAGATE_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// Reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For names the client,
+    /// for logs; their requests still need the key. Comma-separated.
+    #[arg(long, env = "WAGATE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<Cidr>,
     /// The gateway's address as webhook receivers reach it, e.g. `https://wa.example.com`;
     /// media links in events start with it. Default: `http://<listen address>`.
     #[arg(long, env = "WAGATE_PUBLIC_URL")]
@@ -60,6 +70,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Whatever the gateway and its libraries create (databases, their -wal and -shm, the
+    // log file) is its user's alone.
+    crate::store::private::restrict_umask();
     super::logging::init(&args.log_file)?;
     let default_webhook = match args.webhook_url {
         Some(url) => {
@@ -80,7 +93,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         wa_url: args.wa_url,
-        api_key: args.api_key.filter(|k| !k.is_empty()),
+        access: Access {
+            api_key: args.api_key.filter(|k| !k.is_empty()),
+            allowed_hosts: args
+                .allowed_hosts
+                .into_iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            trusted_proxies: args.trusted_proxies,
+        },
         sessions: SessionConfig {
             qr_cycles: args.qr_cycles,
             public_url: public_url(args.public_url.as_deref())?,

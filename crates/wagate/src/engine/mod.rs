@@ -34,6 +34,10 @@ pub struct Me {
     pub push_name: Option<String>,
 }
 
+/// The longest ban wagate waits out before it tries again. The server's `expire` is any
+/// number of seconds (up to `u64::MAX`), which no clock can be advanced by.
+pub const MAX_BAN: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Why a connection ended, in protocol terms (PROTOCOL.md section 8). The session
 /// supervisor decides what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +48,7 @@ pub enum CloseReason {
     Replaced,
     /// Unlinked from the phone or refused as unknown (401, 403, 406, device_removed).
     LoggedOut { code: u16 },
-    /// A temporary ban (402) until `expire` from now.
+    /// A temporary ban (402) until `expire` from now (at most [`MAX_BAN`]).
     TempBanned { expire: Duration },
     /// The client version is too old (405).
     Outdated,

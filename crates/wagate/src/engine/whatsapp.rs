@@ -21,7 +21,7 @@ use super::media_http::MediaHttp;
 use super::proxy::Proxy;
 use super::{
     phone_of_jid, CloseReason, Connection, ContactInfo, Engine, EngineError, EngineEvent, EngineStore, GroupInfo,
-    GroupMember, InboundSink, Me, NumberCheck, PresenceKind, PresenceUpdate, Sent,
+    GroupMember, InboundSink, Me, NumberCheck, PresenceKind, PresenceUpdate, Sent, MAX_BAN,
 };
 
 /// The client version announced to a non-WhatsApp server (the simulator), which cannot
@@ -314,9 +314,12 @@ impl Engine for WhatsAppEngine {
 }
 
 async fn open_store(store: &EngineStore) -> Result<SqliteStore, EngineError> {
+    use crate::store::private;
     if let Some(parent) = store.path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| EngineError::Store(format!("{}: {e}", parent.display())))?;
+        private::create_dir(parent).map_err(|e| EngineError::Store(format!("{}: {e}", parent.display())))?;
     }
+    // Private before SQLite opens it: its -wal and -shm then are too.
+    private::create_file(&store.path).map_err(|e| EngineError::Store(format!("{}: {e}", store.path.display())))?;
     let path = store.path.to_str().ok_or_else(|| EngineError::Store("the data directory path is not UTF-8".into()))?;
     SqliteStore::new(path).await.map_err(|e| EngineError::Store(format!("{e:#}")))
 }
@@ -599,7 +602,7 @@ fn translate(
         Event::PairingQrCodesExhausted(_) => tracker.library_said(CloseReason::QrRefsExhausted),
         Event::StreamReplaced(_) => tracker.library_said(CloseReason::Replaced),
         Event::TemporaryBan(ban) => tracker
-            .library_said(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(Duration::from_secs(3600)) }),
+            .library_said(CloseReason::TempBanned { expire: ban.expire.to_std().unwrap_or(DEFAULT_BAN).min(MAX_BAN) }),
         Event::ClientOutdated(_) => tracker.library_said(CloseReason::Outdated),
         Event::LoggedOut(_) => tracker.library_said(CloseReason::LoggedOut { code: 401 }),
         Event::Disconnected(gone) => {
@@ -611,6 +614,20 @@ fn translate(
             }
         }
         _ => {}
+    }
+}
+
+/// A ban whose length the server did not say.
+const DEFAULT_BAN: Duration = Duration::from_secs(3600);
+
+/// A ban's length from its `expire` (seconds): at most [`MAX_BAN`], however big the number
+/// (even one past `u64::MAX`); [`DEFAULT_BAN`] when absent or not a number.
+fn ban_expiry(expire: Option<&str>) -> Duration {
+    let Some(text) = expire.map(str::trim).filter(|t| !t.is_empty()) else { return DEFAULT_BAN };
+    match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds).min(MAX_BAN),
+        Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => MAX_BAN,
+        Err(_) => DEFAULT_BAN,
     }
 }
 
@@ -637,14 +654,42 @@ fn close_reason_of(node: &wacore_binary::Node) -> Option<CloseReason> {
             let code: u16 = attr(node, "reason")?.parse().ok()?;
             Some(match code {
                 401 | 403 | 406 => CloseReason::LoggedOut { code },
-                402 => CloseReason::TempBanned {
-                    expire: Duration::from_secs(attr(node, "expire").and_then(|e| e.parse().ok()).unwrap_or(3600)),
-                },
+                402 => CloseReason::TempBanned { expire: ban_expiry(attr(node, "expire").as_deref()) },
                 405 => CloseReason::Outdated,
                 411 => CloseReason::MultiDeviceMismatch,
                 other => CloseReason::LoginFailure { code: other },
             })
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wacore_binary::builder::NodeBuilder;
+
+    const THIRTY_DAYS: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    fn ban(expire: Option<&str>) -> Option<CloseReason> {
+        let mut node = NodeBuilder::new("failure").attr("reason", "402");
+        if let Some(expire) = expire {
+            node = node.attr("expire", expire);
+        }
+        close_reason_of(&node.build())
+    }
+
+    #[test]
+    fn a_ban_expiry_is_read_and_clamped() {
+        let banned = |secs| Some(CloseReason::TempBanned { expire: Duration::from_secs(secs) });
+        assert_eq!(ban(Some("3600")), banned(3600));
+        assert_eq!(ban(Some("0")), banned(0));
+        assert_eq!(ban(None), banned(3600), "no expiry: an hour");
+        assert_eq!(ban(Some("soon")), banned(3600));
+        for huge in
+            [u64::MAX.to_string(), i64::MAX.to_string(), "1".repeat(40), (THIRTY_DAYS.as_secs() + 1).to_string()]
+        {
+            assert_eq!(ban(Some(&huge)), Some(CloseReason::TempBanned { expire: THIRTY_DAYS }), "expire={huge}");
+        }
     }
 }

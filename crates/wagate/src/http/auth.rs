@@ -1,19 +1,44 @@
-//! Who may call `/v1`: anyone on this machine; from elsewhere only with
-//! `Authorization: Bearer <WAGATE_API_KEY>`, and nobody when no key is configured.
-//! The console's static files follow the same rule, except that a remote browser loads
-//! them without the key (it cannot send one yet): they hold no data, and every call the
+//! The access rules of [`super::trust`] applied to requests: every request is screened
+//! (its `Host`, and whether a browser sends it for another site); `/v1`, the compat API
+//! and `/metrics` answer local callers, or callers with the key. The console's static
+//! files follow the same rule, except that a remote browser loads them without the key (it
+//! cannot send one yet) when a key is configured: they hold no data, and every call the
 //! page makes needs the key it then asks for.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::debug;
 
 use super::error::ApiError;
+use super::trust::{check_not_cross_site, Caller};
 use super::AppState;
+
+/// Every request: another site's `Host` (DNS rebinding) gets 421, a state-changing request
+/// a browser sends for another site 403/415. Records who the caller is for the handlers.
+pub async fn screen(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    state.access.check_host(request.headers())?;
+    check_not_cross_site(request.method(), request.headers())?;
+    let caller = state.access.caller(peer.ip(), request.headers());
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+fn caller_of(state: &AppState, peer: SocketAddr, request: &Request) -> Caller {
+    match request.extensions().get::<Caller>() {
+        Some(caller) => *caller,
+        None => state.access.caller(peer.ip(), request.headers()),
+    }
+}
 
 pub async fn require_key(
     State(state): State<Arc<AppState>>,
@@ -21,65 +46,27 @@ pub async fn require_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    authorize(peer.ip(), presented, state.api_key.as_deref())?;
+    let caller = caller_of(&state, peer, &request);
+    if let Err(refused) = state.access.authorize(caller, request.headers()) {
+        debug!(client = %caller.address, path = %request.uri().path(), "refused a request without a valid API key");
+        return Err(refused);
+    }
     Ok(next.run(request).await)
 }
 
-/// For the console's files: anyone on this machine, and from elsewhere only when a key is
-/// configured (without one the API answers nobody remote, so the page could do nothing).
+/// For the console's files: local callers, and remote ones only when a key is configured
+/// (without one the API answers nobody remote, so the page could do nothing).
 pub async fn require_page_access(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if !peer.ip().is_loopback() && state.api_key.is_none() {
+    if !caller_of(&state, peer, &request).local && state.access.api_key.is_none() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "the console only answers this machine unless WAGATE_API_KEY is set",
         ));
     }
     Ok(next.run(request).await)
-}
-
-/// The rule itself: loopback is trusted; anyone else needs the configured key.
-pub fn authorize(peer: IpAddr, authorization: Option<&str>, api_key: Option<&str>) -> Result<(), ApiError> {
-    if peer.is_loopback() {
-        return Ok(());
-    }
-    let Some(expected) = api_key else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "the API only answers this machine unless WAGATE_API_KEY is set",
-        ));
-    };
-    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer <key>)")),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_trusted_and_others_need_the_key() {
-        let local: IpAddr = "127.0.0.1".parse().unwrap();
-        let local6: IpAddr = "::1".parse().unwrap();
-        let remote: IpAddr = "192.0.2.7".parse().unwrap();
-        assert!(authorize(local, None, None).is_ok());
-        assert!(authorize(local6, None, Some("k")).is_ok());
-        assert_eq!(authorize(remote, None, None).unwrap_err().status, StatusCode::FORBIDDEN);
-        assert_eq!(authorize(remote, Some("Bearer k"), None).unwrap_err().status, StatusCode::FORBIDDEN);
-        assert_eq!(authorize(remote, None, Some("k")).unwrap_err().status, StatusCode::UNAUTHORIZED);
-        assert_eq!(authorize(remote, Some("Bearer x"), Some("k")).unwrap_err().status, StatusCode::UNAUTHORIZED);
-        assert_eq!(authorize(remote, Some("k"), Some("k")).unwrap_err().status, StatusCode::UNAUTHORIZED);
-        assert!(authorize(remote, Some("Bearer k"), Some("k")).is_ok());
-    }
 }

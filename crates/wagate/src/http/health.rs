@@ -1,12 +1,17 @@
-//! `GET /health`: what operators curl for (`"connected": 1`).
+//! `GET /health`: what operators curl for (`"connected": 1`). Everyone sees the status and
+//! the counts; session ids, numbers and names, and the process id, only callers allowed
+//! on `/v1` (local, or with the key).
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::trust::Caller;
 use super::AppState;
 use crate::session::state::timestamp;
 use crate::session::StateKind;
@@ -15,7 +20,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/health", get(health))
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn health(State(state): State<Arc<AppState>>, caller: Extension<Caller>, headers: HeaderMap) -> Json<Value> {
+    let insider = state.access.authorize(caller.0, &headers).is_ok();
     let sessions = state.manager.list();
     let count = |kind: StateKind| sessions.iter().filter(|s| s.state == kind).count();
     let connected = count(StateKind::Connected);
@@ -24,22 +30,25 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         .iter()
         .map(|s| json!({ "id": s.id, "state": s.state, "reason": s.reason, "since": s.since, "me": s.me }))
         .collect();
-    Json(json!({
+    let mut body = json!({
         "status": "healthy",
         "uptime": state.started.elapsed().as_secs(),
-        "startedAt": timestamp(state.started_at),
-        "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
-        "memory": { "rss": resident_memory_bytes() },
         "sessions": {
             "total": sessions.len(),
             "connected": connected,
             "disconnected": sessions.len() - connected - qr_pending,
             "qrPending": qr_pending,
         },
-        "sessionList": list,
         "timestamp": timestamp(chrono::Utc::now()),
-    }))
+    });
+    if insider {
+        body["startedAt"] = timestamp(state.started_at).into();
+        body["pid"] = std::process::id().into();
+        body["memory"] = json!({ "rss": resident_memory_bytes() });
+        body["sessionList"] = list.into();
+    }
+    Json(body)
 }
 
 /// The process's resident memory, from /proc (Linux); `None` elsewhere.

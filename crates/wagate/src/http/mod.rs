@@ -9,6 +9,7 @@ mod health;
 mod media_input;
 pub use health::resident_memory_bytes;
 pub mod qr;
+pub mod trust;
 mod v1;
 
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use crate::session::SessionManager;
 
 pub struct AppState {
     pub manager: Arc<SessionManager>,
-    pub api_key: Option<String>,
+    pub access: trust::Access,
     pub started: Instant,
     /// The same moment on the wall clock, for `/health`.
     pub started_at: chrono::DateTime<chrono::Utc>,
@@ -34,7 +35,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(compat::routes())
         .route("/metrics", axum::routing::get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
-    Router::new().merge(guarded).merge(console::routes(state.clone())).merge(health::routes()).with_state(state)
+    Router::new()
+        .merge(guarded)
+        .merge(console::routes(state.clone()))
+        .merge(health::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), auth::screen))
+        .with_state(state)
 }
 
 async fn metrics(

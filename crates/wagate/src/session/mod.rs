@@ -146,12 +146,18 @@ impl SessionManager {
     pub async fn restore(&self) -> Result<usize, SessionError> {
         let mut linked = 0;
         for record in self.store.sessions()? {
-            let identity = self.engine.linked_identity(&self.store.engine_store(&record.id)).await?;
+            // The registry skips such rows already; an id names files, so never trust one.
+            if let Err(e) = validate_id(&record.id) {
+                warn!("not restoring the session {:?} of the registry: {e}", record.id);
+                continue;
+            }
+            let engine_store = self.store.engine_store(&record.id)?;
+            let identity = self.engine.linked_identity(&engine_store).await?;
             // A session that had reached pair-success (`me` is recorded then) but whose
             // credentials never reached the disk starts a clean new link.
             let was_linking = record.me.is_some();
             let linked_now = identity.is_some();
-            self.spawn(&record.id, identity.or(record.me.clone()), record.link_confirmed, false);
+            self.spawn(&record.id, identity.or(record.me.clone()), record.link_confirmed, false)?;
             if linked_now || was_linking {
                 linked += usize::from(linked_now);
                 self.command(&record.id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
@@ -162,18 +168,26 @@ impl SessionManager {
 
     /// Starts the session's supervisor unless it has a live one. `replace`: its supervisor
     /// died; the new one takes over what outlives it (see [`supervisor::Lasting`]).
-    fn spawn(&self, id: &str, me: Option<crate::engine::Me>, link_confirmed: bool, replace: bool) {
+    fn spawn(
+        &self,
+        id: &str,
+        me: Option<crate::engine::Me>,
+        link_confirmed: bool,
+        replace: bool,
+    ) -> Result<(), SessionError> {
+        let engine_store = self.store.engine_store(id)?;
         // Checked and inserted under one lock: two concurrent creates never start two.
         let mut sessions = self.sessions();
         let lasting = match sessions.get(id) {
-            Some(_) if !replace => return,
+            Some(_) if !replace => return Ok(()),
             Some(old) => old.spawned.lasting.clone(),
-            None => supervisor::Lasting::new(id, &self.outbox, &self.config),
+            None => supervisor::Lasting::new(id, engine_store, &self.outbox, &self.config),
         };
         let engine = self.engine.clone();
         let spawned =
             Supervisor::spawn(id, me, link_confirmed, engine, self.outbox.clone(), self.config.clone(), lasting);
         sessions.insert(id.to_string(), Handle { spawned });
+        Ok(())
     }
 
     /// Creates the session if it is new, and starts it unless it is already running.
@@ -191,8 +205,8 @@ impl SessionManager {
             self.store.set_proxy(id, proxy)?;
         }
         if !self.sessions().contains_key(id) {
-            let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
-            self.spawn(id, identity.or(record.me), record.link_confirmed, false);
+            let identity = self.engine.linked_identity(&self.store.engine_store(id)?).await?;
+            self.spawn(id, identity.or(record.me), record.link_confirmed, false)?;
         }
         if created {
             info!(session = %id, "session created");
@@ -422,6 +436,9 @@ impl SessionManager {
     pub async fn subscribe_presence(&self, id: &str, jid: &str) -> Result<(), SessionError> {
         let conn = self.connection(id).await?;
         conn.subscribe_presence(jid).await.map_err(engine_failure)?;
+        if let Some(handle) = self.sessions().get(id) {
+            handle.spawned.lasting.watched.add(jid);
+        }
         info!(session = %id, contact = %jid, "subscribed to the contact's presence");
         Ok(())
     }
@@ -489,9 +506,9 @@ impl SessionManager {
         };
         if let Some(command) = mailbox {
             warn!(session = %id, "the session's supervisor had stopped; starting a new one");
-            let identity = self.engine.linked_identity(&self.store.engine_store(id)).await?;
+            let identity = self.engine.linked_identity(&self.store.engine_store(id)?).await?;
             let confirmed = self.store.session(id)?.is_some_and(|r| r.link_confirmed);
-            self.spawn(id, identity, confirmed, true);
+            self.spawn(id, identity, confirmed, true)?;
             let fresh = self.sessions().get(id).map(|h| h.spawned.mailbox.clone()).ok_or(SessionError::NotFound)?;
             fresh.send(command).await.map_err(|_| SessionError::Unavailable)?;
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::backoff::{Schedule, RECONNECT, REPLACED};
 use super::state::{reason, StateKind};
-use crate::engine::CloseReason;
+use crate::engine::{CloseReason, MAX_BAN};
 
 /// A 500 that repeats this many times in a row is reported instead of retried.
 pub const BAD_SESSION_LIMIT: u32 = 3;
@@ -18,7 +18,7 @@ pub enum Decision {
     Retry { state: StateKind, reason: &'static str, code: Option<u16>, schedule: Schedule },
     /// Unlinked: wipe the keys and wait for a new link.
     LoggedOut { code: u16 },
-    /// Banned until `expire` from now; no reconnect before that.
+    /// Banned until `expire` from now (at most [`MAX_BAN`]); no reconnect before that.
     Banned { expire: Duration },
     /// Stay down in `state` until someone starts the session again.
     Stop { state: StateKind, reason: &'static str, code: Option<u16> },
@@ -53,7 +53,7 @@ pub fn decide(close: &CloseReason, now: Situation) -> Decision {
         CloseReason::Replaced => {
             Retry { state: StateKind::Replaced, reason: reason::REPLACED, code: Some(440), schedule: REPLACED }
         }
-        CloseReason::TempBanned { expire } => Banned { expire: *expire },
+        CloseReason::TempBanned { expire } => Banned { expire: (*expire).min(MAX_BAN) },
         CloseReason::Outdated => Stop { state: StateKind::Outdated, reason: reason::OUTDATED, code: Some(405) },
         CloseReason::MultiDeviceMismatch => {
             Stop { state: StateKind::Failed, reason: reason::MULTI_DEVICE_MISMATCH, code: Some(411) }
@@ -137,6 +137,22 @@ mod tests {
             decide(&CloseReason::MultiDeviceMismatch, LINKED),
             Decision::Stop { state: StateKind::Failed, code: Some(411), .. }
         ));
+    }
+
+    #[test]
+    fn a_ban_lasts_thirty_days_at_most_whatever_the_server_says() {
+        const THIRTY_DAYS: Duration = Duration::from_secs(30 * 24 * 3600);
+        for expire in
+            [Duration::MAX, Duration::from_secs(u64::MAX), Duration::from_secs(i64::MAX as u64), THIRTY_DAYS * 2]
+        {
+            assert_eq!(
+                decide(&CloseReason::TempBanned { expire }, LINKED),
+                Decision::Banned { expire: THIRTY_DAYS },
+                "{expire:?}"
+            );
+        }
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(decide(&CloseReason::TempBanned { expire: day }, LINKED), Decision::Banned { expire: day });
     }
 
     #[test]

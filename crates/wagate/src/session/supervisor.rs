@@ -19,7 +19,7 @@ use super::policy::{self, Decision, Situation};
 use super::queue::Drainer;
 use super::state::{reason, timestamp, LastState, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
-use crate::engine::{CloseReason, Connection, Engine, EngineEvent, EngineStore, InboundSink, Me};
+use crate::engine::{CloseReason, Connection, Engine, EngineEvent, EngineStore, InboundSink, Me, MAX_BAN};
 use crate::store::Store;
 use crate::webhook::Outbox;
 
@@ -76,6 +76,7 @@ pub(super) struct Supervisor {
     inbound: Arc<InboundRecorder>,
     /// The connection of the moment, for work outside the loop (downloads, lookups).
     live: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
+    watched: Arc<Watched>,
 }
 
 /// What the manager keeps of a running supervisor.
@@ -90,14 +91,46 @@ pub(super) struct Spawned {
 /// is worked twice.
 #[derive(Clone)]
 pub(super) struct Lasting {
+    /// Where the engine keeps the session's keys (from a validated id).
+    pub engine_store: EngineStore,
     pub changes: broadcast::Sender<SessionView>,
     pub drainer: Drainer,
     pub inbound: Arc<InboundRecorder>,
     pub live: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
+    pub watched: Arc<Watched>,
+}
+
+/// The contacts whose presence the session subscribed to: only their presence and chat
+/// states become events (any contact can type at a session; that must not cost a write).
+#[derive(Default)]
+pub(super) struct Watched {
+    contacts: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// More subscriptions than this and the set starts over (a bound, not a target).
+const MAX_WATCHED: usize = 10_000;
+
+impl Watched {
+    /// Remembers a subscription by its JID and, for a phone JID, its number.
+    pub(super) fn add(&self, jid: &str) {
+        let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        if contacts.len() >= MAX_WATCHED {
+            contacts.clear();
+        }
+        contacts.insert(crate::engine::non_device(jid));
+        if let Some(phone) = crate::engine::phone_of_jid(jid) {
+            contacts.insert(phone);
+        }
+    }
+
+    fn wants(&self, update: &crate::engine::PresenceUpdate) -> bool {
+        let contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        contacts.contains(&update.from) || update.phone.as_ref().is_some_and(|p| contacts.contains(p))
+    }
 }
 
 impl Lasting {
-    pub(super) fn new(id: &str, outbox: &Outbox, config: &SessionConfig) -> Self {
+    pub(super) fn new(id: &str, engine_store: EngineStore, outbox: &Outbox, config: &SessionConfig) -> Self {
         let (changes, _) = broadcast::channel(64);
         let drainer = Drainer {
             session: id.to_string(),
@@ -118,7 +151,7 @@ impl Lasting {
             live: live.subscribe(),
             media_upserts,
         });
-        Self { changes, drainer, inbound, live }
+        Self { engine_store, changes, drainer, inbound, live, watched: Arc::default() }
     }
 }
 
@@ -135,13 +168,14 @@ impl Supervisor {
         let view = SessionView::new(id, StateKind::Stopped, None, me);
         let (publish, view_rx) = watch::channel(view.clone());
         let (mailbox, inbox) = mpsc::channel(64);
-        let Lasting { changes, drainer, inbound, live } = lasting.clone();
+        let Lasting { engine_store, changes, drainer, inbound, live, watched } = lasting.clone();
         let supervisor = Supervisor {
             drainer,
             id: id.to_string(),
-            engine_store: outbox.store().engine_store(id),
+            engine_store,
             inbound,
             live,
+            watched,
             engine,
             store: outbox.store().clone(),
             outbox,
@@ -270,6 +304,7 @@ impl Supervisor {
                     warn!(session = %self.id, "could not record received messages: {e}");
                 }
             }
+            EngineEvent::Presence(update) if !self.watched.wants(&update) => {}
             EngineEvent::Presence(update) => {
                 let data = serde_json::to_value(&update).expect("presence updates serialize");
                 self.outbox.record_or_log(&self.id, "presence.update", &data).await;
@@ -355,10 +390,10 @@ impl Supervisor {
                 self.set(StateKind::LoggedOut, Some(reason::LOGGED_OUT), Some(code)).await;
             }
             Decision::Banned { expire } => {
-                self.schedule(Instant::now() + expire, reason::TEMP_BANNED);
+                let (at, until) = ban_ends(expire, Instant::now(), Utc::now());
+                self.schedule(at, reason::TEMP_BANNED);
                 let mut view = self.view_for(StateKind::Banned, Some(reason::TEMP_BANNED), Some(402));
-                view.banned_until =
-                    Some(timestamp(Utc::now() + chrono::Duration::from_std(expire).unwrap_or_default()));
+                view.banned_until = Some(timestamp(until));
                 self.publish_view(view.explained()).await;
             }
             Decision::Stop { state, reason: why, code } => self.set(state, Some(why), code).await,
@@ -584,6 +619,15 @@ fn log_transition(view: &SessionView) {
     }
 }
 
+/// When a ban of `expire` from `now` ends: the time to reconnect at, and the one to show.
+/// A ban is at most [`MAX_BAN`], so that neither clock overflows.
+fn ban_ends(expire: Duration, now: Instant, now_utc: chrono::DateTime<Utc>) -> (Instant, chrono::DateTime<Utc>) {
+    let expire = expire.min(MAX_BAN);
+    let at = now.checked_add(expire).unwrap_or(now);
+    let until = chrono::Duration::from_std(expire).ok().and_then(|d| now_utc.checked_add_signed(d)).unwrap_or(now_utc);
+    (at, until)
+}
+
 /// How long a stop waits for a closing connection's last events.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -598,5 +642,43 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_subscribed_contacts_presence_counts() {
+        use crate::engine::{PresenceKind, PresenceUpdate};
+        let update = |from: &str, phone: Option<&str>| PresenceUpdate {
+            from: from.into(),
+            phone: phone.map(str::to_string),
+            presence: PresenceKind::Composing,
+            last_seen: None,
+        };
+        let watched = Watched::default();
+        assert!(!watched.wants(&update("15550001111@s.whatsapp.net", Some("15550001111"))), "nobody yet");
+        watched.add("15550001111:3@s.whatsapp.net");
+        assert!(watched.wants(&update("15550001111@s.whatsapp.net", Some("15550001111"))));
+        assert!(watched.wants(&update("99887766@lid", Some("15550001111"))), "by number when LID-addressed");
+        assert!(!watched.wants(&update("15550002222@s.whatsapp.net", Some("15550002222"))), "a stranger typing");
+    }
+
+    #[test]
+    fn the_end_of_a_ban_is_never_past_thirty_days() {
+        const THIRTY_DAYS: Duration = Duration::from_secs(30 * 24 * 3600);
+        let (now, now_utc) = (Instant::now(), Utc::now());
+        let thirty_days_utc = now_utc + chrono::Duration::days(30);
+        for expire in
+            [Duration::MAX, Duration::from_secs(u64::MAX), Duration::from_secs(i64::MAX as u64), THIRTY_DAYS * 2]
+        {
+            let (at, until) = ban_ends(expire, now, now_utc);
+            assert_eq!(at, now + THIRTY_DAYS, "{expire:?}");
+            assert_eq!(until, thirty_days_utc, "{expire:?}");
+        }
+        let ten_minutes = Duration::from_secs(600);
+        assert_eq!(ban_ends(ten_minutes, now, now_utc), (now + ten_minutes, now_utc + chrono::Duration::minutes(10)));
     }
 }

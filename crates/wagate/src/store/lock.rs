@@ -3,7 +3,7 @@
 //! (`status`, `restore`) learn from it reliably whether a gateway runs there: the kernel
 //! drops the lock with the process, even on `kill -9`, where a PID file would go stale.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -39,14 +39,11 @@ impl DataDirLock {
     /// says who holds it.
     pub fn acquire(data_dir: &Path) -> Result<Self, LockError> {
         let io = |source| LockError::Io { dir: data_dir.to_path_buf(), source };
-        std::fs::create_dir_all(data_dir).map_err(io)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(data_dir.join(LOCK_FILE))
-            .map_err(io)?;
+        super::private::create_dir(data_dir).map_err(io)?;
+        let path = data_dir.join(LOCK_FILE);
+        let mut file =
+            super::private::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        super::private::tighten_or_warn(&path, super::private::FILE_MODE);
         match file.try_lock() {
             Ok(()) => Ok(Self { file }),
             Err(TryLockError::WouldBlock) => {

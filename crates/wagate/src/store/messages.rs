@@ -129,6 +129,25 @@ impl Store {
         .await
     }
 
+    /// Forgets idempotency keys and sent messages created before `before_ms`, except those
+    /// of messages still waiting in the outgoing queue; returns (keys, messages) deleted.
+    /// A request repeated with a key older than that sends again.
+    pub fn prune_sent(&self, before_ms: u64) -> Result<(usize, usize), StoreError> {
+        self.write_blocking(move |db| {
+            let keys = db.execute(
+                "DELETE FROM idempotency_keys WHERE created_ms < ?1 AND NOT EXISTS (SELECT 1 FROM outgoing_queue q
+                 WHERE q.session = idempotency_keys.session AND q.id = idempotency_keys.message_id)",
+                params![before_ms as i64],
+            )?;
+            let messages = db.execute(
+                "DELETE FROM sent_messages WHERE created_ms < ?1 AND NOT EXISTS (SELECT 1 FROM outgoing_queue q
+                 WHERE q.session = sent_messages.session AND q.id = sent_messages.id)",
+                params![before_ms as i64],
+            )?;
+            Ok((keys, messages))
+        })
+    }
+
     pub fn sent_message(&self, session: &str, id: &str) -> Result<Option<SentMessage>, StoreError> {
         sent_message(&self.db(), session, id)
     }

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineStore, Me};
 use crate::session::state::LastState;
+use crate::session::validate_id;
 
 pub mod lock;
 mod messages;
 mod outbox;
 mod pending_upserts;
+pub mod private;
 mod queue;
 mod received;
 mod writer;
@@ -41,6 +43,8 @@ pub enum StoreError {
     WriterGone,
     #[error("the batch this write was part of could not be committed: {0}")]
     BatchFailed(String),
+    #[error("{0:?} is not a valid session id")]
+    InvalidSessionId(String),
 }
 
 impl StoreError {
@@ -216,9 +220,12 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir.join("engine"))
-            .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
+        let create = |source| StoreError::CreateDir { path: data_dir.to_path_buf(), source };
+        private::create_dir(data_dir).map_err(create)?;
+        private::create_dir(&data_dir.join(ENGINE_DIR)).map_err(create)?;
         let path = data_dir.join(DB_FILE);
+        // Private before SQLite opens it: its -wal and -shm then are too.
+        private::create_file(&path).map_err(create)?;
         let mut db = open_connection(&path)?;
         migrate(&mut db)?;
         let writer = writer::Writer::spawn(open_connection(&path)?);
@@ -301,9 +308,11 @@ impl Store {
         self.webhooks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
-    /// Where the engine of session `id` keeps its state.
-    pub fn engine_store(&self, id: &str) -> EngineStore {
-        EngineStore::new(self.data_dir.join("engine").join(format!("{id}.db")))
+    /// Where the engine of session `id` keeps its state. Refused for an id that is not a
+    /// valid session id: such an id could name a file outside `engine/`.
+    pub fn engine_store(&self, id: &str) -> Result<EngineStore, StoreError> {
+        validate_id(id).map_err(|_| StoreError::InvalidSessionId(id.to_string()))?;
+        Ok(EngineStore::new(self.data_dir.join(ENGINE_DIR).join(format!("{id}.db"))))
     }
 
     /// Creates the session unless it exists; returns the stored record and whether it is new.
@@ -323,18 +332,33 @@ impl Store {
         Ok((record, inserted == 1))
     }
 
+    /// The session `id`; `None` also for an id that is not a valid session id.
     pub fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        if validate_id(id).is_err() {
+            return Ok(None);
+        }
         self.db()
             .query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), params![id], row_to_record)
             .optional()?
             .transpose()
     }
 
+    /// Every session of the registry. A row whose id is not a valid session id (the file
+    /// was edited, or comes from elsewhere) is skipped with a warning: ids name files.
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let db = self.db();
         let mut statement = db.prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"))?;
-        let rows = statement.query_map([], row_to_record)?;
-        rows.map(|row| row?).collect()
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row_to_record(row)?)))?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (id, record) = row?;
+            if let Err(e) = validate_id(&id) {
+                tracing::warn!("skipping the session {id:?} of {DB_FILE}: {e}");
+                continue;
+            }
+            records.push(record?);
+        }
+        Ok(records)
     }
 
     pub fn set_me(&self, id: &str, me: Option<&Me>) -> Result<(), StoreError> {
@@ -549,5 +573,89 @@ mod tests {
         assert!(store.delete_session("WA-Acme").unwrap());
         assert!(store.session("WA-Acme").unwrap().is_none());
         assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn stored_ids_that_are_not_valid_are_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_session("WA-Ok", None).unwrap();
+        store
+            .write_blocking(|db| {
+                for id in ["../../x", "/etc/x", ""] {
+                    db.execute("INSERT INTO sessions (id, created_at) VALUES (?1, 'then')", params![id])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let ids: Vec<String> = store.sessions().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["WA-Ok"], "the others are skipped");
+        assert!(store.session("../../x").unwrap().is_none());
+        assert!(store.session("WA-Ok").unwrap().is_some());
+        for bad in ["../../x", "/etc/x", "", "a/b", ".."] {
+            assert!(matches!(store.engine_store(bad), Err(StoreError::InvalidSessionId(_))), "{bad}");
+        }
+        assert_eq!(store.engine_store("WA-Ok").unwrap().path, dir.path().join("engine").join("WA-Ok.db"));
+    }
+
+    #[tokio::test]
+    async fn old_keys_sent_messages_and_dead_events_are_pruned() {
+        use crate::engine::{Content, Outgoing};
+        const DAY: u64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = 100 * DAY;
+        let (old, recent) = (now - 31 * DAY, now - DAY);
+        let chat = "1555@s.whatsapp.net";
+        for (key, id, at) in [("k-old", "m-old", old), ("k-new", "m-new", recent)] {
+            assert_eq!(store.claim_idempotency_key("s", key, id, "run1", at).await.unwrap(), KeyClaim::Claimed);
+            store.write(move |db| record_sent(db, "s", id, chat, at)).await.unwrap();
+        }
+        // Old, but still waiting in the outgoing queue: its key and state stay.
+        assert_eq!(
+            store.claim_idempotency_key("s", "k-queued", "m-queued", "run1", old).await.unwrap(),
+            KeyClaim::Claimed
+        );
+        let text = Outgoing { content: Content::Text("hi".into()), reply_to: None };
+        assert!(store.enqueue("s", "m-queued", chat, &text, Some("k-queued"), old).unwrap());
+        // A key whose send never finished, long ago.
+        assert_eq!(store.claim_idempotency_key("s", "k-lost", "m-lost", "run0", old).await.unwrap(), KeyClaim::Claimed);
+
+        let before = now - 30 * DAY;
+        assert_eq!(store.prune_sent(before).unwrap(), (2, 1), "(keys, sent messages)");
+        assert!(store.sent_message("s", "m-old").unwrap().is_none());
+        assert!(store.sent_message("s", "m-new").unwrap().is_some());
+        assert!(store.sent_message("s", "m-queued").unwrap().is_some());
+        assert_eq!(store.next_queued("s").unwrap().unwrap().id, "m-queued");
+        assert_eq!(store.claim_idempotency_key("s", "k-old", "m-again", "run2", now).await.unwrap(), KeyClaim::Claimed);
+        assert!(matches!(
+            store.claim_idempotency_key("s", "k-new", "x", "run2", now).await.unwrap(),
+            KeyClaim::Sent(_)
+        ));
+        assert!(matches!(
+            store.claim_idempotency_key("s", "k-queued", "x", "run2", now).await.unwrap(),
+            KeyClaim::Sent(m) if m.id == "m-queued"
+        ));
+
+        let event = |id: &str| NewEvent {
+            id: id.into(),
+            session: "s".into(),
+            event: "message.received".into(),
+            body: "{}".into(),
+            created_ms: old,
+            held: false,
+        };
+        store.enqueue_events(["dead-old", "dead-new", "delivered-new", "pending"].map(event).to_vec()).await.unwrap();
+        let queued = store.next_pending("s", 0, 10).unwrap();
+        store.mark_dead(queued[0].seq, Some(410), "gone", old).await.unwrap();
+        store.mark_dead(queued[1].seq, Some(410), "gone", recent).await.unwrap();
+        store.mark_delivered_soon(queued[2].seq, 200, recent);
+        store.flush().await.unwrap();
+        assert_eq!(store.prune_dead(before).unwrap(), 1);
+        let left: Vec<String> = store.deliveries(Some("s"), None, 10).unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(left, ["pending", "delivered-new", "dead-new"]);
+        assert_eq!(store.prune_dead(now).unwrap(), 1);
+        assert_eq!(store.prune_delivered(now).unwrap(), 1);
+        assert_eq!(store.pending_count().unwrap(), 1, "pending events are never pruned");
     }
 }

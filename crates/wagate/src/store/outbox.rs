@@ -267,6 +267,17 @@ impl Store {
         })
     }
 
+    /// Deletes dead events (given up on) finished before `before_ms`; returns how many.
+    /// Pending events are never pruned.
+    pub fn prune_dead(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.write_blocking(move |db| {
+            Ok(db.execute(
+                "DELETE FROM webhook_events WHERE status = 'dead' AND finished_ms < ?1",
+                params![before_ms as i64],
+            )?)
+        })
+    }
+
     /// Pending events, for the outbox-depth figure.
     pub fn pending_count(&self) -> Result<u64, StoreError> {
         let count: i64 =

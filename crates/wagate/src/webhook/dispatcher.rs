@@ -247,6 +247,22 @@ fn prune(outbox: &Outbox) {
         Ok(count) => info!("pruned {count} delivered webhook events"),
         Err(e) => warn!("could not prune delivered webhook events: {e}"),
     }
+    // The dead letter is kept as long (for the deliveries API and a manual retry).
+    match outbox.store().prune_dead(before) {
+        Ok(0) => {}
+        Ok(count) => info!("pruned {count} dead webhook events"),
+        Err(e) => warn!("could not prune dead webhook events: {e}"),
+    }
+    // Idempotency keys and the states of sent messages: a month covers any retry of a
+    // request and the receipts that still come for a message.
+    let before = now_ms().saturating_sub(SENT_RETENTION.as_millis() as u64);
+    match outbox.store().prune_sent(before) {
+        Ok((0, 0)) => {}
+        Ok((keys, messages)) => {
+            info!("forgot {keys} idempotency keys and {messages} sent messages older than 30 days")
+        }
+        Err(e) => warn!("could not prune idempotency keys and sent messages: {e}"),
+    }
     // What replies and media downloads need of received messages; WhatsApp's CDN keeps
     // files for about a month, so older references are of no use.
     let before = now_ms().saturating_sub(RECEIVED_RETENTION.as_millis() as u64);
@@ -258,6 +274,7 @@ fn prune(outbox: &Outbox) {
 }
 
 const RECEIVED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+const SENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One HTTP answer.
 struct Answer {

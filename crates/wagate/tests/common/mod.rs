@@ -38,7 +38,7 @@ pub fn gateway_config(sim: &Simulator, data_dir: &Path) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         wa_url: Some(sim.endpoints.ws_url.clone()),
-        api_key: None,
+        access: Default::default(),
         sessions: SessionConfig::default(),
         webhooks: WebhookSettings::default(),
         proxy: None,

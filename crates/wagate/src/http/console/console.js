@@ -57,9 +57,12 @@ function apiKey () {
   return sessionStorage.getItem(KEY_STORAGE) || ''
 }
 
+// Every call says it comes from the console: wagate refuses a POST that is neither JSON nor
+// from one of its own clients (a form on another site could send one).
 function headers (extra = {}) {
   const key = apiKey()
-  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra
+  const ours = { ...extra, 'X-Wagate-Client': 'console' }
+  return key ? { ...ours, Authorization: `Bearer ${key}` } : ours
 }
 
 // Relative to /console, so the console also works behind a proxy that adds a path prefix.
