@@ -20,6 +20,8 @@ pub struct Config {
     /// Outbound proxy for WhatsApp traffic (`http://` or `socks5://`), for sessions
     /// without their own; webhooks do not use it.
     pub proxy: Option<String>,
+    /// Connections, header time and event streams the HTTP server allows.
+    pub limits: crate::http::Limits,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

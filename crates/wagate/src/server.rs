@@ -82,9 +82,10 @@ impl Gateway {
             access: config.access.clone(),
             started: Instant::now(),
             started_at,
+            event_streams: http::EventStreams::new(config.limits.max_event_streams),
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let http = tokio::spawn(http::serve(listener, state, async {
+        let http = tokio::spawn(http::serve(listener, state, config.limits.clone(), async {
             let _ = stopped.await;
         }));
         Ok(Self { addr, manager, restored, stop: Some(stop), http, dispatcher, _lock: lock })

@@ -28,6 +28,7 @@ async fn serve_as_if_from(peer: &str, api_key: Option<&str>, data_dir: &Path) ->
         access: wagate::http::trust::Access { api_key: api_key.map(str::to_string), ..Default::default() },
         started: Instant::now(),
         started_at: chrono::Utc::now(),
+        event_streams: Default::default(),
     });
     let peer: SocketAddr = peer.parse().unwrap();
     let router = wagate::http::router(state).layer(MockConnectInfo(peer));

@@ -52,6 +52,15 @@ pub struct ServeArgs {
     /// `socks5://[user:pass@]host:port`. Without it HTTPS_PROXY / ALL_PROXY / NO_PROXY apply.
     #[arg(long, env = "WAGATE_PROXY", hide_env_values = true)]
     proxy: Option<String>,
+    /// At most this many sessions; creating one more answers 503. 0: no limit.
+    #[arg(long, env = "WAGATE_MAX_SESSIONS", default_value_t = 0)]
+    max_sessions: usize,
+    /// HTTP connections served at once; further ones wait until one ends.
+    #[arg(long, env = "WAGATE_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Event streams (`GET /v1/sessions/{id}/events`) open at once; more answer 503.
+    #[arg(long, env = "WAGATE_MAX_EVENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_event_streams: u32,
     /// Webhook for sessions that have none of their own.
     #[arg(long, env = "WAGATE_WEBHOOK_URL")]
     webhook_url: Option<String>,
@@ -106,9 +115,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         sessions: SessionConfig {
             qr_cycles: args.qr_cycles,
             public_url: public_url(args.public_url.as_deref())?,
+            max_sessions: args.max_sessions,
             ..SessionConfig::default()
         },
         proxy: args.proxy.filter(|p| !p.is_empty()),
+        limits: crate::http::Limits {
+            max_connections: args.max_connections as usize,
+            max_event_streams: args.max_event_streams as usize,
+            ..crate::http::Limits::default()
+        },
         webhooks: WebhookSettings {
             default: default_webhook,
             timeout: Duration::from_secs(args.webhook_timeout),

@@ -134,6 +134,65 @@ pub struct MediaRef {
     pub file_length: u64,
 }
 
+/// The longest `direct_path` accepted; WhatsApp's are well under 300 characters.
+pub const MAX_DIRECT_PATH: usize = 2048;
+
+/// Why a `direct_path` a message carries is refused, or `None` when it is a plain absolute
+/// path on WhatsApp's media hosts. The library builds the download URL as
+/// `https://{host}{direct_path}?...`, so anything but such a path (`@other-host/...`,
+/// `//other-host/...`, `:port`, a scheme, ...) would make the URL point at a host the
+/// sender chose, and the media auth token would go with the request.
+pub fn direct_path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        return Some("it is empty");
+    }
+    if path.len() > MAX_DIRECT_PATH {
+        return Some("it is too long");
+    }
+    if !path.starts_with('/') {
+        return Some("it does not start with '/'");
+    }
+    if path.contains("://") {
+        return Some("it contains a URL scheme");
+    }
+    if path.contains("//") {
+        return Some("it contains '//'");
+    }
+    if path.contains('@') {
+        return Some("it contains '@'");
+    }
+    if path.contains('\\') {
+        return Some("it contains '\\'");
+    }
+    if path.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Some("it contains whitespace or control characters");
+    }
+    None
+}
+
+impl MediaRef {
+    /// Whether this file can be fetched from WhatsApp's CDN safely: its `direct_path` is a
+    /// plain absolute path and its declared size is within WhatsApp's limit for its kind
+    /// (the limits sends use too). `Err` says why not.
+    pub fn check_downloadable(&self) -> Result<(), String> {
+        if let Some(problem) = direct_path_problem(&self.direct_path) {
+            return Err(format!(
+                "the {} has an invalid direct path ({problem}); it is not downloaded",
+                self.kind.as_str()
+            ));
+        }
+        let limit = self.kind.max_bytes() as u64;
+        if self.file_length > limit {
+            return Err(format!(
+                "the {} declares {} bytes, more than WhatsApp's limit of {limit} bytes for it; it is not downloaded",
+                self.kind.as_str(),
+                self.file_length
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The media part of a received message, as events show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InboundMedia {
@@ -159,5 +218,70 @@ mod b64 {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(deserializer)?;
         base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_absolute_direct_paths_are_accepted() {
+        for good in [
+            "/v/t62/ok.enc?ccb=1",
+            "/v/t62.7119-24/12345_67890_n.enc?ccb=11-4&oh=01_Q5Aa&oe=6750A1B2&_nc_sid=5e03e0",
+            "/mms/document/abc",
+            "/o1/v/t24/f2/m232/AQN-x.enc?ccb=9-4&oh=01&oe=68&_nc_sid=e6ed6c&mms3=true",
+        ] {
+            assert_eq!(direct_path_problem(good), None, "{good}");
+        }
+        let too_long = format!("/{}", "a".repeat(MAX_DIRECT_PATH));
+        for bad in [
+            "@127.0.0.1:9/x",
+            "//127.0.0.1:9/z",
+            ".x@127.0.0.1:9/y",
+            "https://evil/x",
+            "/x@127.0.0.1:9/y",
+            "/a//b",
+            "/a/https://evil/x",
+            "/a\\b",
+            "/a b",
+            "/a\tb",
+            "/a\nHost: evil",
+            "/a\u{0}b",
+            "/a\u{a0}b",
+            "",
+            "v/t62/x.enc",
+            ":9/x",
+            too_long.as_str(),
+        ] {
+            assert!(direct_path_problem(bad).is_some(), "{bad:?} must be refused");
+        }
+        assert_eq!(direct_path_problem(&format!("/{}", "a".repeat(MAX_DIRECT_PATH - 1))), None);
+    }
+
+    fn reference(kind: MediaKind, direct_path: &str, file_length: u64) -> MediaRef {
+        MediaRef {
+            kind,
+            direct_path: direct_path.to_string(),
+            media_key: vec![1; 32],
+            file_sha256: vec![2; 32],
+            file_enc_sha256: vec![3; 32],
+            file_length,
+        }
+    }
+
+    #[test]
+    fn downloads_need_a_safe_path_and_a_size_within_the_limit() {
+        assert!(reference(MediaKind::Document, "/v/t62/ok.enc?ccb=1", 100 * 1024 * 1024).check_downloadable().is_ok());
+        assert!(reference(MediaKind::Image, "/v/t62/ok.enc", 16 * 1024 * 1024).check_downloadable().is_ok());
+        let error = reference(MediaKind::Document, "@127.0.0.1:9/x", 10).check_downloadable().unwrap_err();
+        assert!(error.contains("invalid direct path"), "{error}");
+        let error =
+            reference(MediaKind::Document, "/v/t62/ok.enc", 100 * 1024 * 1024 + 1).check_downloadable().unwrap_err();
+        assert!(error.contains("limit"), "{error}");
+        assert!(reference(MediaKind::Image, "/v/t62/ok.enc", 16 * 1024 * 1024 + 1).check_downloadable().is_err());
+        assert!(reference(MediaKind::Sticker, "/v/t62/ok.enc", 1024 * 1024 + 1).check_downloadable().is_err());
+        assert!(reference(MediaKind::Sticker, "/v/t62/ok.enc", 1024 * 1024).check_downloadable().is_ok());
     }
 }

@@ -237,6 +237,9 @@ pub enum EngineError {
     Refused(String),
     #[error("media transfer failed: {0}")]
     Media(String),
+    /// A received file that is not fetched at all: its reference is unsafe or too large.
+    #[error("{0}")]
+    UnsafeMedia(String),
 }
 
 /// Where a session's engine keeps its credentials and Signal state.

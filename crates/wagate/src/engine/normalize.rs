@@ -7,7 +7,7 @@ use wacore::types::presence::ReceiptType;
 use waproto::whatsapp as wa;
 use waproto::whatsapp::message::protocol_message;
 
-use super::content::{Contact, InboundMedia, Location, MediaKind, MediaRef};
+use super::content::{direct_path_problem, Contact, InboundMedia, Location, MediaKind, MediaRef};
 use super::{phone_of_jid, DeliveryState, Inbound};
 
 /// The kind of a message and its text or caption; `None` for protocol traffic that is not
@@ -123,6 +123,15 @@ fn media_of(message: &wa::Message) -> Option<InboundMedia> {
         return None;
     };
     let file_sha256 = file.file_sha256.clone()?;
+    let direct_path = file.direct_path.clone()?;
+    // The message still arrives, with what it says of its file, but the file is never
+    // fetched: `download` refuses such a reference (see `MediaRef::check_downloadable`).
+    if let Some(problem) = direct_path_problem(&direct_path) {
+        tracing::warn!(
+            kind = file.kind.as_str(),
+            "received media with an invalid direct path ({problem}): it will not be downloaded"
+        );
+    }
     Some(InboundMedia {
         mimetype: file.mimetype.clone(),
         filename: file.filename.cloned(),
@@ -131,7 +140,7 @@ fn media_of(message: &wa::Message) -> Option<InboundMedia> {
         url: None,
         location: MediaRef {
             kind: file.kind,
-            direct_path: file.direct_path.clone()?,
+            direct_path,
             media_key: file.media_key.clone()?,
             file_sha256,
             file_enc_sha256: file.file_enc_sha256.clone()?,
@@ -250,5 +259,35 @@ mod tests {
         };
         assert_eq!(classify(&key_share), None, "protocol traffic is not a message");
         assert_eq!(non_device("1555:3@s.whatsapp.net"), "1555@s.whatsapp.net");
+    }
+
+    fn document(direct_path: &str) -> wa::Message {
+        wa::Message {
+            document_message: waproto::buffa::MessageField::some(wa::message::DocumentMessage {
+                url: Some("https://127.0.0.1:9/u".into()),
+                direct_path: Some(direct_path.into()),
+                media_key: Some(vec![1; 32]),
+                file_sha256: Some(vec![2; 32]),
+                file_enc_sha256: Some(vec![3; 32]),
+                file_length: Some(1234),
+                mimetype: Some("application/pdf".into()),
+                file_name: Some("a.pdf".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn media_with_a_crafted_direct_path_arrives_but_is_not_downloadable() {
+        let good = media_of(&document("/v/t62/ok.enc?ccb=1")).expect("media");
+        assert_eq!(good.location.check_downloadable(), Ok(()));
+        for bad in ["@127.0.0.1:9/x", "//127.0.0.1:9/z", ".x@127.0.0.1:9/y", "https://evil/x"] {
+            let media = media_of(&document(bad)).expect("the message still shows its file");
+            assert_eq!(media.filename.as_deref(), Some("a.pdf"));
+            assert_eq!(media.size, 1234);
+            let refused = media.location.check_downloadable().unwrap_err();
+            assert!(refused.contains("invalid direct path"), "{bad}: {refused}");
+        }
     }
 }

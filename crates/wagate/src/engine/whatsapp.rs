@@ -374,7 +374,13 @@ impl Connection for WhatsAppConnection {
         }
     }
 
+    /// Only files whose reference is safe to fetch: the library puts `direct_path` right
+    /// after the media host in the URL (`https://{host}{direct_path}?auth=...`), and the
+    /// hosts are the ones WhatsApp's media-conn answer names (`DownloadParams` carries no
+    /// `static_url`, and nothing else of the message goes into the request). A path the
+    /// sender crafted (`@host:port/...`) is refused here, before any connection.
     async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError> {
+        media.check_downloadable().map_err(EngineError::UnsafeMedia)?;
         let params = whatsapp_rust::download::DownloadParams::encrypted(
             media.direct_path.clone(),
             &media.media_key,
@@ -383,7 +389,18 @@ impl Connection for WhatsAppConnection {
             media.file_length,
             media_type(media.kind),
         );
-        self.client.download_from_params(&params).await.map_err(|e| EngineError::Media(format!("{e:#}")))
+        // No more than the message declared (or, when it declared nothing, the kind's limit).
+        let cap = match media.file_length {
+            0 => media.kind.max_bytes() as u64,
+            declared => declared,
+        };
+        let writer = CappedWriter { inner: std::io::Cursor::new(Vec::new()), cap };
+        let writer = self
+            .client
+            .download_from_params_to_writer(&params, writer)
+            .await
+            .map_err(|e| EngineError::Media(format!("{e:#}")))?;
+        Ok(writer.inner.into_inner())
     }
 
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError> {
@@ -664,10 +681,60 @@ fn close_reason_of(node: &wacore_binary::Node) -> Option<CloseReason> {
     }
 }
 
+/// The sink of a download: refuses to hold more than `cap` bytes, so that a file larger
+/// than its message declared fails instead of filling memory (mid-stream when the HTTP
+/// client streams).
+struct CappedWriter {
+    inner: std::io::Cursor<Vec<u8>>,
+    cap: u64,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let end = self.inner.position().saturating_add(buf.len() as u64);
+        if end > self.cap {
+            return Err(std::io::Error::other(format!("the file is larger than the {} bytes it declared", self.cap)));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl std::io::Seek for CappedWriter {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+impl whatsapp_rust::download::DownloadWriter for CappedWriter {
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.get_mut().truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use wacore_binary::builder::NodeBuilder;
+
+    #[test]
+    fn a_download_sink_holds_no_more_than_declared() {
+        use std::io::{Seek, Write};
+        use whatsapp_rust::download::DownloadWriter;
+        let mut sink = CappedWriter { inner: std::io::Cursor::new(Vec::new()), cap: 10 };
+        sink.write_all(b"0123456789").unwrap();
+        assert!(sink.write_all(b"x").is_err(), "an eleventh byte is refused");
+        // A retry starts over on an emptied sink.
+        sink.truncate(0).unwrap();
+        sink.rewind().unwrap();
+        sink.write_all(b"abc").unwrap();
+        assert!(sink.write_all(&[0; 8]).is_err());
+        assert_eq!(sink.inner.into_inner(), b"abc");
+    }
 
     const THIRTY_DAYS: Duration = Duration::from_secs(30 * 24 * 3600);
 

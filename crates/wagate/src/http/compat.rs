@@ -87,9 +87,10 @@ async fn start(State(state): State<Arc<AppState>>, JsonBody(request): JsonBody<S
         };
         // Recorded before the session starts, so its first events already go there.
         let store = state.manager.store();
-        let saved = crate::session::validate_id(&id)
+        let saved = state
+            .manager
+            .register(&id, Some(&webhook))
             .map_err(ApiError::from)
-            .and_then(|()| store.create_session(&id, Some(&webhook)).map_err(ApiError::internal))
             .and_then(|_| store.set_webhook(&id, Some(&webhook)).map_err(ApiError::internal));
         if let Err(e) = saved {
             return from_api(e);

@@ -47,12 +47,13 @@ impl From<SessionError> for ApiError {
             SessionError::InvalidId(_) | SessionError::BadRecipient(_) => StatusCode::BAD_REQUEST,
             SessionError::AlreadyLinked => StatusCode::CONFLICT,
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
-            SessionError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Unavailable | SessionError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::NotConnected(_) | SessionError::IdempotencyInProgress | SessionError::QueueFull => {
                 StatusCode::CONFLICT
             }
             SessionError::Send(_) => StatusCode::BAD_GATEWAY,
             SessionError::UnknownMessage(_) | SessionError::NoMedia(_) => StatusCode::NOT_FOUND,
+            SessionError::UnsafeMedia(_) => StatusCode::UNPROCESSABLE_ENTITY,
             SessionError::Store(_) | SessionError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match error {

@@ -12,13 +12,15 @@ pub mod qr;
 pub mod trust;
 mod v1;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use axum::middleware;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::session::SessionManager;
 
@@ -28,6 +30,57 @@ pub struct AppState {
     pub started: Instant,
     /// The same moment on the wall clock, for `/health`.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Room for the open `/v1/sessions/{id}/events` streams.
+    pub event_streams: EventStreams,
+}
+
+/// What clients may hold of the HTTP server, together.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A connection that has not sent a whole request header within this is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one ends.
+    pub max_connections: usize,
+    /// Event streams (`GET /v1/sessions/{id}/events`) open at once; more get 503.
+    pub max_event_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { header_read_timeout: Duration::from_secs(10), max_connections: 1024, max_event_streams: 256 }
+    }
+}
+
+/// A fixed number of slots for event streams; a stream holds one until it ends.
+#[derive(Debug, Clone)]
+pub struct EventStreams {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl EventStreams {
+    pub fn new(max: usize) -> Self {
+        Self { slots: Arc::new(Semaphore::new(max)), max }
+    }
+
+    /// A slot, or the 503 that says none is free.
+    pub fn open(&self) -> Result<OwnedSemaphorePermit, error::ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            error::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many event streams are open (at most {}, --max-event-streams); close one and try again",
+                    self.max
+                ),
+            )
+        })
+    }
+}
+
+impl Default for EventStreams {
+    fn default() -> Self {
+        Self::new(Limits::default().max_event_streams)
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -50,13 +103,65 @@ async fn metrics(
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
-/// Serves until `shutdown` completes.
+/// Serves HTTP/1.1 until `shutdown` completes, then waits for the open connections to end.
+/// At most `limits.max_connections` connections are served at once (the rest wait in the
+/// listen backlog), and one that does not send a whole request header within
+/// `limits.header_read_timeout` is closed.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(state);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // A connection is accepted only when there is room for it.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            // What `into_make_service_with_connect_info` would record: the auth middleware reads it.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            // A Router is always ready, so it may be called without `poll_ready`.
+            tower_service::Service::call(&mut app.clone(), request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(client = %peer, "HTTP connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A failed `accept`: the client gave up already (try the next one), or the process is out
+/// of file descriptors or memory (wait a moment rather than spin).
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(error.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted) {
+        return;
+    }
+    tracing::warn!("accepting an HTTP connection failed: {error}; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }

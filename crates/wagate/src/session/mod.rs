@@ -33,11 +33,13 @@ pub struct SessionConfig {
     /// Where callers reach this gateway (`http://host:port`, no trailing slash); events
     /// link to media downloads under it. Empty: the address the gateway listens on.
     pub public_url: String,
+    /// At most this many sessions in the registry; creating one more is refused. 0: no cap.
+    pub max_sessions: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { qr_cycles: 3, max_opens_per_minute: 10, public_url: String::new() }
+        Self { qr_cycles: 3, max_opens_per_minute: 10, public_url: String::new(), max_sessions: 0 }
     }
 }
 
@@ -59,6 +61,11 @@ pub enum SessionError {
     IdempotencyInProgress,
     #[error("WhatsApp refused or failed the request: {0}")]
     Send(String),
+    #[error(
+        "this gateway already holds its limit of {0} sessions (--max-sessions / WAGATE_MAX_SESSIONS); \
+         delete one or raise the limit"
+    )]
+    TooManySessions(usize),
     #[error("'{0}' is not a valid recipient")]
     BadRecipient(String),
     #[error("the session's outgoing queue is full ({max} messages wait already)", max = crate::store::MAX_QUEUED)]
@@ -67,6 +74,8 @@ pub enum SessionError {
     UnknownMessage(String),
     #[error("message '{0}' has no file")]
     NoMedia(String),
+    #[error("the file of this message is not downloaded: {0}")]
+    UnsafeMedia(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -77,6 +86,7 @@ pub enum SessionError {
 fn engine_failure(error: EngineError) -> SessionError {
     match error {
         EngineError::BadRecipient(to) => SessionError::BadRecipient(to),
+        EngineError::UnsafeMedia(why) => SessionError::UnsafeMedia(why),
         EngineError::Send(reason) => SessionError::Send(reason),
         other => SessionError::Send(other.to_string()),
     }
@@ -111,6 +121,9 @@ pub struct SessionManager {
     run: String,
     /// Keyed sends in progress: `(session, key)` -> becomes true when the send has ended.
     keyed_sends: Mutex<HashMap<(String, String), watch::Receiver<bool>>>,
+    /// Held while a session is counted and added, so that concurrent creates never pass
+    /// `max_sessions` together.
+    registering: Mutex<()>,
 }
 
 /// How long an API call waits for a supervisor's answer.
@@ -126,6 +139,7 @@ impl SessionManager {
             sessions: Mutex::new(BTreeMap::new()),
             run: format!("{}-{}", std::process::id(), crate::engine::new_message_id()),
             keyed_sends: Mutex::default(),
+            registering: Mutex::default(),
         })
     }
 
@@ -190,6 +204,22 @@ impl SessionManager {
         Ok(())
     }
 
+    /// Adds the session `id` to the registry unless it is there already, within
+    /// `max_sessions`. Returns its record and whether it was added.
+    pub fn register(
+        &self,
+        id: &str,
+        webhook: Option<&WebhookConfig>,
+    ) -> Result<(crate::store::SessionRecord, bool), SessionError> {
+        validate_id(id)?;
+        let _registering = self.registering.lock().unwrap_or_else(|p| p.into_inner());
+        let max = self.config.max_sessions;
+        if max > 0 && self.store.session(id)?.is_none() && self.store.sessions()?.len() >= max {
+            return Err(SessionError::TooManySessions(max));
+        }
+        Ok(self.store.create_session(id, webhook)?)
+    }
+
     /// Creates the session if it is new, and starts it unless it is already running.
     /// Returns its state and whether it was created.
     pub async fn create(
@@ -198,8 +228,7 @@ impl SessionManager {
         webhook: Option<&WebhookConfig>,
         proxy: Option<&str>,
     ) -> Result<(SessionView, bool), SessionError> {
-        validate_id(id)?;
-        let (record, created) = self.store.create_session(id, webhook)?;
+        let (record, created) = self.register(id, webhook)?;
         if created && proxy.is_some() {
             // Before the first connection, so that it already uses the proxy.
             self.store.set_proxy(id, proxy)?;

@@ -155,11 +155,10 @@ impl Store {
 
 fn sent_message(db: &Connection, session: &str, id: &str) -> Result<Option<SentMessage>, StoreError> {
     let row = db
-            .query_row(
+            .prepare_cached(
                 "SELECT id, session, chat, status, created_ms, updated_ms FROM sent_messages WHERE session = ?1 AND id = ?2",
-                params![session, id],
-                |row| <(String, String, String, String, i64, i64)>::try_from(row),
-            )
+            )?
+            .query_row(params![session, id], |row| <(String, String, String, String, i64, i64)>::try_from(row))
             .optional()?;
     row.map(|(id, session, chat, status, created, updated)| {
         let status = DeliveryState::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status '{status}'")))?;

@@ -42,6 +42,7 @@ pub fn gateway_config(sim: &Simulator, data_dir: &Path) -> Config {
         sessions: SessionConfig::default(),
         webhooks: WebhookSettings::default(),
         proxy: None,
+        limits: Default::default(),
     }
 }
 

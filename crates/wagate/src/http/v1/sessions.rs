@@ -181,11 +181,13 @@ async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let (current, changes) = state.manager.subscribe(&id).ok_or(crate::session::SessionError::NotFound)?;
+    // Held by the stream until the client goes away.
+    let slot = state.event_streams.open()?;
     let first = stream::once(async move { Ok(state_event(&current)) });
-    let rest = stream::unfold(changes, |mut changes| async move {
+    let rest = stream::unfold((changes, slot), |(mut changes, slot)| async move {
         loop {
             match changes.recv().await {
-                Ok(view) => return Some((Ok(state_event(&view)), changes)),
+                Ok(view) => return Some((Ok(state_event(&view)), (changes, slot))),
                 // A slow reader missed some changes; the next one carries the whole state.
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return None,

@@ -1,0 +1,171 @@
+//! What clients may hold of the gateway: a connection that never finishes its request
+//! header is cut off, connections beyond `max_connections` wait until one ends, event
+//! streams beyond `max_event_streams` and sessions beyond `--max-sessions` get 503.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{gateway_config, start_gateway_with, start_sim, Api};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+/// Reads until the server closes the connection; fails if it has not within `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration, what: &str) {
+    let mut buffer = [0u8; 1024];
+    let outcome = tokio::time::timeout(wait, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "{what}: the connection is still open after {wait:?}");
+}
+
+/// Sends a request and reads the first bytes of the answer.
+async fn request(stream: &mut TcpStream) {
+    stream.write_all(HEALTH).await.unwrap();
+    answer_within(stream, Duration::from_secs(10)).await.expect("an answer");
+}
+
+async fn answer_within(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    let mut buffer = [0u8; 4096];
+    match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buffer[..n]).into_owned()),
+        Ok(_) => panic!("the connection was closed instead of answered"),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn a_request_header_that_never_ends_is_cut_off() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(&sim, dir.path());
+    config.limits.header_read_timeout = Duration::from_secs(1);
+    let gateway = start_gateway_with(config).await;
+
+    let mut half = TcpStream::connect(gateway.addr).await.unwrap();
+    half.write_all(b"GET /hea").await.unwrap();
+    let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
+    closed_within(&mut half, Duration::from_secs(10), "half a request line").await;
+    closed_within(&mut silent, Duration::from_secs(10), "a connection that sends nothing").await;
+
+    let (status, _) = Api::gateway(gateway.addr).get("/health").await;
+    assert_eq!(status, 200, "whole requests are still answered");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_ends() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(&sim, dir.path());
+    config.limits.max_connections = 2;
+    config.limits.header_read_timeout = Duration::from_secs(60);
+    let gateway = start_gateway_with(config).await;
+    let addr: SocketAddr = gateway.addr;
+
+    // Two kept-alive connections hold both places.
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    request(&mut first).await;
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    request(&mut second).await;
+
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(HEALTH).await.unwrap();
+    assert_eq!(
+        answer_within(&mut third, Duration::from_millis(500)).await,
+        None,
+        "a third connection is not served while two are open"
+    );
+
+    drop(first);
+    let answer = answer_within(&mut third, Duration::from_secs(10)).await.expect("served once a place is free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn event_streams_beyond_the_cap_get_503() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(&sim, dir.path());
+    config.limits.max_event_streams = 1;
+    let gateway = start_gateway_with(config).await;
+    let api = Api::gateway(gateway.addr);
+    let (status, _) = api.post("/v1/sessions", json!({ "id": "WA-Events" })).await;
+    assert_eq!(status, 201);
+
+    let url = format!("{}/v1/sessions/WA-Events/events", api.base);
+    let open = reqwest::get(&url).await.unwrap();
+    assert_eq!(open.status(), 200);
+    let mut events = open.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("the first event");
+    assert!(first.is_some());
+
+    let refused = reqwest::get(&url).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("at most 1"), "{body}");
+
+    // Once the first reader goes, its place is free again.
+    drop(events);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let again = reqwest::get(&url).await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the closed stream's place never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_beyond_max_sessions_are_refused_and_existing_ones_keep_working() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(&sim, dir.path());
+    config.sessions.max_sessions = 1;
+    let gateway = start_gateway_with(config).await;
+    let api = Api::gateway(gateway.addr);
+
+    let (status, _) = api.post("/v1/sessions", json!({ "id": "WA-One" })).await;
+    assert_eq!(status, 201);
+
+    let (status, body) = api.post("/v1/sessions", json!({ "id": "WA-Two" })).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit of 1 sessions"), "{body}");
+    let (status, body) = api.post("/sessions/start", json!({ "sessionId": "WA-Three" })).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit of 1 sessions"), "{body}");
+    let (status, body) =
+        api.post("/sessions/start", json!({ "sessionId": "WA-Four", "webhookUrl": "http://127.0.0.1:9/hook" })).await;
+    assert_eq!(status, 503, "{body}");
+
+    let (_, list) = api.get("/v1/sessions").await;
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["WA-One"], "nothing was added: {list}");
+
+    // The session there keeps working.
+    let (status, _) = api.post("/v1/sessions", json!({ "id": "WA-One" })).await;
+    assert_eq!(status, 200, "creating an existing session again is not a new one");
+    api.wait_state("WA-One", "awaiting_scan").await;
+
+    // Room again once it is gone.
+    let (status, _) = api.delete("/v1/sessions/WA-One").await;
+    assert_eq!(status, 200);
+    let (status, _) = api.post("/v1/sessions", json!({ "id": "WA-Two" })).await;
+    assert_eq!(status, 201);
+    gateway.stop().await;
+}
