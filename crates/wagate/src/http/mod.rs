@@ -135,6 +135,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Small answers go out at once rather than waiting on the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             // What `into_make_service_with_connect_info` would record: the auth middleware reads it.
