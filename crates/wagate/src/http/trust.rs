@@ -12,7 +12,7 @@
 //! (`Origin`, `Sec-Fetch-Site`), and a POST must be JSON (or carry `X-Wagate-Client`), so
 //! no HTML form or `text/plain` fetch of a foreign page can log a session out.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -213,9 +213,7 @@ fn host_of(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn is_loopback_name(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| canonical(ip).is_loopback())
-        || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| canonical(ip).is_loopback())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -42,21 +42,12 @@ struct Item {
     event: Option<NewEvent>,
 }
 
-/// What a commit added, to finish after it.
+/// What a commit added that is to be finished after it.
 enum Added {
     /// A native event, held until its group's subject is known.
-    Held {
-        event: NewEvent,
-        data: Value,
-        group: String,
-    },
+    Held { event: NewEvent, data: Value, group: String },
     /// A Node-service event waiting for its file.
-    WaitingForFile {
-        seq: i64,
-        data: Value,
-        media: Option<MediaRef>,
-    },
-    Recorded,
+    WaitingForFile { seq: i64, data: Value, media: Option<MediaRef> },
 }
 
 #[async_trait]
@@ -76,43 +67,45 @@ impl InboundSink for InboundRecorder {
             tokio::time::sleep(delay).await;
         }
         let session = self.session.clone();
-        let added = self
+        let (kinds, to_finish) = self
             .outbox
             .store()
             .write(move |db| {
                 let now = now_ms();
-                let mut added = Vec::new();
+                let (mut kinds, mut to_finish) = (Vec::new(), Vec::new());
                 for Item { message, data, event } in items {
                     if !store::claim_inbound(db, &session, &message, now)? {
                         continue;
                     }
                     store::record_received(db, &session, &message, now)?;
-                    crate::metrics::METRICS.messages_received.with_label_values(&[message.kind.as_str()]).inc();
                     if compat {
                         let media = message.media.map(|m| m.location);
                         let seq = store::add_pending_upsert(db, &session, &data, media.as_ref())?;
-                        added.push(Added::WaitingForFile { seq, data, media });
+                        to_finish.push(Added::WaitingForFile { seq, data, media });
                     } else if let Some(event) = event {
                         store::insert_event(db, &event)?;
-                        added.push(match event.held {
-                            true => Added::Held { event, data, group: message.chat },
-                            false => Added::Recorded,
-                        });
+                        if event.held {
+                            to_finish.push(Added::Held { event, data, group: message.chat });
+                        }
                     }
+                    kinds.push(message.kind);
                 }
-                Ok(added)
+                Ok((kinds, to_finish))
             })
             .await
             .map_err(|e| {
                 warn!(session = %self.session, "could not commit received messages; WhatsApp will deliver them again: {e}");
                 e.to_string()
             })?;
+        // Counted once committed: a batch that failed comes again and is counted then.
+        for kind in kinds {
+            crate::metrics::METRICS.messages_received.with_label_values(&[kind.as_str()]).inc();
+        }
         self.outbox.wake(&self.session);
-        for added in added {
+        for added in to_finish {
             match added {
                 Added::Held { event, data, group } => self.release_later(event, data, group),
                 Added::WaitingForFile { seq, data, media } => self.media_upserts.enqueue(seq, data, media),
-                Added::Recorded => {}
             }
         }
         Ok(())

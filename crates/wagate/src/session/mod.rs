@@ -371,7 +371,7 @@ impl SessionManager {
                 queue::note_sent(id, message.content.kind(), &sent, started);
             }
             Ok(conn) => {
-                self.enqueue(id, &message_id, to, message, idempotency_key).await?;
+                self.enqueue(id, &message_id, to, message, idempotency_key)?;
                 tokio::spawn(self.drainer(id)?.drain(conn));
             }
             Err(SessionError::NotConnected(state))
@@ -379,7 +379,7 @@ impl SessionManager {
                     && matches!(state, StateKind::Connecting | StateKind::Reconnecting)
                     && self.get(id).is_some_and(|v| v.me.is_some()) =>
             {
-                self.enqueue(id, &message_id, to, message, idempotency_key).await?;
+                self.enqueue(id, &message_id, to, message, idempotency_key)?;
                 // The session may have connected, or been logged out, while this was queued.
                 match self.connection(id).await {
                     Ok(conn) => drop(tokio::spawn(self.drainer(id)?.drain(conn))),
@@ -396,7 +396,7 @@ impl SessionManager {
             .ok_or_else(|| SessionError::Send("the message was not recorded".into()))
     }
 
-    async fn enqueue(
+    fn enqueue(
         &self,
         id: &str,
         message_id: &str,
@@ -405,10 +405,11 @@ impl SessionManager {
         idempotency_key: Option<&str>,
     ) -> Result<(), SessionError> {
         let now = crate::webhook::now_ms();
-        if !self.store.enqueue(id, message_id, to, message, idempotency_key, now)? {
+        let event = queue::status_event(&self.outbox, id, message_id, to, DeliveryState::Queued, now);
+        if !self.store.enqueue(id, message_id, to, message, idempotency_key, event, now)? {
             return Err(SessionError::QueueFull);
         }
-        queue::announce_status(&self.outbox, id, message_id, to, DeliveryState::Queued, now).await;
+        self.outbox.wake(id);
         info!(session = %id, message = %message_id, "message queued until the session is connected again");
         Ok(())
     }

@@ -52,8 +52,8 @@ impl Drainer {
                         return;
                     }
                     // A receipt may have moved it past `sent` already: then no `sent` event.
-                    let (id, to) = (sent.id.clone(), sent.to.clone());
-                    advance_and_announce(&self.outbox, &self.session, &id, &to, DeliveryState::Sent, sent.timestamp_ms)
+                    let at = sent.timestamp_ms;
+                    advance_and_announce(&self.outbox, &self.session, &sent.id, &sent.to, DeliveryState::Sent, at)
                         .await;
                     note_sent(&self.session, next.message.content.kind(), &sent, started);
                 }
@@ -125,7 +125,7 @@ pub(super) fn note_sent(session: &str, kind: &str, sent: &Sent, started: Instant
 }
 
 /// The `message.status` event of a state change, ready to insert.
-fn status_event(
+pub(super) fn status_event(
     outbox: &Outbox,
     session: &str,
     id: &str,
@@ -192,20 +192,4 @@ pub(super) async fn record_sent(outbox: &Outbox, session: &str, sent: &Sent) -> 
         .await?;
     outbox.wake(session);
     Ok(())
-}
-
-/// Announces a state without a stored change (a message just queued).
-pub(super) async fn announce_status(
-    outbox: &Outbox,
-    session: &str,
-    id: &str,
-    chat: &str,
-    state: DeliveryState,
-    timestamp_ms: u64,
-) {
-    let Some(event) = status_event(outbox, session, id, chat, state, timestamp_ms) else { return };
-    match outbox.store().enqueue_events(vec![event]).await {
-        Ok(()) => outbox.wake(session),
-        Err(e) => warn!(session, message = id, "could not record the message's state: {e}"),
-    }
 }

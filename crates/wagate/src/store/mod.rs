@@ -617,7 +617,7 @@ mod tests {
             KeyClaim::Claimed
         );
         let text = Outgoing { content: Content::Text("hi".into()), reply_to: None };
-        assert!(store.enqueue("s", "m-queued", chat, &text, Some("k-queued"), old).unwrap());
+        assert!(store.enqueue("s", "m-queued", chat, &text, Some("k-queued"), None, old).unwrap());
         // A key whose send never finished, long ago.
         assert_eq!(store.claim_idempotency_key("s", "k-lost", "m-lost", "run0", old).await.unwrap(), KeyClaim::Claimed);
 

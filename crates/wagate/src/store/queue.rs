@@ -4,7 +4,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{Store, StoreError};
+use super::{NewEvent, Store, StoreError};
 use crate::engine::Outgoing;
 
 /// At most this many messages wait per session; more are refused rather than piling up.
@@ -20,7 +20,9 @@ pub struct Queued {
 }
 
 impl Store {
-    /// Queues a message under `id`; false when the session's queue is full.
+    /// Queues a message under `id`, with its `queued` event (if the session's webhook
+    /// wants one) in the same commit; false when the session's queue is full.
+    #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &self,
         session: &str,
@@ -28,32 +30,39 @@ impl Store {
         to: &str,
         message: &Outgoing,
         idempotency_key: Option<&str>,
+        event: Option<NewEvent>,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let body = serde_json::to_string(message).expect("outgoing messages serialize");
         let (session, id, to) = (session.to_string(), id.to_string(), to.to_string());
         let idempotency_key = idempotency_key.map(str::to_string);
         self.write_blocking(move |tx| {
-        let waiting: i64 =
-            tx.query_row("SELECT COUNT(*) FROM outgoing_queue WHERE session = ?1", params![session], |row| row.get(0))?;
-        if waiting as usize >= MAX_QUEUED {
-            return Ok(false);
-        }
-        tx.execute(
-            "INSERT INTO outgoing_queue (session, id, recipient, message, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![session, id, to, body, now_ms as i64],
-        )?;
-        tx.execute(
-            "INSERT INTO sent_messages (session, id, chat, status, created_ms, updated_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?4)",
-            params![session, id, to, now_ms as i64],
-        )?;
-        if let Some(key) = idempotency_key {
+            let waiting: i64 =
+                tx.query_row("SELECT COUNT(*) FROM outgoing_queue WHERE session = ?1", params![session], |row| {
+                    row.get(0)
+                })?;
+            if waiting as usize >= MAX_QUEUED {
+                return Ok(false);
+            }
             tx.execute(
-                "UPDATE idempotency_keys SET message_id = ?3 WHERE session = ?1 AND key = ?2",
-                params![session, key, id],
+                "INSERT INTO outgoing_queue (session, id, recipient, message, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![session, id, to, body, now_ms as i64],
             )?;
-        }
-        Ok(true)
+            tx.execute(
+                "INSERT INTO sent_messages (session, id, chat, status, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?4)",
+                params![session, id, to, now_ms as i64],
+            )?;
+            if let Some(key) = idempotency_key {
+                tx.execute(
+                    "UPDATE idempotency_keys SET message_id = ?3 WHERE session = ?1 AND key = ?2",
+                    params![session, key, id],
+                )?;
+            }
+            if let Some(event) = &event {
+                super::insert_event(tx, event)?;
+            }
+            Ok(true)
         })
     }
 
@@ -115,8 +124,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let text = |t: &str| Outgoing { content: Content::Text(t.into()), reply_to: None };
-        assert!(store.enqueue("s", "M1", "1555@s.whatsapp.net", &text("one"), None, 1).unwrap());
-        assert!(store.enqueue("s", "M2", "1555@s.whatsapp.net", &text("two"), None, 2).unwrap());
+        assert!(store.enqueue("s", "M1", "1555@s.whatsapp.net", &text("one"), None, None, 1).unwrap());
+        assert!(store.enqueue("s", "M2", "1555@s.whatsapp.net", &text("two"), None, None, 2).unwrap());
         assert_eq!(store.queued_count("s").unwrap(), 2);
         assert_eq!(store.sent_message("s", "M1").unwrap().unwrap().status, DeliveryState::Queued);
         let first = store.next_queued("s").unwrap().unwrap();
