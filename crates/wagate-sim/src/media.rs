@@ -24,8 +24,9 @@ use tracing::info;
 
 use crate::error::SimError;
 
-/// WhatsApp's own cap for documents; the host refuses bigger uploads.
-pub const MAX_BLOB: usize = 100 * 1024 * 1024;
+/// WhatsApp's own cap for documents (2 GB); the host refuses bigger uploads. Blobs are kept
+/// in memory: a test that sends a large file pays for it in the simulator's process.
+pub const MAX_BLOB: usize = 2 * 1024 * 1024 * 1024;
 /// How long a media connection's auth token and hosts stay valid, in seconds.
 pub const MEDIA_CONN_TTL: u64 = 3600;
 

@@ -49,9 +49,38 @@ pub fn check_wa_url(url: Option<&str>) -> Result<(), ConfigError> {
     }
 }
 
+/// A size in bytes as operators write it: `1048576`, `512KB`, `16MB`, `2GB` (units are
+/// powers of 1024; `K`/`M`/`G` and `KiB`/`MiB`/`GiB` too).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a size (e.g. 16MB)"))?;
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => return Err(format!("unknown unit '{other}' in '{text}' (use KB, MB or GB)")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("'{text}' is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_operators_write_them() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("16MB"), Ok(16 << 20));
+        assert_eq!(parse_size("16 mb"), Ok(16 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        for bad in ["", "MB", "-1MB", "1.5MB", "16TB", "99999999999999999999", "18446744073709551615GB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn wa_url_needs_a_sandbox_build() {

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{check_wa_url, Config};
 use crate::engine::proxy::Proxy;
+use crate::engine::scratch::Scratch;
 use crate::engine::WhatsAppEngine;
 use crate::http::{self, AppState};
 use crate::session::state::timestamp;
@@ -50,7 +51,10 @@ impl Gateway {
         if let Some(proxy) = &proxy {
             tracing::info!("WhatsApp traffic goes through the proxy {proxy}");
         }
-        let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone(), proxy));
+        // Downloads are written here, as unnamed files: a crash leaves nothing to clean up.
+        let scratch_dir = config.data_dir.join("tmp");
+        private::create_dir(&scratch_dir).with_context(|| format!("creating {}", scratch_dir.display()))?;
+        let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone(), proxy, Scratch::new(scratch_dir)));
         // Events held for a detail by the last run (which died) go out as they are.
         store.release_held(crate::webhook::now_ms()).context("releasing held webhook events")?;
         let outbox = Outbox::new(Arc::new(store), config.webhooks.clone());

@@ -22,7 +22,11 @@ use wagate::webhook::{Outbox, WebhookSettings};
 async fn serve_as_if_from(peer: &str, api_key: Option<&str>, data_dir: &Path) -> String {
     let store = Arc::new(Store::open(data_dir).expect("store opens"));
     let outbox = Outbox::new(store, WebhookSettings::default());
-    let manager = SessionManager::new(Arc::new(WhatsAppEngine::new(None, None)), outbox, SessionConfig::default());
+    let manager = SessionManager::new(
+        Arc::new(WhatsAppEngine::new(None, None, wagate::engine::scratch::Scratch::new(std::env::temp_dir()))),
+        outbox,
+        SessionConfig::default(),
+    );
     let state = Arc::new(AppState {
         manager,
         access: wagate::http::trust::Access { api_key: api_key.map(str::to_string), ..Default::default() },

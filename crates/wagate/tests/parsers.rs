@@ -55,7 +55,7 @@ proptest! {
         if media(path.clone(), length).check_downloadable().is_ok() {
             prop_assert!(path.starts_with('/'));
             prop_assert!(!path.contains('@') && !path.contains("//") && !path.contains('\\'));
-            prop_assert!(length <= 100 * 1024 * 1024);
+            prop_assert!(length <= 2 * 1024 * 1024 * 1024);
         }
     }
 

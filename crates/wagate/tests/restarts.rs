@@ -99,7 +99,7 @@ async fn reconnects_without_qr(api: &Api, id: &str) -> Value {
 
 /// The identity the engine's store in `data_dir` holds for session `id`.
 async fn stored_identity(data_dir: &Path, id: &str) -> Option<wagate::engine::Me> {
-    WhatsAppEngine::new(None, None)
+    WhatsAppEngine::new(None, None, wagate::engine::scratch::Scratch::new(std::env::temp_dir()))
         .linked_identity(&EngineStore::new(engine_db(data_dir, id)))
         .await
         .expect("the engine store can be read")

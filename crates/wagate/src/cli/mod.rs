@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway in the foreground (logs to stderr and the log file; stops on SIGTERM/SIGINT).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Is the gateway running, since when, and how are its sessions (exit 0 running, 3 stopped).
     Status(status::StatusArgs),
     /// Check the data directory, the clock, the way to WhatsApp and every session; explain what to do.
@@ -77,7 +77,7 @@ pub mod exit {
 pub fn main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(args).map(|()| exit::OK),
+        Command::Serve(args) => serve::run(*args).map(|()| exit::OK),
         Command::Status(args) => block_on(status::run(args)),
         Command::Doctor(args) => block_on(doctor::run(args)),
         Command::Backup(args) => backup::run(args).map(|()| exit::OK),

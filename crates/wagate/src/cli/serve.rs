@@ -61,6 +61,15 @@ pub struct ServeArgs {
     /// Event streams (`GET /v1/sessions/{id}/events`) open at once; more answer 503.
     #[arg(long, env = "WAGATE_MAX_EVENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_event_streams: u32,
+    /// The largest received file downloaded (via `/v1/.../media/...` or for a Node-format
+    /// webhook): bytes, or with a unit (`KB`, `MB`, `GB`; powers of 1024). Downloads go to
+    /// disk, never whole into memory.
+    #[arg(long, env = "WAGATE_MEDIA_MAX", default_value = "100MB", value_parser = crate::config::parse_size)]
+    media_max: u64,
+    /// The largest file a Node-format (compat) `messages.upsert` webhook carries as base64;
+    /// a bigger one goes with `media.data: null` and `media.reason`.
+    #[arg(long, env = "WAGATE_COMPAT_MEDIA_MAX", default_value = "16MB", value_parser = crate::config::parse_size)]
+    compat_media_max: u64,
     /// Webhook for sessions that have none of their own.
     #[arg(long, env = "WAGATE_WEBHOOK_URL")]
     webhook_url: Option<String>,
@@ -116,6 +125,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             qr_cycles: args.qr_cycles,
             public_url: public_url(args.public_url.as_deref())?,
             max_sessions: args.max_sessions,
+            media_max: args.media_max,
+            compat_media_max: args.compat_media_max,
             ..SessionConfig::default()
         },
         proxy: args.proxy.filter(|p| !p.is_empty()),

@@ -25,12 +25,22 @@ impl MediaKind {
         }
     }
 
-    /// WhatsApp's limits: 16 MB for photos, videos and audio, 100 MB for documents.
+    /// What wagate sends: 16 MB for photos, videos and audio, 100 MB for documents (a send
+    /// is held in memory while it is encrypted and uploaded).
     pub fn max_bytes(self) -> usize {
         match self {
             Self::Document => 100 * 1024 * 1024,
             Self::Sticker => 1024 * 1024,
             Self::Image | Self::Video | Self::Audio => 16 * 1024 * 1024,
+        }
+    }
+
+    /// What may arrive: WhatsApp's apps send documents of up to 2 GB; the rest as for sends.
+    /// Downloads go to disk, so the operator's `--media-max` is what really bounds them.
+    pub fn max_receive_bytes(self) -> u64 {
+        match self {
+            Self::Document => 2 * 1024 * 1024 * 1024,
+            other => other.max_bytes() as u64,
         }
     }
 }
@@ -172,8 +182,8 @@ pub fn direct_path_problem(path: &str) -> Option<&'static str> {
 
 impl MediaRef {
     /// Whether this file can be fetched from WhatsApp's CDN safely: its `direct_path` is a
-    /// plain absolute path and its declared size is within WhatsApp's limit for its kind
-    /// (the limits sends use too). `Err` says why not.
+    /// plain absolute path and its declared size is within WhatsApp's limit for its kind.
+    /// `Err` says why not.
     pub fn check_downloadable(&self) -> Result<(), String> {
         if let Some(problem) = direct_path_problem(&self.direct_path) {
             return Err(format!(
@@ -181,7 +191,7 @@ impl MediaRef {
                 self.kind.as_str()
             ));
         }
-        let limit = self.kind.max_bytes() as u64;
+        let limit = self.kind.max_receive_bytes();
         if self.file_length > limit {
             return Err(format!(
                 "the {} declares {} bytes, more than WhatsApp's limit of {limit} bytes for it; it is not downloaded",
@@ -190,6 +200,27 @@ impl MediaRef {
             ));
         }
         Ok(())
+    }
+
+    /// How many bytes a download of this file may write: what the message declared (a
+    /// sender that declared nothing gets the limit), never more than WhatsApp's limit for
+    /// its kind or `allowed` (the operator's limit, named by `setting` in the refusal). A
+    /// CDN answer longer than the cap fails the download instead of filling the disk.
+    pub fn download_cap(&self, allowed: u64, setting: &str) -> Result<u64, String> {
+        self.check_downloadable()?;
+        if self.file_length > allowed {
+            return Err(format!(
+                "the {} declares {} bytes, more than the {allowed} bytes this gateway downloads ({setting}); \
+                 it is not downloaded",
+                self.kind.as_str(),
+                self.file_length
+            ));
+        }
+        let limit = allowed.min(self.kind.max_receive_bytes());
+        Ok(match self.file_length {
+            0 => limit,
+            declared => declared,
+        })
     }
 }
 
@@ -273,15 +304,30 @@ mod tests {
 
     #[test]
     fn downloads_need_a_safe_path_and_a_size_within_the_limit() {
-        assert!(reference(MediaKind::Document, "/v/t62/ok.enc?ccb=1", 100 * 1024 * 1024).check_downloadable().is_ok());
+        const GB: u64 = 1024 * 1024 * 1024;
+        assert!(reference(MediaKind::Document, "/v/t62/ok.enc?ccb=1", 2 * GB).check_downloadable().is_ok());
         assert!(reference(MediaKind::Image, "/v/t62/ok.enc", 16 * 1024 * 1024).check_downloadable().is_ok());
         let error = reference(MediaKind::Document, "@127.0.0.1:9/x", 10).check_downloadable().unwrap_err();
         assert!(error.contains("invalid direct path"), "{error}");
-        let error =
-            reference(MediaKind::Document, "/v/t62/ok.enc", 100 * 1024 * 1024 + 1).check_downloadable().unwrap_err();
+        let error = reference(MediaKind::Document, "/v/t62/ok.enc", 2 * GB + 1).check_downloadable().unwrap_err();
         assert!(error.contains("limit"), "{error}");
         assert!(reference(MediaKind::Image, "/v/t62/ok.enc", 16 * 1024 * 1024 + 1).check_downloadable().is_err());
         assert!(reference(MediaKind::Sticker, "/v/t62/ok.enc", 1024 * 1024 + 1).check_downloadable().is_err());
         assert!(reference(MediaKind::Sticker, "/v/t62/ok.enc", 1024 * 1024).check_downloadable().is_ok());
+    }
+
+    #[test]
+    fn a_download_is_capped_by_the_declared_size_the_kind_and_the_operator() {
+        const MB: u64 = 1024 * 1024;
+        let doc = |length| reference(MediaKind::Document, "/v/t62/ok.enc", length);
+        assert_eq!(doc(5 * MB).download_cap(100 * MB, "--media-max"), Ok(5 * MB), "what it declared");
+        assert_eq!(doc(0).download_cap(100 * MB, "--media-max"), Ok(100 * MB), "nothing declared: the operator's");
+        let refused = doc(200 * MB).download_cap(100 * MB, "--media-max").unwrap_err();
+        assert!(refused.contains("--media-max") && refused.contains("209715200"), "{refused}");
+        assert_eq!(doc(200 * MB).download_cap(300 * MB, "--media-max"), Ok(200 * MB));
+        let image = reference(MediaKind::Image, "/v/t62/ok.enc", 0);
+        assert_eq!(image.download_cap(u64::MAX, "--media-max"), Ok(16 * MB), "nothing declared: WhatsApp's limit");
+        let unsafe_path = reference(MediaKind::Image, "@127.0.0.1:9/x", 1);
+        assert!(unsafe_path.download_cap(u64::MAX, "--media-max").unwrap_err().contains("invalid direct path"));
     }
 }

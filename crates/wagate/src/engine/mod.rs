@@ -7,6 +7,7 @@ mod media_http;
 mod normalize;
 pub use normalize::non_device;
 mod presence;
+pub mod scratch;
 pub use presence::{ContactInfo, PresenceKind, PresenceUpdate};
 pub mod probe;
 pub mod proxy;
@@ -242,6 +243,15 @@ pub enum EngineError {
     UnsafeMedia(String),
 }
 
+/// A downloaded, decrypted file. It has no name on disk: nothing of it outlives the handle,
+/// a crash included, and no other process can open it.
+#[derive(Debug)]
+pub struct Downloaded {
+    /// Positioned at its start.
+    pub file: std::fs::File,
+    pub len: u64,
+}
+
 /// Where a session's engine keeps its credentials and Signal state.
 #[derive(Debug, Clone)]
 pub struct EngineStore {
@@ -263,8 +273,10 @@ pub trait Connection: Send + Sync {
     /// uploading its media first; returns once WhatsApp acknowledged it. Sending the same
     /// id again after a failure is safe: WhatsApp keeps one message per id.
     async fn send(&self, to: &str, message: &Outgoing, id: &str) -> Result<Sent, EngineError>;
-    /// Downloads and decrypts a received file.
-    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError>;
+    /// Downloads and decrypts a received file into a temporary file of its own, writing at
+    /// most `cap` bytes (see [`MediaRef::download_cap`]); refuses a reference that is not
+    /// safe to fetch ([`EngineError::UnsafeMedia`]).
+    async fn download(&self, media: &MediaRef, cap: u64) -> Result<Downloaded, EngineError>;
     /// Asks WhatsApp which of these phone numbers (digits) have an account.
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError>;
     /// Whether a phone number (digits) is on WhatsApp, with its about text and picture.

@@ -17,11 +17,12 @@ use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
 
 use super::content::{Content, MediaKind, MediaRef, Outgoing};
-use super::media_http::MediaHttp;
+use super::media_http::{MediaHosts, MediaHttp};
 use super::proxy::Proxy;
+use super::scratch::{CappedFile, Scratch};
 use super::{
-    phone_of_jid, CloseReason, Connection, ContactInfo, Engine, EngineError, EngineEvent, EngineStore, GroupInfo,
-    GroupMember, InboundSink, Me, NumberCheck, PresenceKind, PresenceUpdate, Sent, MAX_BAN,
+    phone_of_jid, CloseReason, Connection, ContactInfo, Downloaded, Engine, EngineError, EngineEvent, EngineStore,
+    GroupInfo, GroupMember, InboundSink, Me, NumberCheck, PresenceKind, PresenceUpdate, Sent, MAX_BAN,
 };
 
 /// The client version announced to a non-WhatsApp server (the simulator), which cannot
@@ -33,11 +34,13 @@ pub struct WhatsAppEngine {
     ws_url: Option<String>,
     /// The gateway's proxy (`--proxy`), for sessions without their own.
     default_proxy: Option<Proxy>,
+    /// Where downloads are written.
+    scratch: Scratch,
 }
 
 impl WhatsAppEngine {
-    pub fn new(ws_url: Option<String>, default_proxy: Option<Proxy>) -> Self {
-        Self { ws_url, default_proxy }
+    pub fn new(ws_url: Option<String>, default_proxy: Option<Proxy>, scratch: Scratch) -> Self {
+        Self { ws_url, default_proxy, scratch }
     }
 
     /// The proxy for a connection: the session's, else the gateway's, else the standard
@@ -215,6 +218,7 @@ struct WhatsAppConnection {
     tracker: Arc<CloseTracker>,
     /// Completes once the client's loop has ended and `Closed` was sent.
     done: tokio::sync::watch::Receiver<bool>,
+    scratch: Scratch,
 }
 
 #[async_trait]
@@ -231,8 +235,9 @@ impl Engine for WhatsAppEngine {
         let dial_error = Arc::new(Mutex::new(None));
         let proxy = self.proxy_for(proxy)?;
         // Media goes the same way as the WebSocket. Only the simulator's media host has a
-        // self-signed certificate.
-        let media_http = MediaHttp::new(proxy.as_ref(), self.ws_url.is_some())?;
+        // self-signed certificate, and only it is not on WhatsApp's domains.
+        let hosts = if self.ws_url.is_some() { MediaHosts::Any } else { MediaHosts::WhatsApp };
+        let media_http = MediaHttp::new(proxy.as_ref(), hosts)?;
         let transport = super::transport::Dialer::new(self.ws_url.as_deref(), proxy, dial_error.clone());
         let tracker = Arc::new(CloseTracker::default());
         let acks = Arc::new(AckWaiters::default());
@@ -279,7 +284,7 @@ impl Engine for WhatsAppEngine {
             let _ = events.send(EngineEvent::Closed(reason));
             let _ = done_tx.send(true);
         });
-        Ok(Box::new(WhatsAppConnection { client, acks, tracker, done }))
+        Ok(Box::new(WhatsAppConnection { client, acks, tracker, done, scratch: self.scratch.clone() }))
     }
 
     async fn linked_identity(&self, store: &EngineStore) -> Result<Option<Me>, EngineError> {
@@ -379,7 +384,7 @@ impl Connection for WhatsAppConnection {
     /// hosts are the ones WhatsApp's media-conn answer names (`DownloadParams` carries no
     /// `static_url`, and nothing else of the message goes into the request). A path the
     /// sender crafted (`@host:port/...`) is refused here, before any connection.
-    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, EngineError> {
+    async fn download(&self, media: &MediaRef, cap: u64) -> Result<Downloaded, EngineError> {
         media.check_downloadable().map_err(EngineError::UnsafeMedia)?;
         let params = whatsapp_rust::download::DownloadParams::encrypted(
             media.direct_path.clone(),
@@ -389,18 +394,15 @@ impl Connection for WhatsAppConnection {
             media.file_length,
             media_type(media.kind),
         );
-        // No more than the message declared (or, when it declared nothing, the kind's limit).
-        let cap = match media.file_length {
-            0 => media.kind.max_bytes() as u64,
-            declared => declared,
-        };
-        let writer = CappedWriter { inner: std::io::Cursor::new(Vec::new()), cap };
+        let file = self.scratch.file().map_err(|e| EngineError::Media(e.to_string()))?;
+        // The HTTP client streams, so the file is decrypted into the sink as it arrives.
         let writer = self
             .client
-            .download_from_params_to_writer(&params, writer)
+            .download_from_params_to_writer(&params, CappedFile::new(file, cap))
             .await
             .map_err(|e| EngineError::Media(format!("{e:#}")))?;
-        Ok(writer.inner.into_inner())
+        let (file, len) = writer.finish().map_err(|e| EngineError::Media(format!("the downloaded file: {e}")))?;
+        Ok(Downloaded { file, len })
     }
 
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError> {
@@ -681,60 +683,10 @@ fn close_reason_of(node: &wacore_binary::Node) -> Option<CloseReason> {
     }
 }
 
-/// The sink of a download: refuses to hold more than `cap` bytes, so that a file larger
-/// than its message declared fails instead of filling memory (mid-stream when the HTTP
-/// client streams).
-struct CappedWriter {
-    inner: std::io::Cursor<Vec<u8>>,
-    cap: u64,
-}
-
-impl std::io::Write for CappedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let end = self.inner.position().saturating_add(buf.len() as u64);
-        if end > self.cap {
-            return Err(std::io::Error::other(format!("the file is larger than the {} bytes it declared", self.cap)));
-        }
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl std::io::Seek for CappedWriter {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        self.inner.seek(pos)
-    }
-}
-
-impl whatsapp_rust::download::DownloadWriter for CappedWriter {
-    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
-        self.inner.get_mut().truncate(usize::try_from(len).unwrap_or(usize::MAX));
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use wacore_binary::builder::NodeBuilder;
-
-    #[test]
-    fn a_download_sink_holds_no_more_than_declared() {
-        use std::io::{Seek, Write};
-        use whatsapp_rust::download::DownloadWriter;
-        let mut sink = CappedWriter { inner: std::io::Cursor::new(Vec::new()), cap: 10 };
-        sink.write_all(b"0123456789").unwrap();
-        assert!(sink.write_all(b"x").is_err(), "an eleventh byte is refused");
-        // A retry starts over on an emptied sink.
-        sink.truncate(0).unwrap();
-        sink.rewind().unwrap();
-        sink.write_all(b"abc").unwrap();
-        assert!(sink.write_all(&[0; 8]).is_err());
-        assert_eq!(sink.inner.into_inner(), b"abc");
-    }
 
     const THIRTY_DAYS: Duration = Duration::from_secs(30 * 24 * 3600);
 

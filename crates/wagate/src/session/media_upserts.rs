@@ -6,7 +6,13 @@
 //! the next). Each event waits on disk (`pending_upserts`, written in the same commit as the
 //! message itself, before WhatsApp gets its ack) until it is in the outbox; what a crash
 //! interrupted is taken up again when the session starts next time.
+//!
+//! A file larger than `--compat-media-max` (or `--media-max`) is not downloaded at all: its
+//! event goes out at once with `media.data: null` and `media.reason`, so an oversized file
+//! never holds back the session's later messages. A file that is downloaded stays on disk
+//! until it is encoded into its event.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +23,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::group_names::GroupNames;
-use crate::engine::{Connection, MediaRef};
+use crate::engine::{Connection, Downloaded, MediaRef};
 use crate::store;
 use crate::webhook::Outbox;
 
@@ -39,6 +45,13 @@ pub(super) struct MediaUpserts {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
+/// The largest file these events carry, and the setting that says so.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limit {
+    pub bytes: u64,
+    pub setting: &'static str,
+}
+
 impl MediaUpserts {
     /// Starts the worker; events a previous run left waiting go first.
     pub(super) fn spawn(
@@ -46,6 +59,7 @@ impl MediaUpserts {
         outbox: Outbox,
         current: watch::Receiver<Current>,
         groups: Arc<GroupNames>,
+        limit: Limit,
     ) -> Self {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
         let left_over = outbox.store().pending_upserts(&session).unwrap_or_else(|e| {
@@ -59,7 +73,12 @@ impl MediaUpserts {
             let mut current = current;
             while let Some(Job { pending, mut data, media }) = queue.recv().await {
                 if let Some(media) = media {
-                    data["media"]["data"] = fetch(&session, &data, &mut current, &media).await;
+                    let (file, reason) = match fetch(&session, &data, &mut current, &media, limit).await {
+                        Ok(file) => (Value::String(file), Value::Null),
+                        Err(reason) => (Value::Null, Value::String(reason)),
+                    };
+                    data["media"]["data"] = file;
+                    data["media"]["reason"] = reason;
                 }
                 name_group(&session, &mut data, &current, &groups).await;
                 record(&session, &outbox, pending, &data).await;
@@ -119,33 +138,52 @@ async fn name_group(session: &str, data: &mut Value, current: &watch::Receiver<C
     data["group_subject"] = subject.into();
 }
 
-/// The file as base64, or null (with a warning) when it could not be downloaded in time.
-async fn fetch(session: &str, data: &Value, current: &mut watch::Receiver<Current>, media: &MediaRef) -> Value {
+/// The file as base64, or why it is not there (also logged).
+async fn fetch(
+    session: &str,
+    data: &Value,
+    current: &mut watch::Receiver<Current>,
+    media: &MediaRef,
+    limit: Limit,
+) -> Result<String, String> {
     let message = data["id"].as_str().unwrap_or_default();
-    let deadline = Instant::now() + DOWNLOAD_TIMEOUT;
     let given_up = |why: String| {
         warn!(
             session,
             message, "the file of a received message was not downloaded ({why}); the webhook goes without it"
         );
-        Value::Null
+        why
     };
+    let cap = media.download_cap(limit.bytes, limit.setting).map_err(given_up)?;
+    let deadline = Instant::now() + DOWNLOAD_TIMEOUT;
     loop {
         let conn = match tokio::time::timeout_at(deadline, current.wait_for(Option::is_some)).await {
             Ok(Ok(conn)) => conn.clone().expect("waited for a connection"),
-            Ok(Err(_)) => return given_up("the session is gone".into()),
-            Err(_) => return given_up("no connection in time".into()),
+            Ok(Err(_)) => return Err(given_up("the session is gone".into())),
+            Err(_) => return Err(given_up("no connection in time".into())),
         };
-        match tokio::time::timeout_at(deadline, conn.download(media)).await {
-            Ok(Ok(bytes)) => return Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        match tokio::time::timeout_at(deadline, conn.download(media, cap)).await {
+            Ok(Ok(downloaded)) => return encode(downloaded).await.map_err(given_up),
             Ok(Err(e)) => {
                 // The connection it used went away meanwhile: try again on the next one.
                 let replaced = current.borrow().as_ref().is_none_or(|now| !Arc::ptr_eq(now, &conn));
                 if !replaced {
-                    return given_up(e.to_string());
+                    return Err(given_up(e.to_string()));
                 }
             }
-            Err(_) => return given_up("it took too long".into()),
+            Err(_) => return Err(given_up("it took too long".into())),
         }
     }
+}
+
+/// Base64 of a downloaded file (at most the compat limit, so it fits in memory).
+async fn encode(downloaded: Downloaded) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::with_capacity(usize::try_from(downloaded.len).unwrap_or(0));
+        let mut file = downloaded.file;
+        file.read_to_end(&mut bytes).map_err(|e| format!("reading the downloaded file: {e}"))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+    })
+    .await
+    .map_err(|e| format!("reading the downloaded file: {e}"))?
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{info, warn};
 
-use crate::engine::{ContactInfo, DeliveryState, Engine, EngineError, GroupInfo, MessageRef, NumberCheck, Outgoing};
+use crate::engine::{
+    ContactInfo, DeliveryState, Downloaded, Engine, EngineError, GroupInfo, MessageRef, NumberCheck, Outgoing,
+};
 use crate::store::{KeyClaim, SentMessage, Store, StoreError, StoredMedia, WebhookConfig};
 use crate::webhook::Outbox;
 pub use state::{SessionView, StateKind};
@@ -35,11 +37,36 @@ pub struct SessionConfig {
     pub public_url: String,
     /// At most this many sessions in the registry; creating one more is refused. 0: no cap.
     pub max_sessions: usize,
+    /// The largest received file downloaded (`--media-max`).
+    pub media_max: u64,
+    /// The largest file a Node-format webhook carries (`--compat-media-max`); bigger ones go
+    /// as `media.data: null` with the reason.
+    pub compat_media_max: u64,
 }
+
+pub const MB: u64 = 1024 * 1024;
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { qr_cycles: 3, max_opens_per_minute: 10, public_url: String::new(), max_sessions: 0 }
+        Self {
+            qr_cycles: 3,
+            max_opens_per_minute: 10,
+            public_url: String::new(),
+            max_sessions: 0,
+            media_max: 100 * MB,
+            compat_media_max: 16 * MB,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The largest file a Node-format webhook carries, and the setting that says so.
+    fn compat_download_limit(&self) -> media_upserts::Limit {
+        if self.compat_media_max <= self.media_max {
+            media_upserts::Limit { bytes: self.compat_media_max, setting: "--compat-media-max" }
+        } else {
+            media_upserts::Limit { bytes: self.media_max, setting: "--media-max" }
+        }
     }
 }
 
@@ -434,8 +461,8 @@ impl SessionManager {
         }
     }
 
-    /// Downloads and decrypts the file of a received message.
-    pub async fn download_media(&self, id: &str, message_id: &str) -> Result<(Vec<u8>, StoredMedia), SessionError> {
+    /// Downloads and decrypts the file of a received message (into a temporary file).
+    pub async fn download_media(&self, id: &str, message_id: &str) -> Result<(Downloaded, StoredMedia), SessionError> {
         if self.get(id).is_none() {
             return Err(SessionError::NotFound);
         }
@@ -445,9 +472,11 @@ impl SessionManager {
             .ok_or_else(|| SessionError::UnknownMessage(message_id.to_string()))?
             .media
             .ok_or_else(|| SessionError::NoMedia(message_id.to_string()))?;
+        let cap =
+            media.location.download_cap(self.config.media_max, "--media-max").map_err(SessionError::UnsafeMedia)?;
         let conn = self.connection(id).await?;
-        let bytes = conn.download(&media.location).await.map_err(engine_failure)?;
-        Ok((bytes, media))
+        let file = conn.download(&media.location, cap).await.map_err(engine_failure)?;
+        Ok((file, media))
     }
 
     /// Which of these phone numbers are on WhatsApp.

@@ -141,8 +141,13 @@ impl Lasting {
         let (live, _) = watch::channel(None);
         let live = Arc::new(live);
         let groups = Arc::new(GroupNames::default());
-        let media_upserts =
-            Arc::new(MediaUpserts::spawn(id.to_string(), outbox.clone(), live.subscribe(), groups.clone()));
+        let media_upserts = Arc::new(MediaUpserts::spawn(
+            id.to_string(),
+            outbox.clone(),
+            live.subscribe(),
+            groups.clone(),
+            config.compat_download_limit(),
+        ));
         let inbound = Arc::new(InboundRecorder {
             session: id.to_string(),
             outbox: outbox.clone(),

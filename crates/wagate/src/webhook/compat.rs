@@ -90,13 +90,18 @@ fn message(data: &Value) -> Value {
 }
 
 /// The file of a media message: its bytes are in `media.data` (base64) when the session
-/// downloaded it for this webhook, null when the download failed.
+/// downloaded it for this webhook; null, with `media.reason`, when it is too large for this
+/// format (`--compat-media-max`) or its download failed.
 fn media(data: &Value) -> Value {
     let media = &data["media"];
     if !media.is_object() {
         return Value::Null;
     }
-    json!({ "data": media["data"], "mimetype": media["mimetype"], "filename": media["filename"] })
+    let mut shown = json!({ "data": media["data"], "mimetype": media["mimetype"], "filename": media["filename"] });
+    if media["data"].is_null() {
+        shown["reason"] = media["reason"].as_str().unwrap_or("the file was not downloaded").into();
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -146,6 +151,17 @@ mod tests {
         });
         let message = &body("s", "messages.upsert", &document).unwrap()["messages"][0];
         assert_eq!(message["media"], json!({ "data": "YWJj", "mimetype": "application/pdf", "filename": "a.pdf" }));
+        let too_big = body(
+            "s",
+            "messages.upsert",
+            &json!({ "id": "M4", "type": "document",
+                     "media": { "mimetype": "application/pdf", "filename": "b.pdf", "data": null, "reason": "too large" } }),
+        )
+        .unwrap();
+        assert_eq!(
+            too_big["messages"][0]["media"],
+            json!({ "data": null, "mimetype": "application/pdf", "filename": "b.pdf", "reason": "too large" })
+        );
         assert_eq!(message["replyTo"], json!({ "messageId": "Q1", "text": "Please pay" }));
         let presence =
             json!({ "from": "1555@s.whatsapp.net", "phone": "1555", "presence": "composing", "last_seen": null });

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -252,7 +253,7 @@ async fn media(
     State(state): State<Arc<AppState>>,
     Path((id, message_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (bytes, media) = state.manager.download_media(&id, &message_id).await?;
+    let (file, media) = state.manager.download_media(&id, &message_id).await?;
     // The type and name come from whoever sent the file: never let a browser render it on
     // the gateway's origin (always a download, no sniffing, no scripts).
     let mimetype = media
@@ -266,8 +267,11 @@ async fn media(
         (header::CONTENT_DISPOSITION, disposition),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
+        (header::CONTENT_LENGTH, HeaderValue::from(file.len)),
     ];
-    Ok((StatusCode::OK, headers, bytes).into_response())
+    // From the temporary file, chunk by chunk: a large document is never held in memory.
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file.file)));
+    Ok((StatusCode::OK, headers, body).into_response())
 }
 
 /// `attachment` with the file name; names beyond ASCII go in RFC 5987's `filename*`.
