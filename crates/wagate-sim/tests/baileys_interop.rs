@@ -10,7 +10,7 @@ fn baileys_links_reconnects_after_515_and_stays_connected() {
     let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop");
     assert!(
         interop.join("node_modules/baileys").is_dir(),
-        "Baileys is not installed: run `npm ci --prefix interop` (see README)"
+        "Baileys is not installed: run `npm ci --prefix interop` (scripts/test.sh does it)"
     );
     let output = Command::new("node")
         // Baileys leaves timers behind: exit once the tests are done.

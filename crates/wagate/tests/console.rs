@@ -145,7 +145,12 @@ fn artifacts_dir() -> PathBuf {
 fn the_console_links_a_session_in_headless_chromium() {
     common::node::require_package("playwright-core");
     let chromium = std::env::var_os("CHROMIUM_BIN").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    assert!(chromium.exists(), "{} is missing: `apt-get install chromium` (see README)", chromium.display());
+    assert!(
+        chromium.exists(),
+        "{} is missing: install Debian's chromium (`sudo apt-get install chromium`; scripts/test.sh does it when run \
+         as root or with passwordless sudo), or set CHROMIUM_BIN to a Chromium binary",
+        chromium.display()
+    );
     let artifacts = artifacts_dir();
     let screenshot = artifacts.join("console-connected.png");
     let _ = std::fs::remove_file(&screenshot);

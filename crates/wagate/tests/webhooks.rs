@@ -60,7 +60,7 @@ async fn events_are_signed_as_standard_webhooks_and_carry_the_envelope() {
     let available = std::process::Command::new("python3").args(["-c", "import standardwebhooks"]).status();
     assert!(
         available.is_ok_and(|s| s.success()),
-        "the standardwebhooks package is missing: pip install -r interop/requirements.txt"
+        "the standardwebhooks package is missing for python3: run scripts/test.sh, or pip install -r interop/requirements.txt"
     );
     let sim = start_sim().await;
     let receiver = Receiver::start().await;

@@ -13,7 +13,7 @@ pub fn interop_dir() -> PathBuf {
 pub fn require_package(package: &str) {
     assert!(
         interop_dir().join("node_modules").join(package).is_dir(),
-        "{package} is not installed: run `npm ci --prefix interop` (see README)"
+        "{package} is not installed: run `npm ci --prefix interop` (scripts/test.sh does it)"
     );
 }
 
