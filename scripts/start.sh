@@ -12,10 +12,14 @@ bin="${WAGATE_BIN:-$home/wagate}"
 pidfile="$home/wagate.pid"
 listen="${WAGATE_LISTEN:-127.0.0.1:3000}"
 
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-  echo "wagate is already running (pid $(cat "$pidfile"))"
+# shellcheck source=pidfile.sh
+. "$here/pidfile.sh"
+
+if found="$(running_wagate_pid "$pidfile")"; then
+  echo "wagate is already running (pid $found)"
   exit 0
 fi
+[ -z "$found" ] || echo "$found"
 # The PID file, the stderr log and a new home are the user's alone, like wagate's own files.
 umask 077
 mkdir -p "$home"

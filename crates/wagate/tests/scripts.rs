@@ -63,18 +63,28 @@ fn stop_leaves_a_process_that_is_not_wagate_alone() {
     let home = tempfile::tempdir().unwrap();
     // The PID file outlived its wagate, and the PID now names something else.
     let mut other = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+    let other_pid = other.id();
     let pidfile = home.path().join("wagate.pid");
     std::fs::write(&pidfile, format!("{}\n", other.id())).unwrap();
     let stopped = Command::new(script("stop.sh")).env("WAGATE_HOME", home.path()).output().expect("the script runs");
     let out = String::from_utf8_lossy(&stopped.stdout).into_owned() + &String::from_utf8_lossy(&stopped.stderr);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let alive = other.try_wait().unwrap().is_none();
+    let removed_by_stop = !pidfile.exists();
+    // status.sh does not take that process for wagate either (exit 3: stopped).
+    std::fs::write(&pidfile, format!("{other_pid}\n")).unwrap();
+    let status = Command::new(script("status.sh")).env("WAGATE_HOME", home.path()).output().expect("the script runs");
+    let status_out = String::from_utf8_lossy(&status.stdout).into_owned() + &String::from_utf8_lossy(&status.stderr);
     let _ = other.kill();
     let _ = other.wait();
     assert!(alive, "stop.sh killed an unrelated process: {out}");
     assert!(stopped.status.success(), "{out}");
     assert!(out.contains("not wagate"), "{out}");
-    assert!(!pidfile.exists(), "the stale PID file is removed: {out}");
+    assert!(removed_by_stop, "the stale PID file is removed: {out}");
+
+    assert_eq!(status.status.code(), Some(3), "{status_out}");
+    assert!(status_out.contains("not wagate") && status_out.contains("stopped"), "{status_out}");
+    assert!(!pidfile.exists(), "status.sh removes the stale PID file: {status_out}");
 
     // Nor does it act on a PID file that names no single process.
     for junk in ["-1", "0", "", "12 34", "abc"] {

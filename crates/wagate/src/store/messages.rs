@@ -134,16 +134,8 @@ impl Store {
     /// A request repeated with a key older than that sends again.
     pub fn prune_sent(&self, before_ms: u64) -> Result<(usize, usize), StoreError> {
         self.write_blocking(move |db| {
-            let keys = db.execute(
-                "DELETE FROM idempotency_keys WHERE created_ms < ?1 AND NOT EXISTS (SELECT 1 FROM outgoing_queue q
-                 WHERE q.session = idempotency_keys.session AND q.id = idempotency_keys.message_id)",
-                params![before_ms as i64],
-            )?;
-            let messages = db.execute(
-                "DELETE FROM sent_messages WHERE created_ms < ?1 AND NOT EXISTS (SELECT 1 FROM outgoing_queue q
-                 WHERE q.session = sent_messages.session AND q.id = sent_messages.id)",
-                params![before_ms as i64],
-            )?;
+            let keys = db.execute(PRUNE_KEYS, params![before_ms as i64])?;
+            let messages = db.execute(PRUNE_SENT, params![before_ms as i64])?;
             Ok((keys, messages))
         })
     }
@@ -174,9 +166,33 @@ fn sent_message(db: &Connection, session: &str, id: &str) -> Result<Option<SentM
     .transpose()
 }
 
+const PRUNE_KEYS: &str =
+    "DELETE FROM idempotency_keys WHERE created_ms < ?1 AND NOT EXISTS (SELECT 1 FROM outgoing_queue q
+     WHERE q.session = idempotency_keys.session AND q.id = idempotency_keys.message_id)";
+const PRUNE_SENT: &str =
+    "DELETE FROM sent_messages WHERE created_ms < ?1 AND NOT EXISTS (SELECT 1 FROM outgoing_queue q
+     WHERE q.session = sent_messages.session AND q.id = sent_messages.id)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_finds_old_rows_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.db();
+        for (statement, index) in [(PRUNE_KEYS, "idempotency_keys_age"), (PRUNE_SENT, "sent_messages_age")] {
+            let plan: Vec<String> = db
+                .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+                .unwrap()
+                .query_map(params![0], |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.iter().any(|step| step.contains(index)), "{statement}: {plan:?}");
+        }
+    }
 
     #[tokio::test]
     async fn states_only_move_forward_and_keys_send_once() {

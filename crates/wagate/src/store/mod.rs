@@ -186,6 +186,9 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX inbound_keys_age ON inbound_keys (received_ms);
     ALTER TABLE idempotency_keys ADD COLUMN run TEXT;",
+    // The hourly pruning finds old rows by age instead of reading both tables whole.
+    "CREATE INDEX sent_messages_age ON sent_messages (created_ms);
+    CREATE INDEX idempotency_keys_age ON idempotency_keys (created_ms);",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` once migrated).
