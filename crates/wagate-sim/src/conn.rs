@@ -232,7 +232,7 @@ impl Conn {
                     if let Some(live) = inner.conns.get_mut(&self.id) {
                         live.device = Some(addr);
                     }
-                    inner.stats.totals.logins += 1;
+                    inner.stats.totals.count_login(crate::clock::unix_now());
                     inner.stats.device(addr).logins += 1;
                     let lid = inner.accounts.get(addr.phone).map(|a| a.lid).unwrap_or_default();
                     Ok(lid)

@@ -96,6 +96,22 @@ pub struct Totals {
     pub delivered: u64,
     pub acked: u64,
     pub redelivered: u64,
+    /// Logins in each second (unix time) of the last hour with any: a gateway's paced
+    /// reconnects after a restart show here.
+    pub logins_per_second: BTreeMap<u64, u64>,
+}
+
+/// Seconds [`Totals::logins_per_second`] keeps.
+const LOGIN_SECONDS_KEPT: usize = 3600;
+
+impl Totals {
+    pub fn count_login(&mut self, unix_second: u64) {
+        self.logins += 1;
+        *self.logins_per_second.entry(unix_second).or_default() += 1;
+        while self.logins_per_second.len() > LOGIN_SECONDS_KEPT {
+            self.logins_per_second.pop_first();
+        }
+    }
 }
 
 /// Per device JID. A socket counts for a device once its handshake says who it is (for a

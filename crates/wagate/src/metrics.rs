@@ -21,6 +21,7 @@ pub struct Metrics {
     pub webhook_delivery_seconds: Histogram,
     sessions: IntGaugeVec,
     outbox_depth: IntGauge,
+    waiting_to_reconnect: IntGauge,
     memory: IntGauge,
 }
 
@@ -60,6 +61,12 @@ impl Metrics {
         let outbox_depth = IntGauge::new("wagate_webhook_outbox_pending", "Webhook events waiting for delivery.")
             .expect("valid metric");
         registry.register(Box::new(outbox_depth.clone())).expect("registered once");
+        let waiting_to_reconnect = IntGauge::new(
+            "wagate_sessions_waiting_to_reconnect",
+            "Linked sessions restored at start that have not had their turn to reconnect (--reconnect-rate).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(waiting_to_reconnect.clone())).expect("registered once");
         let memory = IntGauge::new("wagate_process_resident_memory_bytes", "Resident memory of the process.")
             .expect("valid metric");
         registry.register(Box::new(memory.clone())).expect("registered once");
@@ -105,6 +112,7 @@ impl Metrics {
             pairings,
             sessions,
             outbox_depth,
+            waiting_to_reconnect,
             memory,
         }
     }
@@ -115,6 +123,7 @@ impl Metrics {
         for session in manager.list() {
             self.sessions.with_label_values(&[session.state.as_str()]).inc();
         }
+        self.waiting_to_reconnect.set(i64::try_from(manager.waiting_to_reconnect()).unwrap_or(i64::MAX));
         if let Ok(pending) = manager.store().pending_count() {
             self.outbox_depth.set(i64::try_from(pending).unwrap_or(i64::MAX));
         }

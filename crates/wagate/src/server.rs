@@ -80,7 +80,7 @@ impl Gateway {
             sessions.public_url = format!("http://{host}");
         }
         let manager = SessionManager::new(engine, outbox, sessions);
-        let restored = manager.restore().await.context("restoring the sessions of the data directory")?;
+        let restored = manager.restore().context("restoring the sessions of the data directory")?;
         let state = Arc::new(AppState {
             manager: manager.clone(),
             access: config.access.clone(),

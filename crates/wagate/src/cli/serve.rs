@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// Event streams (`GET /v1/sessions/{id}/events`) open at once; more answer 503.
     #[arg(long, env = "WAGATE_MAX_EVENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_event_streams: u32,
+    /// Linked sessions reconnecting per second after a start (each gap up to a quarter
+    /// longer, at random), so WhatsApp sees no burst of logins; a session a caller needs
+    /// goes first.
+    #[arg(long, env = "WAGATE_RECONNECT_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    reconnect_rate: u32,
     /// The largest received file downloaded (via `/v1/.../media/...` or for a Node-format
     /// webhook): bytes, or with a unit (`KB`, `MB`, `GB`; powers of 1024). Downloads go to
     /// disk, never whole into memory.
@@ -127,6 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_sessions: args.max_sessions,
             media_max: args.media_max,
             compat_media_max: args.compat_media_max,
+            reconnect_rate: args.reconnect_rate,
             ..SessionConfig::default()
         },
         proxy: args.proxy.filter(|p| !p.is_empty()),

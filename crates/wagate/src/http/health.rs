@@ -39,6 +39,8 @@ async fn health(State(state): State<Arc<AppState>>, caller: Extension<Caller>, h
             "connected": connected,
             "disconnected": sessions.len() - connected - qr_pending,
             "qrPending": qr_pending,
+            // Linked sessions restored at start that have not had their turn to reconnect.
+            "waitingToReconnect": state.manager.waiting_to_reconnect(),
         },
         "timestamp": timestamp(chrono::Utc::now()),
     });

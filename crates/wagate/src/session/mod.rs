@@ -11,7 +11,8 @@ pub mod state;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot, watch};
@@ -42,9 +43,14 @@ pub struct SessionConfig {
     /// The largest file a Node-format webhook carries (`--compat-media-max`); bigger ones go
     /// as `media.data: null` with the reason.
     pub compat_media_max: u64,
+    /// Restored sessions reconnecting per second after a start (`--reconnect-rate`).
+    pub reconnect_rate: u32,
 }
 
 pub const MB: u64 = 1024 * 1024;
+
+/// Sessions stopped at once when the gateway stops.
+const SHUTDOWN_CONCURRENCY: usize = 64;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -55,6 +61,7 @@ impl Default for SessionConfig {
             max_sessions: 0,
             media_max: 100 * MB,
             compat_media_max: 16 * MB,
+            reconnect_rate: 20,
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct SessionManager {
     outbox: Outbox,
     config: SessionConfig,
     sessions: Mutex<BTreeMap<String, Handle>>,
+    /// Set by `shutdown`: the paced reconnects after the start stop too.
+    stopping: AtomicBool,
     /// Names this process among the runs of the gateway on its data directory, so that an
     /// idempotency claim left by a run that died is told from one still being sent.
     run: String,
@@ -165,6 +174,7 @@ impl SessionManager {
             config,
             sessions: Mutex::new(BTreeMap::new()),
             run: format!("{}-{}", std::process::id(), crate::engine::new_message_id()),
+            stopping: AtomicBool::new(false),
             keyed_sends: Mutex::default(),
             registering: Mutex::default(),
         })
@@ -182,29 +192,89 @@ impl SessionManager {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Brings back every session of the data directory; the linked ones reconnect without
-    /// a QR code. Returns how many were linked.
-    pub async fn restore(&self) -> Result<usize, SessionError> {
-        let mut linked = 0;
+    /// Brings back every session of the data directory at once, so the API can answer for
+    /// all of them; the linked ones then reconnect without a QR code, paced in the
+    /// background (see [`SessionManager::reconnect_paced`]). Returns how many were linked.
+    pub fn restore(self: &Arc<Self>) -> Result<usize, SessionError> {
+        let mut linked = Vec::new();
+        let mut unknown = Vec::new();
         for record in self.store.sessions()? {
             // The registry skips such rows already; an id names files, so never trust one.
             if let Err(e) = validate_id(&record.id) {
                 warn!("not restoring the session {:?} of the registry: {e}", record.id);
                 continue;
             }
-            let engine_store = self.store.engine_store(&record.id)?;
-            let identity = self.engine.linked_identity(&engine_store).await?;
-            // A session that had reached pair-success (`me` is recorded then) but whose
-            // credentials never reached the disk starts a clean new link.
-            let was_linking = record.me.is_some();
-            let linked_now = identity.is_some();
-            self.spawn(&record.id, identity.or(record.me.clone()), record.link_confirmed, false)?;
-            if linked_now || was_linking {
-                linked += usize::from(linked_now);
-                self.command(&record.id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
+            // `me` is recorded at pair-success: the session was linked, or was linking (a
+            // pairing whose credentials never reached the disk then starts a clean new link).
+            let was_linked = record.me.is_some();
+            self.spawn(&record.id, record.me, record.link_confirmed, was_linked, false)?;
+            if was_linked {
+                linked.push(record.id);
+            } else {
+                unknown.push(record.id);
             }
         }
-        Ok(linked)
+        let count = linked.len();
+        if count > 0 {
+            info!(
+                "{count} linked session{} will reconnect, {} per second",
+                if count == 1 { "" } else { "s" },
+                self.config.reconnect_rate
+            );
+        }
+        tokio::spawn(Self::reconnect_paced(Arc::downgrade(self), linked, unknown));
+        Ok(count)
+    }
+
+    /// Starts the restored sessions one after another, at `--reconnect-rate` per second
+    /// (each gap up to a quarter longer, at random), so that WhatsApp never sees a burst of
+    /// logins from this address. A session a caller needed meanwhile has connected already
+    /// and is skipped. Then the sessions the registry did not know as linked are checked
+    /// for credentials on disk (older data directories).
+    async fn reconnect_paced(manager: Weak<Self>, linked: Vec<String>, unknown: Vec<String>) {
+        let Some(rate) = manager.upgrade().map(|m| m.config.reconnect_rate.max(1)) else { return };
+        let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+        for id in linked {
+            let Some(this) = manager.upgrade() else { return };
+            if this.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            if !this.waiting_turn(&id) {
+                continue;
+            }
+            if let Err(e) = this.command(&id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await {
+                warn!(session = %id, "could not reconnect the restored session: {e}");
+            }
+            drop(this);
+            tokio::time::sleep(gap.mul_f64(1.0 + rand::random::<f64>() / 4.0)).await;
+        }
+        for id in unknown {
+            let Some(this) = manager.upgrade() else { return };
+            let linked = match this.store.engine_store(&id) {
+                Ok(store) => this.engine.linked_identity(&store).await.ok().flatten().is_some(),
+                Err(_) => false,
+            };
+            if linked && !this.stopping.load(Ordering::Relaxed) {
+                let _ = this.command(&id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await;
+                drop(this);
+                tokio::time::sleep(gap).await;
+            }
+        }
+    }
+
+    /// Whether the session is still waiting for its turn to reconnect after the start.
+    fn waiting_turn(&self, id: &str) -> bool {
+        self.sessions()
+            .get(id)
+            .is_some_and(|h| h.spawned.view.borrow().reason.as_deref() == Some(state::reason::WAITING_TURN))
+    }
+
+    /// How many restored sessions still wait for their turn to reconnect.
+    pub fn waiting_to_reconnect(&self) -> usize {
+        self.sessions()
+            .values()
+            .filter(|h| h.spawned.view.borrow().reason.as_deref() == Some(state::reason::WAITING_TURN))
+            .count()
     }
 
     /// Starts the session's supervisor unless it has a live one. `replace`: its supervisor
@@ -214,6 +284,7 @@ impl SessionManager {
         id: &str,
         me: Option<crate::engine::Me>,
         link_confirmed: bool,
+        waiting_turn: bool,
         replace: bool,
     ) -> Result<(), SessionError> {
         let engine_store = self.store.engine_store(id)?;
@@ -225,8 +296,16 @@ impl SessionManager {
             None => supervisor::Lasting::new(id, engine_store, &self.outbox, &self.config),
         };
         let engine = self.engine.clone();
-        let spawned =
-            Supervisor::spawn(id, me, link_confirmed, engine, self.outbox.clone(), self.config.clone(), lasting);
+        let spawned = Supervisor::spawn(
+            id,
+            me,
+            link_confirmed,
+            waiting_turn,
+            engine,
+            self.outbox.clone(),
+            self.config.clone(),
+            lasting,
+        );
         sessions.insert(id.to_string(), Handle { spawned });
         Ok(())
     }
@@ -262,7 +341,7 @@ impl SessionManager {
         }
         if !self.sessions().contains_key(id) {
             let identity = self.engine.linked_identity(&self.store.engine_store(id)?).await?;
-            self.spawn(id, identity.or(record.me), record.link_confirmed, false)?;
+            self.spawn(id, identity.or(record.me), record.link_confirmed, false, false)?;
         }
         if created {
             info!(session = %id, "session created");
@@ -537,13 +616,20 @@ impl SessionManager {
     }
 
     /// Closes every connection (for a clean exit).
+    /// Stops every session, many at a time: each waits for its connection to close and its
+    /// state to be saved, and thousands of them one after another would outlast any
+    /// service manager's stop timeout.
     pub async fn shutdown(&self) {
+        use futures_util::StreamExt;
+        self.stopping.store(true, Ordering::Relaxed);
         let ids: Vec<String> = self.sessions().keys().cloned().collect();
-        for id in ids {
-            if let Err(e) = self.stop(&id).await {
-                warn!(session = %id, "could not stop cleanly: {e}");
-            }
-        }
+        futures_util::stream::iter(ids)
+            .for_each_concurrent(SHUTDOWN_CONCURRENCY, |id| async move {
+                if let Err(e) = self.stop(&id).await {
+                    warn!(session = %id, "could not stop cleanly: {e}");
+                }
+            })
+            .await;
     }
 
     /// Sends a command and waits for the answer. A supervisor that died (a panic) is
@@ -567,7 +653,7 @@ impl SessionManager {
             warn!(session = %id, "the session's supervisor had stopped; starting a new one");
             let identity = self.engine.linked_identity(&self.store.engine_store(id)?).await?;
             let confirmed = self.store.session(id)?.is_some_and(|r| r.link_confirmed);
-            self.spawn(id, identity, confirmed, true)?;
+            self.spawn(id, identity, confirmed, false, true)?;
             let fresh = self.sessions().get(id).map(|h| h.spawned.mailbox.clone()).ok_or(SessionError::NotFound)?;
             fresh.send(command).await.map_err(|_| SessionError::Unavailable)?;
         }

@@ -50,6 +50,8 @@ impl StateKind {
 pub mod reason {
     pub const STARTED: &str = "started";
     pub const RESTORED: &str = "restored";
+    /// Linked, restored after a gateway start, waiting for its turn to reconnect.
+    pub const WAITING_TURN: &str = "waiting_turn";
     pub const RESTART_REQUIRED: &str = "restart_required";
     pub const CONNECTION_LOST: &str = "connection_lost";
     pub const STREAM_ERROR: &str = "stream_error";
@@ -153,6 +155,7 @@ pub fn reason_words(why: &str, code: Option<u16>) -> String {
     let words = match (why, code) {
         (reason::STARTED, _) => "started",
         (reason::RESTORED, _) => "restored after a gateway restart",
+        (reason::WAITING_TURN, _) => "waiting for its turn to reconnect after a gateway start",
         (reason::RESTART_REQUIRED, _) => "normal restart after pairing (515)",
         (reason::CONNECTION_LOST, _) => "connection lost",
         (reason::STREAM_ERROR, Some(500)) => "bad session (500)",
@@ -222,6 +225,9 @@ pub fn explain(state: StateKind, reason: Option<&str>, code: Option<u16>) -> Str
         (StateKind::Connected, _) => "Connected to WhatsApp. Messages can be sent and received.",
         (StateKind::Reconnecting, Some(reason::STREAM_ERROR)) if code == Some(500) => {
             "WhatsApp reported a bad session (500); reconnecting. If this repeats, log out and link again."
+        }
+        (StateKind::Reconnecting, Some(reason::WAITING_TURN)) => {
+            "The gateway has just started; linked sessions reconnect a few per second (--reconnect-rate) so WhatsApp sees no burst of logins. Messages sent meanwhile are queued; sending one moves this session to the front."
         }
         (StateKind::Reconnecting, _) => {
             "The connection to WhatsApp was lost; reconnecting automatically with back-off. Nothing to do unless it persists (check the network or proxy)."

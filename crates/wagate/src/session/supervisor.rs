@@ -68,6 +68,8 @@ pub(super) struct Supervisor {
     showed_qr: bool,
     /// WhatsApp accepted the current credentials at least once (see `SessionRecord`).
     link_confirmed: bool,
+    /// Restored at start and not connected yet: reconnects when the pacing says so.
+    waiting_turn: bool,
     connected_at: Option<Instant>,
     /// When connections were opened in the last minute (rate limit).
     opens: VecDeque<Instant>,
@@ -161,16 +163,24 @@ impl Lasting {
 }
 
 impl Supervisor {
+    /// `waiting_turn`: a linked session restored at start, which connects when the manager's
+    /// pacing gives it its turn (a `Start`), or at once when a caller needs its connection.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn(
         id: &str,
         me: Option<Me>,
         link_confirmed: bool,
+        waiting_turn: bool,
         engine: Arc<dyn Engine>,
         outbox: Outbox,
         config: SessionConfig,
         lasting: Lasting,
     ) -> Spawned {
-        let view = SessionView::new(id, StateKind::Stopped, None, me);
+        let view = if waiting_turn {
+            SessionView::new(id, StateKind::Reconnecting, Some(reason::WAITING_TURN), me)
+        } else {
+            SessionView::new(id, StateKind::Stopped, None, me)
+        };
         let (publish, view_rx) = watch::channel(view.clone());
         let (mailbox, inbox) = mpsc::channel(64);
         let Lasting { engine_store, changes, drainer, inbound, live, watched } = lasting.clone();
@@ -197,6 +207,7 @@ impl Supervisor {
             qr_cycles: 0,
             showed_qr: false,
             link_confirmed,
+            waiting_turn,
             connected_at: None,
             opens: VecDeque::new(),
             pending_pair_code: None,
@@ -242,6 +253,10 @@ impl Supervisor {
             }
             Command::PairCode { phone, reply } => self.pair_code(phone, reply).await,
             Command::Connection { reply } => {
+                // A caller needs this session: it does not wait for its turn.
+                if self.waiting_turn {
+                    self.open(reason::RESTORED).await;
+                }
                 let conn = match (&self.conn, self.view.state) {
                     (Some(conn), StateKind::Connected) => Ok(conn.clone()),
                     _ => Err(SessionError::NotConnected(self.view.state)),
@@ -253,6 +268,7 @@ impl Supervisor {
                 let _ = reply.send(self.view.clone());
             }
             Command::Stop { reply } => {
+                self.waiting_turn = false;
                 self.close_connection().await;
                 self.next_attempt = None;
                 self.set(StateKind::Stopped, Some(reason::STOPPED), None).await;
@@ -264,6 +280,9 @@ impl Supervisor {
     /// Whether a connection is open, opening, or scheduled (a start then changes nothing;
     /// a ban is waited out, not cut short).
     fn is_running_or_waiting(&self) -> bool {
+        if self.waiting_turn {
+            return false;
+        }
         let banned = self.view.state == StateKind::Banned && self.next_attempt.is_some();
         self.view.state.is_active() || self.conn.is_some() || banned
     }
@@ -410,6 +429,7 @@ impl Supervisor {
         if self.conn.is_some() {
             return;
         }
+        self.waiting_turn = false;
         let now = Instant::now();
         while self.opens.front().is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(60)) {
             self.opens.pop_front();
@@ -490,6 +510,7 @@ impl Supervisor {
 
     async fn logout(&mut self) {
         self.next_attempt = None;
+        self.waiting_turn = false;
         self.live.send_replace(None);
         if let Some(conn) = self.conn.take() {
             if self.view.state == StateKind::Connected {
