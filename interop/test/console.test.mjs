@@ -191,9 +191,10 @@ describe('the web console in headless Chromium', () => {
       await page.getByLabel('Message', { exact: true }).fill('hello from the browser')
       await page.getByRole('button', { name: 'Send', exact: true }).click()
       await page.locator('#messages li.out', { hasText: 'hello from the browser' }).waitFor({ timeout: WAIT })
-      const echo = page.locator('#messages li.in', { hasText: 'hello from the browser' })
+      const echo = page.locator('#messages li.in').first()
       await echo.waitFor({ timeout: WAIT })
-      assert.match(await echo.textContent(), new RegExp(`From \\${SANDBOX_CONTACT}`))
+      assert.equal(await echo.locator('.body').textContent(), 'hello from the browser', 'the contact echoes the text')
+      assert.match(await echo.locator('.who').textContent(), new RegExp(`^From \\${SANDBOX_CONTACT}`))
 
       // "file" brings a PDF, downloaded by a click.
       await page.getByLabel('Message', { exact: true }).fill('file')
