@@ -172,6 +172,41 @@ export async function startGateway ({ waUrl, extraArgs = [], bin = process.env.W
   return { url, port, dataDir, child, logs, api, stop }
 }
 
+/**
+ * Starts `$WAGATE_BIN sandbox` (simulator, simulated contact and gateway in one process) on a
+ * free port of 127.0.0.1 with a fresh data directory; resolves once /health answers.
+ * stop() ends it (SIGTERM) and removes the data directory.
+ */
+export async function startSandbox ({ bin = process.env.WAGATE_BIN, extraArgs = [], readyTimeoutMs = 60000 } = {}) {
+  if (!bin) throw new Error('WAGATE_BIN must point at a sandbox build of wagate')
+  const root = await mkdtemp(path.join(os.tmpdir(), 'wagate-sandbox-'))
+  const dataDir = path.join(root, 'sandbox-data')
+  const port = await freePort()
+  const url = `http://127.0.0.1:${port}`
+  const child = spawn(bin, ['sandbox', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, ...extraArgs],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, WAGATE_LOG: 'info' } })
+  const logs = [] // the banner and the log lines, for diagnostics
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding('utf8')
+    stream.on('data', chunk => logs.push(...chunk.split('\n').filter(Boolean)))
+  }
+  const exited = new Promise(resolve => child.once('exit', (code, signal) => resolve({ code, signal })))
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+    const result = await exited
+    await rm(root, { recursive: true, force: true })
+    return result
+  }
+  try {
+    await waitUntil(() => fetch(url + '/health').then(r => r.ok, () => false), readyTimeoutMs, 'wagate sandbox to listen')
+  } catch (e) {
+    await stop()
+    e.message += tail(logs, 20, '\nwagate sandbox output:')
+    throw e
+  }
+  return { url, port, dataDir, child, logs, stop }
+}
+
 /** Formats the last n lines of a list for an error message. */
 export function tail (lines, n, title) {
   if (!lines.length) return ''

@@ -1,20 +1,23 @@
 // The web console (/console) in headless Chromium, driven by playwright-core, against a
 // gateway linked to wagate-sim: Connect shows the QR live, a second tab and a reload leave
 // the pairing alone, a scan turns the page to Connected without a reload, the pairing-code
-// form links too, logout asks first, and a typed API key goes with every call.
+// form links too, logout asks first, and a typed API key goes with every call. Against
+// `wagate sandbox`, a session links and exchanges messages by clicks alone: the simulated
+// phone scans, the contact echoes a text and sends a PDF that downloads.
 // Needs WAGATE_BIN (a sandbox build of `wagate`), the simulator binary (see harness) and
 // Chromium (CHROMIUM_BIN, default /usr/bin/chromium). Screenshots go to
 // WAGATE_CONSOLE_ARTIFACTS (default target/console-artifacts in the repository).
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
-import { control, interopDir, startGateway, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
+import { control, interopDir, startGateway, startSandbox, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
 
 const WAIT = 30000
 const QR_PHONE = '15557100001'
 const CODE_PHONE = '15557100002'
+const SANDBOX_CONTACT = '+15550100100'
 const artifacts = process.env.WAGATE_CONSOLE_ARTIFACTS || path.join(interopDir, '..', 'target', 'console-artifacts')
 
 const s = { pageErrors: [] }
@@ -160,6 +163,55 @@ describe('the web console in headless Chromium', () => {
       assert.equal(await page.locator('#me-phone').textContent(), `+${CODE_PHONE}`)
       await tabs.close()
     } catch (e) { e.message += context(); throw e }
+  })
+
+  it('links and exchanges messages in the sandbox by clicking only', { timeout: 120000 }, async () => {
+    const sandbox = await startSandbox()
+    const logs = () => tail(s.pageErrors, 10, '\nbrowser errors:') + tail(sandbox.logs, 30, '\nwagate sandbox output:')
+    try {
+      const tabs = await s.browser.newContext({ viewport: { width: 1100, height: 1400 }, acceptDownloads: true })
+      const page = await tabs.newPage()
+      page.on('pageerror', e => s.pageErrors.push(`pageerror: ${e.message}`))
+      page.on('console', m => { if (m.type() === 'error') s.pageErrors.push(`console: ${m.text()}`) })
+      // The address `wagate sandbox` prints.
+      await page.goto(`${sandbox.url}/console#session=demo`)
+      const scan = page.getByRole('button', { name: 'Scan with a simulated phone' })
+      await scan.waitFor({ state: 'visible', timeout: WAIT })
+      assert.match(await page.locator('#sandbox').textContent(), new RegExp(`\\${SANDBOX_CONTACT}`))
+      await shownQr(page)
+      await page.screenshot({ path: path.join(artifacts, 'console-sandbox-qr.png'), fullPage: true })
+      await scan.click()
+      await stateShown(page, 'Connected')
+      const history = await page.locator('#history').textContent()
+      assert.match(history, /normal restart after pairing \(515\)/, 'the 515 restart is in the history')
+      assert.match(await page.locator('#me-phone').textContent(), /^\+1555020\d{4}$/)
+
+      // The contact is filled in: type, send, and its echo appears.
+      assert.equal(await page.getByLabel('To', { exact: true }).inputValue(), SANDBOX_CONTACT)
+      await page.getByLabel('Message', { exact: true }).fill('hello from the browser')
+      await page.getByRole('button', { name: 'Send', exact: true }).click()
+      await page.locator('#messages li.out', { hasText: 'hello from the browser' }).waitFor({ timeout: WAIT })
+      const echo = page.locator('#messages li.in').first()
+      await echo.waitFor({ timeout: WAIT })
+      assert.equal(await echo.locator('.body').textContent(), 'hello from the browser', 'the contact echoes the text')
+      assert.match(await echo.locator('.who').textContent(), new RegExp(`^From \\${SANDBOX_CONTACT}`))
+
+      // "file" brings a PDF, downloaded by a click.
+      await page.getByLabel('Message', { exact: true }).fill('file')
+      await page.getByRole('button', { name: 'Send', exact: true }).click()
+      const download = page.getByRole('button', { name: 'Download wagate-sandbox.pdf' })
+      await download.waitFor({ timeout: WAIT })
+      const [saved] = await Promise.all([page.waitForEvent('download', { timeout: WAIT }), download.click()])
+      assert.equal(saved.suggestedFilename(), 'wagate-sandbox.pdf')
+      const pdf = await readFile(await saved.path())
+      assert.equal(pdf.subarray(0, 5).toString(), '%PDF-')
+      await page.screenshot({ path: path.join(artifacts, 'console-sandbox.png'), fullPage: true })
+      await tabs.close()
+      assert.deepEqual(s.pageErrors, [])
+    } catch (e) { e.message += logs(); throw e } finally {
+      const exit = await sandbox.stop()
+      assert.equal(exit.code, 0, `wagate sandbox exits cleanly on SIGTERM: ${JSON.stringify(exit)}`)
+    }
   })
 
   it('sends a typed API key with every call, the live stream included, and forgets it', { timeout: 60000 }, async () => {

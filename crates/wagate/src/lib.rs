@@ -9,6 +9,8 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 mod percent;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -34,8 +34,24 @@ pub struct Gateway {
     _lock: DataDirLock,
 }
 
+/// What a gateway may be started with besides its [`Config`].
+#[derive(Default)]
+pub struct Extras {
+    /// The data directory's lock, when the caller took it already (to prepare the
+    /// directory first); otherwise the gateway takes it.
+    pub lock: Option<DataDirLock>,
+    /// `wagate sandbox`: the in-process simulator and its contact, and the routes and
+    /// console button that use them.
+    #[cfg(feature = "sandbox")]
+    pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+}
+
 impl Gateway {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with(config, Extras::default()).await
+    }
+
+    pub async fn start_with(config: Config, extras: Extras) -> anyhow::Result<Self> {
         check_wa_url(config.wa_url.as_deref())?;
         // Files are private: what an older version, a copy or an unpack left open is closed.
         let opened_up = private::tighten_data_dir(&config.data_dir);
@@ -43,7 +59,10 @@ impl Gateway {
             let paths: Vec<String> = opened_up.iter().map(|p| p.display().to_string()).collect();
             tracing::warn!("took group and other permissions away from {}", paths.join(", "));
         }
-        let mut lock = DataDirLock::acquire(&config.data_dir)?;
+        let mut lock = match extras.lock {
+            Some(lock) => lock,
+            None => DataDirLock::acquire(&config.data_dir)?,
+        };
         let started_at = chrono::Utc::now();
         let store = Store::open(&config.data_dir)
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
@@ -54,7 +73,15 @@ impl Gateway {
         // Downloads are written here, as unnamed files: a crash leaves nothing to clean up.
         let scratch_dir = config.data_dir.join("tmp");
         private::create_dir(&scratch_dir).with_context(|| format!("creating {}", scratch_dir.display()))?;
-        let engine = Arc::new(WhatsAppEngine::new(config.wa_url.clone(), proxy, Scratch::new(scratch_dir)));
+        let scratch = Scratch::new(scratch_dir);
+        let engine = WhatsAppEngine::new(config.wa_url.clone(), proxy, scratch.clone());
+        // The sandbox's simulator is in this process: never reached through a proxy.
+        #[cfg(feature = "sandbox")]
+        let engine = match (&extras.sandbox, &config.wa_url) {
+            (Some(_), Some(url)) => WhatsAppEngine::direct(url.clone(), scratch),
+            _ => engine,
+        };
+        let engine = Arc::new(engine);
         // Events held for a detail by the last run (which died) go out as they are.
         store.release_held(crate::webhook::now_ms()).context("releasing held webhook events")?;
         let outbox = Outbox::new(Arc::new(store), config.webhooks.clone());
@@ -87,6 +114,8 @@ impl Gateway {
             started: Instant::now(),
             started_at,
             event_streams: http::EventStreams::new(config.limits.max_event_streams),
+            #[cfg(feature = "sandbox")]
+            sandbox: extras.sandbox,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(http::serve(listener, state, config.limits.clone(), async {

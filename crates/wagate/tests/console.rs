@@ -1,8 +1,8 @@
 //! The web console: its files are served with the right types and headers and follow the
 //! key rule (a remote browser may load the page only when a key is configured, and gets no
 //! data without it); and `interop/test/console.test.mjs` drives it in headless Chromium
-//! against this build of `wagate` and the simulator (needs `npm ci --prefix interop` and
-//! Debian's `chromium`).
+//! against this build of `wagate` and the simulator, and against `wagate sandbox` (needs
+//! `npm ci --prefix interop` and Debian's `chromium`).
 
 mod common;
 
@@ -33,6 +33,7 @@ async fn serve_as_if_from(peer: &str, api_key: Option<&str>, data_dir: &Path) ->
         started: Instant::now(),
         started_at: chrono::Utc::now(),
         event_streams: Default::default(),
+        sandbox: None,
     });
     let peer: SocketAddr = peer.parse().unwrap();
     let router = wagate::http::router(state).layer(MockConnectInfo(peer));
@@ -152,12 +153,17 @@ fn the_console_links_a_session_in_headless_chromium() {
         chromium.display()
     );
     let artifacts = artifacts_dir();
-    let screenshot = artifacts.join("console-connected.png");
-    let _ = std::fs::remove_file(&screenshot);
+    let screenshots = [artifacts.join("console-connected.png"), artifacts.join("console-sandbox.png")];
+    for screenshot in &screenshots {
+        let _ = std::fs::remove_file(screenshot);
+    }
     common::node::run_node_test(
         "console.test.mjs",
         &[("CHROMIUM_BIN", chromium.as_os_str()), ("WAGATE_CONSOLE_ARTIFACTS", artifacts.as_os_str())],
     );
-    let png = std::fs::read(&screenshot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", screenshot.display()));
-    assert!(png.starts_with(b"\x89PNG"), "{} is not a PNG", screenshot.display());
+    for screenshot in &screenshots {
+        let png =
+            std::fs::read(screenshot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", screenshot.display()));
+        assert!(png.starts_with(b"\x89PNG"), "{} is not a PNG", screenshot.display());
+    }
 }

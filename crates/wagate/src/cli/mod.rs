@@ -7,6 +7,8 @@ mod doctor;
 mod link;
 mod logging;
 mod restore;
+#[cfg(feature = "sandbox")]
+mod sandbox;
 mod serve;
 mod sessions;
 mod status;
@@ -40,6 +42,10 @@ enum Command {
     Sessions(sessions::SessionsCommand),
     /// Link a session: show its QR code here (or a pairing code) and wait until it is connected.
     Link(link::LinkArgs),
+    /// Try wagate offline: a WhatsApp simulator, a simulated phone and a contact that answers,
+    /// all in this process, with the web console (sandbox builds only).
+    #[cfg(feature = "sandbox")]
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// The data directory an operator command looks at.
@@ -84,6 +90,8 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Restore(args) => restore::run(args).map(|()| exit::OK),
         Command::Sessions(command) => block_on(sessions::run(command)),
         Command::Link(args) => block_on(link::run(args)),
+        #[cfg(feature = "sandbox")]
+        Command::Sandbox(args) => sandbox::run(args).map(|()| exit::OK),
     }
 }
 

@@ -175,7 +175,8 @@ fn public_url(url: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM.
+pub(super) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

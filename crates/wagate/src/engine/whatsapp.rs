@@ -36,11 +36,19 @@ pub struct WhatsAppEngine {
     default_proxy: Option<Proxy>,
     /// Where downloads are written.
     scratch: Scratch,
+    /// Whether `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY` apply when no proxy is set.
+    environment_proxy: bool,
 }
 
 impl WhatsAppEngine {
     pub fn new(ws_url: Option<String>, default_proxy: Option<Proxy>, scratch: Scratch) -> Self {
-        Self { ws_url, default_proxy, scratch }
+        Self { ws_url, default_proxy, scratch, environment_proxy: true }
+    }
+
+    /// An engine for a server on this machine that is always reached directly, whatever
+    /// proxy the environment names (`wagate sandbox` and its in-process simulator).
+    pub fn direct(ws_url: String, scratch: Scratch) -> Self {
+        Self { ws_url: Some(ws_url), default_proxy: None, scratch, environment_proxy: false }
     }
 
     /// The proxy for a connection: the session's, else the gateway's, else the standard
@@ -48,6 +56,9 @@ impl WhatsAppEngine {
     fn proxy_for(&self, session: Option<&Proxy>) -> Result<Option<Proxy>, EngineError> {
         if let Some(proxy) = session.or(self.default_proxy.as_ref()) {
             return Ok(Some(proxy.clone()));
+        }
+        if !self.environment_proxy {
+            return Ok(None);
         }
         let url = self.ws_url.as_deref().unwrap_or(super::transport::WHATSAPP_WS_URL);
         let host = url.split("://").nth(1).and_then(|rest| rest.split(['/', ':']).next()).unwrap_or_default();

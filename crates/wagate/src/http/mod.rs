@@ -9,6 +9,8 @@ mod health;
 mod media_input;
 pub use health::resident_memory_bytes;
 pub mod qr;
+#[cfg(feature = "sandbox")]
+mod sandbox;
 pub mod trust;
 mod v1;
 
@@ -32,6 +34,10 @@ pub struct AppState {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Room for the open `/v1/sessions/{id}/events` streams.
     pub event_streams: EventStreams,
+    /// Set by `wagate sandbox` only: then `/v1/sandbox` and the console's simulated scan
+    /// exist; otherwise (`wagate serve`) they are not routed at all.
+    #[cfg(feature = "sandbox")]
+    pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
 }
 
 /// What clients may hold of the HTTP server, together.
@@ -84,10 +90,10 @@ impl Default for EventStreams {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let guarded = v1::routes()
-        .merge(compat::routes())
-        .route("/metrics", axum::routing::get(metrics))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+    let api = v1::routes().merge(compat::routes()).route("/metrics", axum::routing::get(metrics));
+    #[cfg(feature = "sandbox")]
+    let api = if state.sandbox.is_some() { api.merge(sandbox::routes()) } else { api };
+    let guarded = api.layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(guarded)
         .merge(console::routes(state.clone()))

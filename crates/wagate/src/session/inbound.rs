@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
 use super::group_names::{GroupNames, LOOKUP_TIMEOUT};
@@ -32,6 +32,9 @@ pub(super) struct InboundRecorder {
     pub groups: Arc<GroupNames>,
     pub live: Live,
     pub media_upserts: Arc<MediaUpserts>,
+    /// Each newly committed message, as `messages.upsert` carries it, for whoever follows
+    /// the session live (its event stream).
+    pub received: broadcast::Sender<Arc<Value>>,
 }
 
 /// One message on its way into the store.
@@ -67,17 +70,22 @@ impl InboundSink for InboundRecorder {
             tokio::time::sleep(delay).await;
         }
         let session = self.session.clone();
-        let (kinds, to_finish) = self
+        // Copies only for live followers, when there are any.
+        let followed = self.received.receiver_count() > 0;
+        let (kinds, to_finish, shown) = self
             .outbox
             .store()
             .write(move |db| {
                 let now = now_ms();
-                let (mut kinds, mut to_finish) = (Vec::new(), Vec::new());
+                let (mut kinds, mut to_finish, mut shown) = (Vec::new(), Vec::new(), Vec::new());
                 for Item { message, data, event } in items {
                     if !store::claim_inbound(db, &session, &message, now)? {
                         continue;
                     }
                     store::record_received(db, &session, &message, now)?;
+                    if followed {
+                        shown.push(data.clone());
+                    }
                     if compat {
                         let media = message.media.map(|m| m.location);
                         let seq = store::add_pending_upsert(db, &session, &data, media.as_ref())?;
@@ -90,7 +98,7 @@ impl InboundSink for InboundRecorder {
                     }
                     kinds.push(message.kind);
                 }
-                Ok((kinds, to_finish))
+                Ok((kinds, to_finish, shown))
             })
             .await
             .map_err(|e| {
@@ -102,6 +110,10 @@ impl InboundSink for InboundRecorder {
             crate::metrics::METRICS.messages_received.with_label_values(&[kind.as_str()]).inc();
         }
         self.outbox.wake(&self.session);
+        for data in shown {
+            // Nobody listening any more is fine.
+            let _ = self.received.send(Arc::new(data));
+        }
         for added in to_finish {
             match added {
                 Added::Held { event, data, group } => self.release_later(event, data, group),

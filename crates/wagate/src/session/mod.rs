@@ -367,6 +367,12 @@ impl SessionManager {
         Some((current, receiver))
     }
 
+    /// Every message the session receives from now on, as `messages.upsert` carries it,
+    /// once it is committed (a redelivery comes once).
+    pub fn received(&self, id: &str) -> Option<broadcast::Receiver<Arc<serde_json::Value>>> {
+        self.sessions().get(id).map(|h| h.spawned.lasting.received.subscribe())
+    }
+
     pub async fn start(&self, id: &str) -> Result<SessionView, SessionError> {
         self.command(id, |reply| Command::Start { reason: state::reason::STARTED, reply }).await
     }

@@ -96,6 +96,8 @@ pub(super) struct Lasting {
     /// Where the engine keeps the session's keys (from a validated id).
     pub engine_store: EngineStore,
     pub changes: broadcast::Sender<SessionView>,
+    /// Received messages, once committed (see [`InboundRecorder::received`]).
+    pub received: broadcast::Sender<Arc<serde_json::Value>>,
     pub drainer: Drainer,
     pub inbound: Arc<InboundRecorder>,
     pub live: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
@@ -134,6 +136,7 @@ impl Watched {
 impl Lasting {
     pub(super) fn new(id: &str, engine_store: EngineStore, outbox: &Outbox, config: &SessionConfig) -> Self {
         let (changes, _) = broadcast::channel(64);
+        let (received, _) = broadcast::channel(256);
         let drainer = Drainer {
             session: id.to_string(),
             store: outbox.store().clone(),
@@ -157,8 +160,9 @@ impl Lasting {
             groups,
             live: live.subscribe(),
             media_upserts,
+            received: received.clone(),
         });
-        Self { engine_store, changes, drainer, inbound, live, watched: Arc::default() }
+        Self { engine_store, changes, received, drainer, inbound, live, watched: Arc::default() }
     }
 }
 
@@ -183,7 +187,7 @@ impl Supervisor {
         };
         let (publish, view_rx) = watch::channel(view.clone());
         let (mailbox, inbox) = mpsc::channel(64);
-        let Lasting { engine_store, changes, drainer, inbound, live, watched } = lasting.clone();
+        let Lasting { engine_store, changes, drainer, inbound, live, watched, .. } = lasting.clone();
         let supervisor = Supervisor {
             drainer,
             id: id.to_string(),

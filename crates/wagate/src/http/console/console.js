@@ -1,5 +1,6 @@
 // The wagate console: a list of sessions, a live view of one session (its QR code while it
-// waits for a scan, the linked number once connected) and the few actions an operator needs.
+// waits for a scan, the linked number once connected, its history, the messages it sends
+// and receives, its webhook's recent events) and the few actions an operator needs.
 // Everything goes through the native API (/v1) with fetch(), so that an API key typed into
 // the page can be sent as a header; that is also why the event stream is read with fetch()
 // rather than EventSource, which cannot send headers.
@@ -8,6 +9,9 @@
 const KEY_STORAGE = 'wagate-api-key'
 const LIST_EVERY_MS = 3000
 const STREAM_RETRY_MAX_MS = 15000
+// The lists of one session keep their newest entries only.
+const LOG_MAX = 200
+const DELIVERIES_SHOWN = 8
 
 const STATE_WORDS = {
   stopped: 'Stopped',
@@ -204,16 +208,20 @@ function sleep (ms, signal) {
 function follow (id) {
   if (followed && followed.id === id) return
   if (followed) followed.controller.abort()
-  followed = { id, controller: new AbortController(), qr: null }
+  followed = { id, controller: new AbortController(), qr: null, last: null }
   history.replaceState(null, '', `#session=${encodeURIComponent(id)}`)
   $('session-name').textContent = id
   say($('session-error'), '')
   show($('pair-result'), false)
+  $('messages').replaceChildren()
+  show($('no-messages'), true)
+  $('history').replaceChildren()
   render({ id, state: null })
   show($('session'), true)
   listed = ''
   refreshList()
   stream(followed)
+  refreshWebhook()
 }
 
 async function stream (current) {
@@ -233,9 +241,13 @@ async function stream (current) {
       $('stream-status').textContent = 'Live: this page follows every change.'
       delay = 1000
       await readEvents(response.body, signal, (event, data) => {
-        if (event !== 'state' || current !== followed) return
-        render(JSON.parse(data))
-        refreshList() // the list and the counts show the change at once, not at the next poll
+        if (current !== followed) return
+        if (event === 'message') {
+          showReceived(JSON.parse(data))
+        } else if (event === 'state') {
+          render(JSON.parse(data))
+          refreshList() // the list and the counts show the change at once, not at the next poll
+        }
       })
     } catch (e) {
       if (signal.aborted) return
@@ -303,6 +315,171 @@ function render (view) {
 
   const active = ['connecting', 'awaiting_scan', 'pairing', 'connected', 'reconnecting'].includes(state)
   show($('logout'), active || Boolean(state && state !== 'logged_out' && view.me))
+  // Sends while it reconnects are queued and go out once it is back.
+  show($('chat'), state === 'connected' || ((state === 'connecting' || state === 'reconnecting') && Boolean(view.me)))
+  if (state) remember(view)
+}
+
+// ---- history, messages, webhook ------------------------------------------------------------
+
+function clock (date) {
+  return date.toLocaleTimeString()
+}
+
+// Appends an entry to a list, keeping the newest LOG_MAX, and scrolls to it.
+function append (list, item) {
+  list.append(item)
+  while (list.children.length > LOG_MAX) list.firstElementChild.remove()
+  list.scrollTop = list.scrollHeight
+}
+
+function entry (className, when, who, body) {
+  const item = document.createElement('li')
+  if (className) item.className = className
+  const time = document.createElement('span')
+  time.className = 'when'
+  time.textContent = clock(when)
+  item.append(time)
+  if (who) {
+    const name = document.createElement('span')
+    name.className = 'who'
+    name.textContent = who
+    item.append(name)
+  }
+  const text = document.createElement('span')
+  text.className = 'body'
+  text.textContent = body
+  item.append(text)
+  return item
+}
+
+// A line in the session's history: each change of state (the 515 restart after a pairing
+// included), and notes of what this page did.
+function note (text, when = new Date()) {
+  append($('history'), entry('', when, '', text))
+}
+
+function remember (view) {
+  const key = [view.state, view.reason, view.code].join('|')
+  if (followed.last === key) return // a new QR code, or the same state again after a reconnect
+  followed.last = key
+  const why = view.reason ? ` (${reasonWords(view)})` : ''
+  note(`${stateWords(view.state)}${why}`, view.since ? new Date(view.since) : new Date())
+}
+
+function jidWords (jid) {
+  if (!jid) return ''
+  const user = jid.split(/[:@]/)[0]
+  return jid.endsWith('@s.whatsapp.net') ? `+${user}` : jid
+}
+
+// A message the session received, as its `messages.upsert` event carries it.
+function showReceived (message) {
+  const from = message.sender_phone ? `+${message.sender_phone}` : jidWords(message.sender)
+  const name = message.push_name ? ` (${message.push_name})` : ''
+  const where = message.is_group ? ` in ${message.group_subject || message.group_id}` : ''
+  const body = message.text || (message.reaction !== null && message.reaction !== undefined
+    ? `reacted ${message.reaction || '(removed)'}`
+    : `[${message.type}]`)
+  const item = entry('in', new Date(message.timestamp * 1000), `From ${from}${name}${where}:`, body)
+  item.dataset.messageId = message.id
+  item.dataset.type = message.type
+  if (message.quoted_text) {
+    const quote = document.createElement('div')
+    quote.className = 'muted'
+    quote.textContent = `↩ a reply to “${message.quoted_text}”`
+    item.append(quote)
+  }
+  if (message.media) item.append(downloadButton(message))
+  const details = document.createElement('details')
+  const summary = document.createElement('summary')
+  summary.textContent = 'As a webhook receives it (messages.upsert data)'
+  const json = document.createElement('pre')
+  json.textContent = JSON.stringify(message, null, 2)
+  details.append(summary, json)
+  item.append(details)
+  show($('no-messages'), false)
+  append($('messages'), item)
+  refreshWebhook()
+}
+
+function showSent (sent, text) {
+  const item = entry('out', new Date(sent.timestamp || Date.now()), `To ${jidWords(sent.to)}:`, text)
+  item.dataset.messageId = sent.id
+  const status = document.createElement('span')
+  status.className = 'muted'
+  status.textContent = ` (${sent.status})`
+  item.append(status)
+  show($('no-messages'), false)
+  append($('messages'), item)
+}
+
+function downloadButton (message) {
+  const button = document.createElement('button')
+  button.type = 'button'
+  button.className = 'link download'
+  const name = message.media.filename || `${message.id}.${message.type}`
+  button.textContent = `Download ${name}`
+  const id = followed.id
+  button.addEventListener('click', async () => {
+    button.disabled = true
+    try {
+      await download(id, message.id, name)
+    } catch (e) {
+      say($('session-error'), `Cannot download the file: ${e.message}`)
+    } finally {
+      button.disabled = false
+    }
+  })
+  return button
+}
+
+// Files are fetched with the key (hence as a blob), then handed to the browser to save.
+async function download (id, messageId, name) {
+  const response = await fetch(sessionPath(id, `/media/${encodeURIComponent(messageId)}`), { headers: headers(), cache: 'no-store' })
+  if (!response.ok) throw await failure(response)
+  const url = URL.createObjectURL(await response.blob())
+  const link = document.createElement('a')
+  link.href = url
+  link.download = name
+  document.body.append(link)
+  link.click()
+  link.remove()
+  setTimeout(() => URL.revokeObjectURL(url), 60000)
+}
+
+let webhookShown = ''
+
+// The session's webhook and its most recent events (the API keeps them for a while).
+async function refreshWebhook () {
+  const current = followed
+  if (!current) return
+  let own, deliveries
+  try {
+    own = (await api('GET', sessionPath(current.id))).webhook
+    deliveries = await api('GET', `v1/webhooks/deliveries?session=${encodeURIComponent(current.id)}&limit=${DELIVERIES_SHOWN}`)
+  } catch {
+    return // the session list says what is wrong with the gateway
+  }
+  if (followed !== current) return
+  const fingerprint = JSON.stringify([current.id, own, deliveries])
+  if (fingerprint === webhookShown) return
+  webhookShown = fingerprint
+  $('webhook-target').textContent = own
+    ? `Every event of this session goes to ${own.url}${own.has_secret ? ', signed' : ''}.`
+    : 'This session has no webhook of its own: its events go to the gateway\'s default webhook if one is set, else nowhere.'
+  const rows = deliveries.map(d => {
+    const row = document.createElement('tr')
+    const answer = d.last_status ? `HTTP ${d.last_status}` : (d.last_error || '—')
+    for (const text of [d.event, d.status, String(d.attempts), answer, when(new Date(d.created_ms).toISOString())]) {
+      const cell = document.createElement('td')
+      cell.textContent = text
+      row.append(cell)
+    }
+    return row
+  })
+  $('deliveries').tBodies[0].replaceChildren(...rows)
+  show($('deliveries'), rows.length > 0)
 }
 
 // The QR text goes into data-qr as it arrives; the image is fetched from the API (with the
@@ -356,6 +533,26 @@ async function connect (event) {
   }
 }
 
+async function sendMessage (event) {
+  event.preventDefault()
+  if (!followed) return
+  const id = followed.id
+  const button = event.submitter || $('send-form').querySelector('button')
+  const text = $('send-text').value
+  button.disabled = true
+  say($('session-error'), '')
+  try {
+    const sent = await api('POST', sessionPath(id, '/messages'), { to: $('send-to').value, text })
+    if (followed && followed.id === id) showSent(sent, text)
+    $('send-text').value = ''
+    $('send-text').focus()
+  } catch (e) {
+    say($('session-error'), `Not sent: ${e.message}`)
+  } finally {
+    button.disabled = false
+  }
+}
+
 async function requestPairCode (event) {
   event.preventDefault()
   if (!followed) return
@@ -403,6 +600,7 @@ function forgetKey () {
 function restart () {
   showKeyState()
   listed = ''
+  webhookShown = ''
   refreshList()
   if (followed) {
     const id = followed.id
@@ -415,6 +613,7 @@ function restart () {
 function start () {
   $('connect-form').addEventListener('submit', connect)
   $('pair-form').addEventListener('submit', requestPairCode)
+  $('send-form').addEventListener('submit', sendMessage)
   $('logout').addEventListener('click', logout)
   $('key-form').addEventListener('submit', useKey)
   $('forget-key').addEventListener('click', forgetKey)
@@ -426,7 +625,7 @@ function start () {
     follow(id)
   }
   refreshList()
-  setInterval(refreshList, LIST_EVERY_MS)
+  setInterval(() => { refreshList(); refreshWebhook() }, LIST_EVERY_MS)
 }
 
 start()

@@ -22,9 +22,36 @@ const ICON: &str = include_str!("favicon.svg");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; \
      connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'";
 
+/// `wagate sandbox`'s additions to the page: the simulated phone's scan button and the
+/// simulated contact, in a script of their own that only a sandbox serves.
+#[cfg(feature = "sandbox")]
+mod sandbox {
+    use std::sync::LazyLock;
+
+    pub const SCRIPT: &str = include_str!("sandbox.js");
+    const CONSOLE_TAG: &str = r#"<script src="console/console.js" defer></script>"#;
+
+    /// The page with the sandbox's script after the console's.
+    pub static PAGE: LazyLock<String> = LazyLock::new(|| {
+        assert!(super::PAGE.contains(CONSOLE_TAG), "index.html loads console.js");
+        super::PAGE
+            .replace(CONSOLE_TAG, &format!("{CONSOLE_TAG}\n  <script src=\"console/sandbox.js\" defer></script>"))
+    });
+}
+
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/console", get(|| async { asset(PAGE, "text/html; charset=utf-8") }))
+    #[allow(unused_mut)]
+    let mut page: &'static str = PAGE;
+    #[allow(unused_mut)]
+    let mut router = Router::new();
+    #[cfg(feature = "sandbox")]
+    if state.sandbox.is_some() {
+        page = sandbox::PAGE.as_str();
+        router = router
+            .route("/console/sandbox.js", get(|| async { asset(sandbox::SCRIPT, "text/javascript; charset=utf-8") }));
+    }
+    router
+        .route("/console", get(move || async move { asset(page, "text/html; charset=utf-8") }))
         // The page's links are relative to `/console`; a trailing slash would break them.
         .route("/console/", get(|| async { Redirect::permanent("../console") }))
         .route("/console/console.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))

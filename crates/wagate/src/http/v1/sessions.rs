@@ -81,8 +81,10 @@ fn found(state: &AppState, id: &str) -> ApiResult<SessionView> {
 async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let view = found(&state, &id)?;
     let mut value = serde_json::to_value(view).map_err(ApiError::internal)?;
-    let proxy = state.manager.store().session(&id).map_err(ApiError::internal)?.and_then(|r| r.proxy);
+    let record = state.manager.store().session(&id).map_err(ApiError::internal)?;
+    let (proxy, webhook) = record.map(|r| (r.proxy, r.webhook)).unwrap_or_default();
     value["proxy"] = proxy.as_deref().map(checked_proxy).transpose()?.into();
+    value["webhook"] = webhook.as_ref().map(super::webhooks::view).into();
     Ok(Json(value))
 }
 
@@ -175,26 +177,49 @@ async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> A
     Ok(Json(json!({ "id": id, "deleted": true })))
 }
 
-/// Server-Sent Events: the current state first, then every change (each new QR too).
+/// Server-Sent Events: the current state first, then every change (each new QR too) as
+/// `state`, and each message the session receives from now on as `message` (the data of its
+/// `messages.upsert` event).
 async fn events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let (current, changes) = state.manager.subscribe(&id).ok_or(crate::session::SessionError::NotFound)?;
+    let not_found = || ApiError::from(crate::session::SessionError::NotFound);
+    let (current, changes) = state.manager.subscribe(&id).ok_or_else(not_found)?;
+    let received = state.manager.received(&id).ok_or_else(not_found)?;
     // Held by the stream until the client goes away.
     let slot = state.event_streams.open()?;
     let first = stream::once(async move { Ok(state_event(&current)) });
-    let rest = stream::unfold((changes, slot), |(mut changes, slot)| async move {
+    let states = first.chain(stream::unfold(changes, |mut changes| async move {
         loop {
             match changes.recv().await {
-                Ok(view) => return Some((Ok(state_event(&view)), (changes, slot))),
+                Ok(view) => return Some((Ok(state_event(&view)), changes)),
                 // A slow reader missed some changes; the next one carries the whole state.
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return None,
             }
         }
+    }));
+    let messages = stream::unfold(received, |mut received| async move {
+        let event = match received.recv().await {
+            Ok(message) => message_event(&message),
+            // A slow reader missed some messages: say so, and go on with the next.
+            Err(RecvError::Lagged(missed)) => {
+                Event::default().comment(format!("{missed} received messages were skipped"))
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), received))
     });
-    Ok(Sse::new(first.chain(rest)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let events = stream::select(states, messages).map(move |event| {
+        let _held = &slot;
+        event
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn message_event(message: &Value) -> Event {
+    Event::default().event("message").json_data(message).unwrap_or_else(|_| Event::default().comment("unserializable"))
 }
 
 fn state_event(view: &SessionView) -> Event {

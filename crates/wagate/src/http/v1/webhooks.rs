@@ -27,7 +27,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The API shows a webhook without its secrets, saying only whether they are set.
-fn view(webhook: &WebhookConfig) -> Value {
+pub(super) fn view(webhook: &WebhookConfig) -> Value {
     json!({
         "url": webhook.url,
         "events": webhook.events,
