@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod open_files;
 mod percent;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;

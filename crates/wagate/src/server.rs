@@ -51,8 +51,9 @@ impl Gateway {
         Self::start_with(config, Extras::default()).await
     }
 
-    pub async fn start_with(config: Config, extras: Extras) -> anyhow::Result<Self> {
+    pub async fn start_with(mut config: Config, extras: Extras) -> anyhow::Result<Self> {
         check_wa_url(config.wa_url.as_deref())?;
+        plan_open_files(&mut config);
         // Files are private: what an older version, a copy or an unpack left open is closed.
         let opened_up = private::tighten_data_dir(&config.data_dir);
         if !opened_up.is_empty() {
@@ -135,4 +136,30 @@ impl Gateway {
         }
         self.dispatcher.stop().await;
     }
+}
+
+/// Raises the open-files limit and fits the API's connections and the sessions into it.
+fn plan_open_files(config: &mut Config) {
+    let Some((budget, before)) = crate::open_files::raise(config.limits.max_connections) else {
+        tracing::warn!("could not read the open-files limit; sessions are not capped by it");
+        return;
+    };
+    let raised = if budget.soft > before { format!(" (raised from {before})") } else { String::new() };
+    tracing::info!(
+        "open files: limit {}{raised}, hard limit {}; room for {} sessions beside {} API connections",
+        budget.soft,
+        budget.hard,
+        budget.sessions,
+        budget.connections
+    );
+    if budget.connections < config.limits.max_connections {
+        tracing::warn!(
+            "the open-files limit ({}) allows {} API connections at once, not the {} of --max-connections",
+            budget.soft,
+            budget.connections,
+            config.limits.max_connections
+        );
+        config.limits.max_connections = budget.connections;
+    }
+    config.sessions.open_files = Some(budget);
 }

@@ -169,3 +169,33 @@ async fn sessions_beyond_max_sessions_are_refused_and_existing_ones_keep_working
     assert_eq!(status, 201);
     gateway.stop().await;
 }
+
+/// Under the open-files limit shells give (here 256, to keep the test small), wagate fits
+/// the API and as many sessions as the limit allows; the next session is refused with the
+/// reason, and the API keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_the_open_files_limit_are_refused_and_the_api_stays_up() {
+    const FILES: u64 = 256;
+    let budget = wagate::open_files::FileBudget::plan(FILES, FILES, 1024);
+    let sim = common::start_sim().await;
+    let data = tempfile::tempdir().unwrap();
+    let gateway = common::GatewayProcess::spawn_with_open_files(&sim, data.path(), common::free_port(), FILES);
+    gateway.ready().await;
+    let api = &gateway.api;
+    for i in 0..budget.sessions {
+        let (status, body) = api.post("/v1/sessions", json!({ "id": format!("F{i}") })).await;
+        assert_eq!(status, 201, "session {i} of {}: {body}", budget.sessions);
+    }
+    // Every one of them holds its connection (waiting for a scan) and its files.
+    for i in 0..budget.sessions {
+        api.wait_state(&format!("F{i}"), "awaiting_scan").await;
+    }
+    let (status, body) = api.post("/v1/sessions", json!({ "id": "one-too-many" })).await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("open-files limit of 256") && error.contains("LimitNOFILE"), "{body}");
+    let (status, health) = api.get("/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["sessions"]["qrPending"], budget.sessions, "{health}");
+    sim.stop().await;
+}

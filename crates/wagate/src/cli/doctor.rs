@@ -99,10 +99,32 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<i32> {
     if let Some(records) = &records {
         engine_databases(&mut report, dir, records);
     }
+    open_files(&mut report, records.as_ref().map_or(0, Vec::len));
     let running = gateway(&mut report, dir);
     whatsapp(&mut report, &args).await?;
     sessions(&mut report, &args, running, records.as_deref()).await;
     Ok(if report.failed { exit::FAILED } else { exit::OK })
+}
+
+/// Whether the open-files limit a gateway started from here gets (its soft limit is raised
+/// to the hard one) holds the data directory's sessions, with room to grow.
+fn open_files(report: &mut Report, sessions: usize) {
+    use crate::open_files::{limits, FileBudget};
+    let Some((_, hard)) = limits() else { return };
+    let budget = FileBudget::plan(hard.min(1 << 20), hard, crate::http::Limits::default().max_connections);
+    let what = format!(
+        "open-files limit {hard} (hard): room for {} sessions beside {} API connections; {sessions} in this data directory",
+        budget.sessions, budget.connections
+    );
+    if sessions >= budget.sessions {
+        report.warn(
+            what,
+            "raise the limit of the gateway's service: LimitNOFILE=65536 in its systemd unit (contrib/wagate.service), \
+             or `ulimit -n 65536` (as allowed by the hard limit) in the shell that starts it",
+        );
+    } else {
+        report.ok(what);
+    }
 }
 
 /// The data directory exists, is a directory, and takes new files.

@@ -47,7 +47,9 @@ impl From<SessionError> for ApiError {
             SessionError::InvalidId(_) | SessionError::BadRecipient(_) => StatusCode::BAD_REQUEST,
             SessionError::AlreadyLinked => StatusCode::CONFLICT,
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
-            SessionError::Unavailable | SessionError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Unavailable | SessionError::TooManySessions(_) | SessionError::OutOfFiles { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             SessionError::NotConnected(_) | SessionError::IdempotencyInProgress | SessionError::QueueFull => {
                 StatusCode::CONFLICT
             }

@@ -45,6 +45,8 @@ pub struct SessionConfig {
     pub compat_media_max: u64,
     /// Restored sessions reconnecting per second after a start (`--reconnect-rate`).
     pub reconnect_rate: u32,
+    /// What the open-files limit allows (set at start); `None`: not known, no cap.
+    pub open_files: Option<crate::open_files::FileBudget>,
 }
 
 pub const MB: u64 = 1024 * 1024;
@@ -62,6 +64,7 @@ impl Default for SessionConfig {
             media_max: 100 * MB,
             compat_media_max: 16 * MB,
             reconnect_rate: 20,
+            open_files: None,
         }
     }
 }
@@ -100,6 +103,12 @@ pub enum SessionError {
          delete one or raise the limit"
     )]
     TooManySessions(usize),
+    #[error(
+        "this gateway holds {sessions} sessions, all that its open-files limit of {limit} leaves room for beside \
+         the API; raise the limit (LimitNOFILE= in its systemd unit, or ulimit -n before starting it) and restart \
+         it (wagate doctor shows the numbers)"
+    )]
+    OutOfFiles { sessions: usize, limit: u64 },
     #[error("'{0}' is not a valid recipient")]
     BadRecipient(String),
     #[error("the session's outgoing queue is full ({max} messages wait already)", max = crate::store::MAX_QUEUED)]
@@ -214,6 +223,14 @@ impl SessionManager {
                 unknown.push(record.id);
             }
         }
+        let total = linked.len() + unknown.len();
+        if let Some(files) = self.config.open_files.filter(|files| total > files.sessions) {
+            warn!(
+                "the data directory holds {total} sessions, but the open-files limit of {} leaves room for {}: \
+                 some will fail to connect; raise the limit (LimitNOFILE= or ulimit -n) and restart",
+                files.soft, files.sessions
+            );
+        }
         let count = linked.len();
         if count > 0 {
             info!(
@@ -319,9 +336,15 @@ impl SessionManager {
     ) -> Result<(crate::store::SessionRecord, bool), SessionError> {
         validate_id(id)?;
         let _registering = self.registering.lock().unwrap_or_else(|p| p.into_inner());
-        let max = self.config.max_sessions;
-        if max > 0 && self.store.session(id)?.is_none() && self.store.sessions()?.len() >= max {
-            return Err(SessionError::TooManySessions(max));
+        if self.store.session(id)?.is_none() {
+            let count = self.store.sessions()?.len();
+            let max = self.config.max_sessions;
+            if max > 0 && count >= max {
+                return Err(SessionError::TooManySessions(max));
+            }
+            if let Some(files) = self.config.open_files.filter(|files| count >= files.sessions) {
+                return Err(SessionError::OutOfFiles { sessions: files.sessions, limit: files.soft });
+            }
         }
         Ok(self.store.create_session(id, webhook)?)
     }

@@ -155,7 +155,25 @@ impl GatewayProcess {
 
     /// With extra arguments and environment variables.
     pub fn spawn_with_env(sim: &Simulator, data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
+        Self::spawn_command(std::process::Command::new(env!("CARGO_BIN_EXE_wagate")), sim, data_dir, port, extra, env)
+    }
+
+    /// Under an open-files limit of `files` (soft and hard), set with `prlimit`.
+    pub fn spawn_with_open_files(sim: &Simulator, data_dir: &Path, port: u16, files: u64) -> Self {
+        let mut command = std::process::Command::new("prlimit");
+        command.arg(format!("--nofile={files}:{files}")).arg(env!("CARGO_BIN_EXE_wagate"));
+        Self::spawn_command(command, sim, data_dir, port, &[], &[])
+    }
+
+    fn spawn_command(
+        mut command: std::process::Command,
+        sim: &Simulator,
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let child = command
             .envs(env.iter().copied())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
