@@ -691,7 +691,7 @@ pub struct Registration {
     pub signal: SignalKeys,
 }
 
-fn registration_from(payload: &ClientPayload, noise_key: [u8; 32]) -> Registration {
+pub fn registration_from(payload: &ClientPayload, noise_key: [u8; 32]) -> Registration {
     let data = payload.device_pairing_data.as_option();
     let be_u32 =
         |bytes: Option<&[u8]>| bytes.map(|b| b.iter().fold(0u32, |acc, x| acc << 8 | u32::from(*x))).unwrap_or(0);

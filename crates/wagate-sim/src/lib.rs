@@ -12,6 +12,8 @@ mod conn;
 mod control;
 mod crypto;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod group_relay;
 mod groups;
 mod iq;

@@ -228,6 +228,10 @@ pub enum EngineError {
     Build(String),
     #[error("pairing code refused: {0}")]
     PairCode(String),
+    /// A code asked for earlier can still be typed for this many seconds; the library
+    /// does not issue a second one meanwhile.
+    #[error("a pairing code was issued already and can be typed for another {0} s")]
+    PairCodeOutstanding(u64),
     #[error("the connection is closed")]
     Closed,
     #[error("'{0}' is not a valid recipient")]
@@ -334,8 +338,49 @@ pub fn phone_of_jid(jid: &str) -> Option<String> {
     (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| user.to_string())
 }
 
+/// Whether `jid` names a chat messages can go to: a user by phone number or LID
+/// (`<digits>[:<device>]@s.whatsapp.net`, `@lid`) or a group (`<digits>[-<digits>]@g.us`),
+/// in a form the client library parses. Anything else with an `@` is the caller's mistake:
+/// the library refused `status@broadcast` only after the send was accepted (a 502), and
+/// reads `1:x@s.whatsapp.net` as another chat (`1@s.whatsapp.net`).
+pub fn is_chat_jid(jid: &str) -> bool {
+    let Some((user, server)) = jid.split_once('@') else { return false };
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = match server {
+        "s.whatsapp.net" | "lid" => match user.split_once(':') {
+            Some((user, device)) => digits(user) && digits(device) && device.parse::<u16>().is_ok(),
+            None => digits(user),
+        },
+        "g.us" => match user.split_once('-') {
+            Some((creator, created)) => digits(creator) && digits(created),
+            None => digits(user),
+        },
+        _ => false,
+    };
+    well_formed && jid.parse::<wacore_binary::Jid>().is_ok()
+}
+
 /// A new message id in WhatsApp Web's format (`3EB0` and hex), made before sending so that
 /// a message can be named while it waits in the queue.
 pub fn new_message_id() -> String {
     format!("3EB0{}", hex::encode_upper(rand::random::<[u8; 9]>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_jids() {
+        for good in
+            ["15551234567@s.whatsapp.net", "15551234567:2@s.whatsapp.net", "99123@lid", "120363@g.us", "1555-16@g.us"]
+        {
+            assert!(is_chat_jid(good), "{good}");
+        }
+        for bad in
+            ["status@broadcast", "a@b", "1:x@s.whatsapp.net", "1:x@g.us", "1:2@g.us", "-1@g.us", "1-@g.us", "@lid"]
+        {
+            assert!(!is_chat_jid(bad), "{bad}");
+        }
+    }
 }

@@ -235,6 +235,9 @@ pub fn receipt_state(receipt: &Receipt) -> Option<DeliveryState> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

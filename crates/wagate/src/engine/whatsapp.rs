@@ -345,7 +345,15 @@ impl Connection for WhatsAppConnection {
     async fn request_pair_code(&self, phone: &str) -> Result<String, EngineError> {
         let options =
             whatsapp_rust::pair_code::PairCodeOptions { phone_number: phone.to_string(), ..Default::default() };
-        self.client.pair_with_code(options).await.map_err(|e| EngineError::PairCode(format!("{e}")))
+        self.client.pair_with_code(options).await.map_err(|e| {
+            use whatsapp_rust::pair_code::{PairCodeError, PairError};
+            match e {
+                PairError::PairCode(PairCodeError::CodeAlreadyOutstanding { remaining }) => {
+                    EngineError::PairCodeOutstanding(remaining.as_secs())
+                }
+                e => EngineError::PairCode(format!("{e}")),
+            }
+        })
     }
 
     /// Uploads the media first, if any; returns once the server acked the message (not

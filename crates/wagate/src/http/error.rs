@@ -5,7 +5,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::session::SessionError;
 
@@ -45,7 +46,7 @@ impl From<SessionError> for ApiError {
         let status = match &error {
             SessionError::NotFound => StatusCode::NOT_FOUND,
             SessionError::InvalidId(_) | SessionError::BadRecipient(_) => StatusCode::BAD_REQUEST,
-            SessionError::AlreadyLinked => StatusCode::CONFLICT,
+            SessionError::AlreadyLinked | SessionError::PairCodeOutstanding(_) => StatusCode::CONFLICT,
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
             SessionError::Unavailable | SessionError::TooManySessions(_) | SessionError::OutOfFiles { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -78,14 +79,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
+        match Json::<Object<T>>::from_request(req, state).await {
+            Ok(Json(Object(value))) => Ok(Self(value)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is larger than the {} MB this call takes", MAX_BODY / (1024 * 1024)),
             )),
             Err(rejection) => Err(ApiError::bad_request(rejection_message(&rejection))),
         }
+    }
+}
+
+/// A body read as `T` only when it is a JSON object. On its own serde also fills a struct
+/// from an array, field by field in order: `[null]` as the body of `PUT /v1/sessions/{id}`
+/// removed the session's proxy (found by the property tests of tests/bodies.rs). The API
+/// takes objects only.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer.deserialize_map(Fields(std::marker::PhantomData)).map(Object)
     }
 }
 

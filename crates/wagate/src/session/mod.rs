@@ -90,6 +90,8 @@ pub enum SessionError {
     AlreadyLinked,
     #[error("pairing code: {0}")]
     PairCode(String),
+    #[error("a pairing code was issued already and can be typed on the phone for another {0} s")]
+    PairCodeOutstanding(u64),
     #[error("the session's supervisor is not responding")]
     Unavailable,
     #[error("the session is not connected")]

@@ -19,7 +19,7 @@ use super::policy::{self, Decision, Situation};
 use super::queue::Drainer;
 use super::state::{reason, timestamp, LastState, SessionView, StateKind};
 use super::{SessionConfig, SessionError};
-use crate::engine::{CloseReason, Connection, Engine, EngineEvent, EngineStore, InboundSink, Me, MAX_BAN};
+use crate::engine::{CloseReason, Connection, Engine, EngineError, EngineEvent, EngineStore, InboundSink, Me, MAX_BAN};
 use crate::store::Store;
 use crate::webhook::Outbox;
 
@@ -504,7 +504,12 @@ impl Supervisor {
         };
         let id = self.id.clone();
         tokio::spawn(async move {
-            let result = conn.request_pair_code(&phone).await.map_err(|e| SessionError::PairCode(e.to_string()));
+            let result = conn.request_pair_code(&phone).await.map_err(|e| match e {
+                // A second request while the first code can still be typed is the caller's
+                // conflict, not WhatsApp's failure (a 502 before; found by tests/bodies.rs).
+                EngineError::PairCodeOutstanding(left) => SessionError::PairCodeOutstanding(left),
+                e => SessionError::PairCode(e.to_string()),
+            });
             if result.is_ok() {
                 info!(session = %id, "pairing code issued; type it on the phone");
             }

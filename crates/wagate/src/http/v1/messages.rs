@@ -107,9 +107,13 @@ struct ReactionInput {
 pub fn recipient_jid(to: &str) -> Result<String, ApiError> {
     let to = to.trim();
     if to.contains('@') {
-        return match to.split_once('@') {
-            Some((user, server)) if !user.is_empty() && !server.is_empty() && !to.contains(' ') => Ok(to.to_string()),
-            _ => Err(ApiError::bad_request(format!("'{to}' is not a valid JID"))),
+        // Only JIDs of chats: `status@broadcast` used to pass here and fail in the library
+        // with a 502 (found by the property tests of tests/bodies.rs).
+        return match crate::engine::is_chat_jid(to) {
+            true => Ok(to.to_string()),
+            false => Err(ApiError::bad_request(format!(
+                "'{to}' is not a valid JID (<phone>@s.whatsapp.net, <lid>@lid or <group>@g.us)"
+            ))),
         };
     }
     let compact: String = to.chars().filter(|c| !matches!(c, ' ' | '+' | '(' | ')' | '.')).collect();
@@ -240,12 +244,31 @@ fn contact_card(contact: ContactInput) -> Result<Contact, ApiError> {
             // WhatsApp shows a "Message" button for cards whose number carries `waid`.
             format!(
                 "BEGIN:VCARD\nVERSION:3.0\nFN:{}\nTEL;type=CELL;waid={digits}:+{digits}\nEND:VCARD",
-                contact.name.replace(['\n', '\r'], " ")
+                vcard_text(&contact.name)
             )
         }
         _ => return Err(ApiError::bad_request("contact: give 'phone' or 'vcard' (one of them)")),
     };
     Ok(Contact { display_name: contact.name, vcard })
+}
+
+/// A name as a vCard 3.0 text value (RFC 2426 5.): `\\`, `;` and `,` escaped, control
+/// characters (line breaks included) as spaces, so that it stays one value of one line.
+/// Unescaped, a `\\` or `;` in a name changed what vCard readers showed (found by the
+/// property test below).
+fn vcard_text(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '\\' | ';' | ',' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The file of a received message, decrypted; WhatsApp's CDN is asked each time.
@@ -302,6 +325,8 @@ async fn show(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -314,6 +339,11 @@ mod tests {
         assert!(recipient_jid("hello").is_err());
         assert!(recipient_jid("123").is_err());
         assert!(recipient_jid("@x").is_err());
+        for bad in ["status@broadcast", "a@b", "1:x@s.whatsapp.net", "x@g.us", "1@s.whatsapp.net:2", "1 2@lid"] {
+            assert!(recipient_jid(bad).is_err(), "{bad}");
+        }
+        assert_eq!(recipient_jid("15551234567:2@s.whatsapp.net").unwrap(), "15551234567:2@s.whatsapp.net");
+        assert_eq!(recipient_jid("99123@lid").unwrap(), "99123@lid");
     }
 
     #[test]
@@ -322,6 +352,86 @@ mod tests {
         assert!(!other_chat("1555:3@s.whatsapp.net", "1555@s.whatsapp.net"));
         assert!(!other_chat("9912@lid", "1555@s.whatsapp.net"), "a LID and a phone number cannot be compared");
         assert!(other_chat("120363@g.us", "120364@g.us"));
+    }
+
+    use super::super::sessions::phone_digits;
+
+    /// The lines of a vCard as a reader sees them: property (with parameters) and value,
+    /// the value's text escapes undone (RFC 2426 5.: `\\`, `\;`, `\,`, `\n`).
+    fn read_vcard(card: &str) -> Vec<(String, String)> {
+        let unescape = |value: &str| {
+            let (mut out, mut chars) = (String::new(), value.chars());
+            while let Some(c) = chars.next() {
+                match (c, c == '\\') {
+                    (_, true) => match chars.next() {
+                        Some('n' | 'N') => out.push('\n'),
+                        Some(other) => out.push(other),
+                        None => out.push('\\'),
+                    },
+                    (c, false) => out.push(c),
+                }
+            }
+            out
+        };
+        card.split('\n')
+            .map(|line| match line.split_once(':') {
+                Some((property, value)) => (property.to_string(), unescape(value)),
+                None => (line.to_string(), String::new()),
+            })
+            .collect()
+    }
+
+    fn names() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,40}", "[\\\\;,:\n\r\t a-z]{0,20}", "[\\x00-\\x1f\\x7f\u{85}\u{2028} a]{0,10}"]
+    }
+
+    fn phones() -> impl Strategy<Value = String> {
+        prop_oneof!["[0-9 +().-]{0,20}", ".{0,20}", Just("+1 555 400 0002".to_string())]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A card made from a name and a number reads back as that name and number, one
+        /// property per line, whatever the name holds.
+        #[test]
+        fn contact_cards_read_back_as_given(name in names(), phone in phones()) {
+            let input = ContactInput { name: name.clone(), phone: Some(phone.clone()), vcard: None };
+            match contact_card(input) {
+                Ok(contact) => {
+                    let digits = phone_digits(&phone);
+                    prop_assert!(digits.is_some(), "accepted a phone that is no number: {:?}", phone);
+                    let digits = digits.unwrap();
+                    prop_assert_eq!(&contact.display_name, &name);
+                    let shown: String = name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+                    let expected = vec![
+                        ("BEGIN".to_string(), "VCARD".to_string()),
+                        ("VERSION".to_string(), "3.0".to_string()),
+                        ("FN".to_string(), shown),
+                        (format!("TEL;type=CELL;waid={digits}"), format!("+{digits}")),
+                        ("END".to_string(), "VCARD".to_string()),
+                    ];
+                    prop_assert_eq!(read_vcard(&contact.vcard), expected, "card: {:?}", contact.vcard);
+                }
+                Err(e) => prop_assert!(
+                    name.trim().is_empty() || phone_digits(&phone).is_none(),
+                    "refused a name and a number: {}", e.message
+                ),
+            }
+        }
+
+        /// A ready vCard goes as given, and only one that says it is a vCard.
+        #[test]
+        fn given_vcards_go_unchanged(name in names(), vcard in prop_oneof![".{0,60}", "BEGIN:VCARD.{0,40}"]) {
+            let input = ContactInput { name: name.clone(), phone: None, vcard: Some(vcard.clone()) };
+            match contact_card(input) {
+                Ok(contact) => {
+                    prop_assert_eq!(contact.vcard, vcard);
+                    prop_assert_eq!(contact.display_name, name);
+                }
+                Err(_) => prop_assert!(name.trim().is_empty() || !vcard.contains("BEGIN:VCARD")),
+            }
+        }
     }
 
     #[test]
