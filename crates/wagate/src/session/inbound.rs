@@ -150,9 +150,13 @@ impl InboundRecorder {
 
     fn item(&self, mut message: Inbound, compat: bool) -> Result<Item, String> {
         if let Some(media) = &mut message.media {
-            // The id comes from the sender: escaped, it stays one path segment.
-            let message_id = crate::percent::encode(&message.id);
-            media.url = Some(format!("{}/v1/sessions/{}/media/{message_id}", self.public_url, self.session));
+            // The id comes from the sender: escaped, it stays one path segment. `.` and `..`
+            // would still be dot segments (also as %2E), which clients fold into another
+            // route: such a message gets no link (WhatsApp's own ids are never these).
+            if message.id != "." && message.id != ".." {
+                let message_id = crate::percent::encode(&message.id);
+                media.url = Some(format!("{}/v1/sessions/{}/media/{message_id}", self.public_url, self.session));
+            }
         }
         let mut held = false;
         if message.is_group {
