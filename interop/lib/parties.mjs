@@ -5,7 +5,7 @@ import http from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
 import makeWASocket, { useMultiFileAuthState } from 'baileys'
-import { control, makeRecordingLogger, startGateway as startWagate, waitUntil } from './harness.mjs'
+import { control, formatEntry, makeRecordingLogger, startGateway as startWagate, tail, waitUntil } from './harness.mjs'
 
 export const WAIT = 30000
 
@@ -84,4 +84,11 @@ export async function linkBaileys (sim, phone) {
     await rm(authDir, { recursive: true, force: true })
   }
   return { sock, log, incoming, stop, phone }
+}
+
+/** What a failed test shows of its parties: Baileys' warnings, wagate's and the simulator's output. */
+export function failureContext ({ baileys, gateway, sim }) {
+  const problems = (baileys?.log.entries ?? []).filter(e => e.level === 'warn' || e.level === 'error').map(formatEntry)
+  return tail(problems, 15, '\nBaileys warnings/errors:') + tail(gateway?.logs ?? [], 25, '\nwagate output:') +
+    (sim ? tail(sim.output, 15, '\nsimulator output:') : '')
 }

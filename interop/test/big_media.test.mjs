@@ -14,8 +14,8 @@ import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WA_CERT_DETAILS } from 'baileys'
-import { control, formatEntry, startGateway, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
-import { WAIT, linkBaileys, linkSession, startHookServer } from '../lib/parties.mjs'
+import { control, startGateway, startSimulator, waitUntil } from '../lib/harness.mjs'
+import { WAIT, failureContext, linkBaileys, linkSession, startHookServer } from '../lib/parties.mjs'
 
 const NATIVE_PHONE = '15557200001'
 const COMPAT_PHONE = '15557200002'
@@ -27,11 +27,7 @@ const s = {}
 
 process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0'
 
-function context () {
-  const problems = (s.baileys?.log.entries ?? []).filter(e => e.level === 'warn' || e.level === 'error').map(formatEntry)
-  return tail(problems, 15, '\nBaileys warnings/errors:') + tail(s.gateway?.logs ?? [], 25, '\nwagate output:') +
-    (s.sim ? tail(s.sim.output, 15, '\nsimulator output:') : '')
-}
+const context = () => failureContext(s)
 
 /** Writes `size` random bytes to a file; resolves to its SHA-256 (hex). */
 async function writeRandomFile (file, size) {

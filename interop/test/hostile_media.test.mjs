@@ -9,8 +9,8 @@ import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WA_CERT_DETAILS } from 'baileys'
-import { formatEntry, sleep, startSimulator, tail, waitUntil } from '../lib/harness.mjs'
-import { WAIT, linkBaileys, linkSession, startGateway, startHookServer } from '../lib/parties.mjs'
+import { sleep, startSimulator, waitUntil } from '../lib/harness.mjs'
+import { WAIT, failureContext, linkBaileys, linkSession, startGateway, startHookServer } from '../lib/parties.mjs'
 
 const WAGATE_PHONE = '15557100001'
 const BAILEYS_PHONE = '15557100002'
@@ -19,11 +19,7 @@ const s = {}
 
 process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0'
 
-function context () {
-  const problems = (s.baileys?.log.entries ?? []).filter(e => e.level === 'warn' || e.level === 'error').map(formatEntry)
-  return tail(problems, 15, '\nBaileys warnings/errors:') + tail(s.gateway?.logs ?? [], 25, '\nwagate output:') +
-    (s.sim ? tail(s.sim.output, 15, '\nsimulator output:') : '')
-}
+const context = () => failureContext(s)
 
 /** A TCP listener that records every connection made to it (and closes it at once). */
 async function startTrap () {
