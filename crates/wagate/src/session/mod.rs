@@ -155,6 +155,13 @@ struct Handle {
     spawned: Spawned,
 }
 
+impl Handle {
+    /// Restored at start and not yet given its turn to reconnect (its view says so).
+    fn waiting_turn(&self) -> bool {
+        self.spawned.view.borrow().reason.as_deref() == Some(state::reason::WAITING_TURN)
+    }
+}
+
 pub struct SessionManager {
     engine: Arc<dyn Engine>,
     store: Arc<Store>,
@@ -283,17 +290,12 @@ impl SessionManager {
 
     /// Whether the session is still waiting for its turn to reconnect after the start.
     fn waiting_turn(&self, id: &str) -> bool {
-        self.sessions()
-            .get(id)
-            .is_some_and(|h| h.spawned.view.borrow().reason.as_deref() == Some(state::reason::WAITING_TURN))
+        self.sessions().get(id).is_some_and(Handle::waiting_turn)
     }
 
     /// How many restored sessions still wait for their turn to reconnect.
     pub fn waiting_to_reconnect(&self) -> usize {
-        self.sessions()
-            .values()
-            .filter(|h| h.spawned.view.borrow().reason.as_deref() == Some(state::reason::WAITING_TURN))
-            .count()
+        self.sessions().values().filter(|h| h.waiting_turn()).count()
     }
 
     /// Starts the session's supervisor unless it has a live one. `replace`: its supervisor
