@@ -112,6 +112,54 @@ async fn links_with_a_phone_number_code() {
     sim.stop().await;
 }
 
+/// A pairing code asked for after a logout starts a new connection and comes, instead of
+/// waiting for the connection the logout closed until the call times out (a 503; found
+/// by schemathesis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_code_after_a_logout_links() {
+    let sim = start_sim().await;
+    let data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+    let control = Api::sim(&sim);
+
+    api.post("/v1/sessions", json!({ "id": "WA-Again" })).await;
+    api.wait_state("WA-Again", "awaiting_scan").await;
+    let (status, view) = api.post("/v1/sessions/WA-Again/logout", json!({})).await;
+    assert_eq!((status, view["state"].as_str()), (200, Some("logged_out")), "{view}");
+
+    let (status, answer) = api.post("/v1/sessions/WA-Again/pair-code", json!({ "phone": "+1 555 222 4444" })).await;
+    assert_eq!(status, 200, "{answer}");
+    let code = answer["code"].as_str().unwrap();
+    let (status, linked) = control.post("/control/pair-code", json!({ "phone": "15552224444", "code": code })).await;
+    assert_eq!(status, 200, "{linked}");
+    let view = api.wait_state("WA-Again", "connected").await;
+    assert_eq!(view["me"]["phone"], "15552224444", "{view}");
+    gateway.stop().await;
+    sim.stop().await;
+}
+
+/// Two callers asking for a code at once: one gets it, the other a 409 that says why
+/// (the later request replaces the earlier, or the code is outstanding), never a 5xx as if
+/// WhatsApp had failed (a 502 before; found by schemathesis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pairing_code_requests_get_one_code_and_a_conflict() {
+    let sim = start_sim().await;
+    let data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+
+    api.post("/v1/sessions", json!({ "id": "WA-Twice" })).await;
+    api.wait_state("WA-Twice", "awaiting_scan").await;
+    let ask = || api.post("/v1/sessions/WA-Twice/pair-code", json!({ "phone": "+1 555 222 5555" }));
+    let ((first, a), (second, b)) = tokio::join!(ask(), ask());
+    let mut statuses = [first, second];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a} {b}");
+    gateway.stop().await;
+    sim.stop().await;
+}
+
 /// A page follows the session over Server-Sent Events: the QR, then connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_shows_the_qr_then_connected() {

@@ -85,7 +85,16 @@ async fn forwarded_requests_and_foreign_hosts_need_the_key() {
         assert_eq!(status, 200);
         assert!(health.get("sessionList").is_none() && health.get("pid").is_none(), "{headers:?}: {health}");
         assert!(health["sessions"]["total"].is_u64(), "counts for everyone: {health}");
+        // The API's description holds nothing of the sessions: the console links to it.
+        let (status, document) = call(&base, Method::GET, "/v1/openapi.json", &headers, None).await;
+        assert_eq!((status, &document["openapi"]), (200, &serde_json::json!("3.1.0")), "{headers:?}");
     }
+    // Unknown paths and methods answer JSON too, and give nothing away.
+    let (status, body) = call(&base, Method::GET, "/v1/nothing", &[("x-forwarded-for", "203.0.113.9")], None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("no such path: /v1/nothing")));
+    let (status, body) = call(&base, Method::DELETE, "/health", &[], None).await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].is_string(), "{body}");
     let (_, health) = call(&base, Method::GET, "/health", &[], None).await;
     assert!(health["sessionList"].is_array(), "local callers see the sessions: {health}");
     gateway.stop().await;

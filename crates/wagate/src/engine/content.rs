@@ -58,7 +58,7 @@ pub struct MediaUpload {
     pub voice: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Location {
     pub latitude: f64,
     pub longitude: f64,
@@ -68,7 +68,7 @@ pub struct Location {
     pub address: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Contact {
     pub display_name: String,
     pub vcard: String,
@@ -225,7 +225,7 @@ impl MediaRef {
 }
 
 /// The media part of a received message, as events show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InboundMedia {
     pub mimetype: Option<String>,
     pub filename: Option<String>,

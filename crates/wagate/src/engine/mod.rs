@@ -25,7 +25,7 @@ pub use content::{Contact, Content, InboundMedia, Location, MediaKind, MediaRef,
 pub use whatsapp::WhatsAppEngine;
 
 /// Who a linked session is on WhatsApp.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Me {
     /// Phone-number JID of this device, e.g. `15551234567:1@s.whatsapp.net`.
     pub jid: Option<String>,
@@ -68,7 +68,7 @@ pub enum CloseReason {
 }
 
 /// A message someone sent to the session, in wagate's own shape.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Inbound {
     pub id: String,
     /// The chat: the sender's JID for a direct message, the group's for a group.
@@ -109,7 +109,9 @@ pub struct Inbound {
 /// How far a sent message got, by the receipts of the other side. States only move
 /// forward in this order: a queued message either fails or is sent; a sent one can still
 /// be delivered, read, played.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Waiting in the outgoing queue for the session to reconnect.
@@ -148,7 +150,7 @@ impl DeliveryState {
 }
 
 /// Whether a phone number is on WhatsApp.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct NumberCheck {
     pub phone: String,
     pub exists: bool,
@@ -157,7 +159,7 @@ pub struct NumberCheck {
 }
 
 /// A group the session is in.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct GroupInfo {
     /// The group JID, `<digits>@g.us`.
     pub id: String,
@@ -171,7 +173,7 @@ pub struct GroupInfo {
     pub participants: Vec<GroupMember>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct GroupMember {
     pub jid: String,
     pub phone: Option<String>,
@@ -232,6 +234,9 @@ pub enum EngineError {
     /// does not issue a second one meanwhile.
     #[error("a pairing code was issued already and can be typed for another {0} s")]
     PairCodeOutstanding(u64),
+    /// A newer request for a code on the same connection took this one's place.
+    #[error("a newer pairing-code request replaced this one")]
+    PairCodeCancelled,
     #[error("the connection is closed")]
     Closed,
     #[error("'{0}' is not a valid recipient")]

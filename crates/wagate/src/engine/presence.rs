@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// What a contact is doing, in wagate's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceKind {
     Available,
@@ -28,7 +28,7 @@ impl PresenceKind {
 }
 
 /// One presence or chat-state change of a contact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PresenceUpdate {
     /// The contact's JID as WhatsApp named it (`<phone>@s.whatsapp.net` or `<lid>@lid`).
     pub from: String,
@@ -39,7 +39,7 @@ pub struct PresenceUpdate {
 }
 
 /// Profile facts of one phone number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ContactInfo {
     pub phone: String,
     pub exists: bool,

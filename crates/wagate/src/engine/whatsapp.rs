@@ -351,6 +351,7 @@ impl Connection for WhatsAppConnection {
                 PairError::PairCode(PairCodeError::CodeAlreadyOutstanding { remaining }) => {
                     EngineError::PairCodeOutstanding(remaining.as_secs())
                 }
+                PairError::PairCode(PairCodeError::Cancelled) => EngineError::PairCodeCancelled,
                 e => EngineError::PairCode(format!("{e}")),
             }
         })

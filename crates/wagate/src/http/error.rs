@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::session::SessionError;
 
@@ -35,9 +35,16 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, in words.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
     }
 }
 
@@ -46,7 +53,9 @@ impl From<SessionError> for ApiError {
         let status = match &error {
             SessionError::NotFound => StatusCode::NOT_FOUND,
             SessionError::InvalidId(_) | SessionError::BadRecipient(_) => StatusCode::BAD_REQUEST,
-            SessionError::AlreadyLinked | SessionError::PairCodeOutstanding(_) => StatusCode::CONFLICT,
+            SessionError::AlreadyLinked | SessionError::PairCodeOutstanding(_) | SessionError::PairCodeSuperseded => {
+                StatusCode::CONFLICT
+            }
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
             SessionError::Unavailable | SessionError::TooManySessions(_) | SessionError::OutOfFiles { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -121,4 +130,43 @@ fn rejection_message(rejection: &JsonRejection) -> String {
         JsonRejection::MissingJsonContentType(_) => "send a JSON body with Content-Type: application/json".into(),
         other => format!("invalid JSON body: {}", other.body_text()),
     }
+}
+
+/// A path no route serves.
+pub async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such path: {}", uri.path()))
+}
+
+/// The longest plain-text error body turned into JSON; axum's own are a line or two.
+const MAX_PLAIN_ERROR: usize = 16 * 1024;
+
+/// Every error answer in JSON, also those axum writes itself: a path or query that does
+/// not parse (plain text), a method the path does not take (405, empty). Clients, and the
+/// OpenAPI document, can then rely on `{"error": ...}` for every 4xx and 5xx.
+pub async fn json_errors(request: Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_PLAIN_ERROR).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "this path does not take that method (see the Allow header)".to_string(),
+        _ => text,
+    };
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let json = ApiError::new(status, message).into_response();
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
 }

@@ -6,49 +6,110 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::get;
 use axum::Extension;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::trust::Caller;
 use super::AppState;
+use crate::engine::Me;
 use crate::session::state::timestamp;
 use crate::session::StateKind;
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/health", get(health))
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(health))
 }
 
-async fn health(State(state): State<Arc<AppState>>, caller: Extension<Caller>, headers: HeaderMap) -> Json<Value> {
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    /// Always `healthy`: whoever gets an answer reached a running gateway.
+    status: &'static str,
+    /// Seconds since the gateway started.
+    uptime: u64,
+    version: &'static str,
+    sessions: SessionCounts,
+    timestamp: String,
+    /// The rest only for callers allowed on `/v1` (this machine, or with the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_list: Option<Vec<SessionLine>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SessionCounts {
+    total: usize,
+    connected: usize,
+    /// Neither connected nor waiting for a scan.
+    disconnected: usize,
+    qr_pending: usize,
+    /// Linked sessions restored at start that have not had their turn to reconnect yet.
+    waiting_to_reconnect: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Memory {
+    /// Resident memory in bytes; null where /proc is missing.
+    rss: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SessionLine {
+    id: String,
+    state: StateKind,
+    reason: Option<String>,
+    since: String,
+    me: Option<Me>,
+}
+
+/// What operators and monitors poll: the status and the session counts for everyone;
+/// session ids, numbers and the process for callers allowed on `/v1`. Answers from the
+/// first second after start, whatever the number of sessions.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses(
+    (status = 200, description = "The gateway runs", body = Health),
+))]
+async fn health(State(state): State<Arc<AppState>>, caller: Extension<Caller>, headers: HeaderMap) -> Json<Health> {
     let insider = state.access.authorize(caller.0, &headers).is_ok();
     let sessions = state.manager.list();
     let count = |kind: StateKind| sessions.iter().filter(|s| s.state == kind).count();
     let connected = count(StateKind::Connected);
     let qr_pending = count(StateKind::AwaitingScan);
-    let list: Vec<Value> = sessions
-        .iter()
-        .map(|s| json!({ "id": s.id, "state": s.state, "reason": s.reason, "since": s.since, "me": s.me }))
-        .collect();
-    let mut body = json!({
-        "status": "healthy",
-        "uptime": state.started.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "sessions": {
-            "total": sessions.len(),
-            "connected": connected,
-            "disconnected": sessions.len() - connected - qr_pending,
-            "qrPending": qr_pending,
-            // Linked sessions restored at start that have not had their turn to reconnect.
-            "waitingToReconnect": state.manager.waiting_to_reconnect(),
+    let mut body = Health {
+        status: "healthy",
+        uptime: state.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION"),
+        sessions: SessionCounts {
+            total: sessions.len(),
+            connected,
+            disconnected: sessions.len() - connected - qr_pending,
+            qr_pending,
+            waiting_to_reconnect: state.manager.waiting_to_reconnect(),
         },
-        "timestamp": timestamp(chrono::Utc::now()),
-    });
+        timestamp: timestamp(chrono::Utc::now()),
+        started_at: None,
+        pid: None,
+        memory: None,
+        session_list: None,
+    };
     if insider {
-        body["startedAt"] = timestamp(state.started_at).into();
-        body["pid"] = std::process::id().into();
-        body["memory"] = json!({ "rss": resident_memory_bytes() });
-        body["sessionList"] = list.into();
+        body.started_at = Some(timestamp(state.started_at));
+        body.pid = Some(std::process::id());
+        body.memory = Some(Memory { rss: resident_memory_bytes() });
+        body.session_list = Some(
+            sessions
+                .into_iter()
+                .map(|s| SessionLine { id: s.id, state: s.state, reason: s.reason, since: s.since, me: s.me })
+                .collect(),
+        );
     }
     Json(body)
 }

@@ -11,7 +11,7 @@ use crate::engine::{MediaKind, MediaUpload};
 use crate::http::error::ApiError;
 
 /// A file as the API takes it: `url` or `base64`, and what it is.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileInput {
     pub url: Option<String>,

@@ -8,6 +8,7 @@ pub mod error;
 mod health;
 mod media_input;
 pub use health::resident_memory_bytes;
+mod openapi;
 pub mod qr;
 #[cfg(feature = "sandbox")]
 mod sandbox;
@@ -19,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::middleware;
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::session::SessionManager;
 
@@ -89,19 +92,45 @@ impl Default for EventStreams {
     }
 }
 
+/// Every route, with its OpenAPI description: a route is only ever added through
+/// `OpenApiRouter::routes`, which takes its path and methods from the handler's
+/// `#[utoipa::path]`, so what is served and what is documented are one list (checked by
+/// tests/openapi.rs against axum's own route table).
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = v1::routes().merge(compat::routes()).route("/metrics", axum::routing::get(metrics));
+    let (router, _) = documented_router(state);
+    router
+}
+
+/// The router and its OpenAPI document, as `GET /v1/openapi.json` serves it.
+pub fn documented_router(state: Arc<AppState>) -> (Router, Arc<String>) {
+    let api = v1::routes().merge(compat::routes()).routes(routes!(metrics));
     #[cfg(feature = "sandbox")]
     let api = if state.sandbox.is_some() { api.merge(sandbox::routes()) } else { api };
     let guarded = api.layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
-    Router::new()
+    let guarded_paths: Vec<String> = guarded.get_openapi().paths.paths.keys().cloned().collect();
+    let (router, document) = OpenApiRouter::new()
         .merge(guarded)
         .merge(console::routes(state.clone()))
         .merge(health::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), auth::screen))
-        .with_state(state)
+        // The document holds nothing secret; the console links to it without the key.
+        .routes(routes!(openapi::document))
+        .split_for_parts();
+    let document = Arc::new(openapi::finish(document, &guarded_paths));
+    // The screen runs on routed requests only: a method a path does not take is a 405, not
+    // the 415 the cross-site check gives a body-less POST.
+    let router = router
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::screen))
+        .fallback(error::no_route)
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(Extension(document.clone()))
+        .with_state(state);
+    (router, document)
 }
 
+/// Prometheus metrics: sessions by state, messages, webhook deliveries, the process.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus' text format", content((String = "text/plain; version=0.0.4; charset=utf-8"))),
+))]
 async fn metrics(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> impl axum::response::IntoResponse {

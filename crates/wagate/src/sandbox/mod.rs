@@ -49,6 +49,34 @@ pub enum SandboxError {
     Scratch(#[from] std::io::Error),
 }
 
+/// What `GET /v1/sandbox` shows.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SandboxInfo {
+    pub simulator: SimulatorInfo,
+    pub contact: ContactInfo,
+}
+
+/// Where the in-process simulator listens.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SimulatorInfo {
+    pub ws_url: String,
+    pub control_url: String,
+}
+
+/// The simulated contact who writes back.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = SandboxContact)]
+pub struct ContactInfo {
+    pub phone: &'static str,
+    pub name: &'static str,
+    /// Its own connection's state; null until it is up.
+    pub state: Option<crate::session::StateKind>,
+    pub echoes: &'static str,
+    /// A text with this word makes it send a file back.
+    pub file_keyword: &'static str,
+    pub file: &'static str,
+}
+
 /// A phone that scanned a QR code.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scanned {
@@ -100,20 +128,23 @@ impl Sandbox {
     }
 
     /// What the console and `GET /v1/sandbox` show.
-    pub fn describe(&self) -> Value {
+    pub fn describe(&self) -> SandboxInfo {
         let contact = self.contact.lock().unwrap_or_else(|p| p.into_inner());
-        let state = contact.as_ref().and_then(|c| c.state()).map(|v| v.state.as_str());
-        json!({
-            "simulator": { "ws_url": self.endpoints.ws_url, "control_url": self.endpoints.control_url },
-            "contact": {
-                "phone": CONTACT_PHONE,
-                "name": contact::CONTACT_NAME,
-                "state": state,
-                "echoes": "every text, as a reply",
-                "file_keyword": FILE_KEYWORD,
-                "file": "a small PDF (wagate-sandbox.pdf)",
+        let state = contact.as_ref().and_then(|c| c.state()).map(|v| v.state);
+        SandboxInfo {
+            simulator: SimulatorInfo {
+                ws_url: self.endpoints.ws_url.clone(),
+                control_url: self.endpoints.control_url.clone(),
             },
-        })
+            contact: ContactInfo {
+                phone: CONTACT_PHONE,
+                name: contact::CONTACT_NAME,
+                state,
+                echoes: "every text, as a reply",
+                file_keyword: FILE_KEYWORD,
+                file: "a small PDF (wagate-sandbox.pdf)",
+            },
+        }
     }
 
     /// A fresh simulated phone scans `qr` (the text of a session's current QR code); returns

@@ -23,6 +23,7 @@ use crate::engine::{
 };
 use crate::store::{KeyClaim, SentMessage, Store, StoreError, StoredMedia, WebhookConfig};
 use crate::webhook::Outbox;
+pub use queue::StatusChange;
 pub use state::{SessionView, StateKind};
 use supervisor::{Command, Spawned, Supervisor};
 
@@ -92,6 +93,10 @@ pub enum SessionError {
     PairCode(String),
     #[error("a pairing code was issued already and can be typed on the phone for another {0} s")]
     PairCodeOutstanding(u64),
+    /// Two callers asked for a code at once: the later request wins, the earlier one
+    /// gets this (a 409, not WhatsApp's failure: a 502 before; found by schemathesis).
+    #[error("a newer pairing-code request for this session replaced this one")]
+    PairCodeSuperseded,
     #[error("the session's supervisor is not responding")]
     Unavailable,
     #[error("the session is not connected")]

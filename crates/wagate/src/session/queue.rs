@@ -124,6 +124,17 @@ pub(super) fn note_sent(session: &str, kind: &str, sent: &Sent, started: Instant
     info!(session = %session, message = %sent.id, kind, "message sent");
 }
 
+/// What a `message.status` event carries.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StatusChange<'a> {
+    /// The message's id, as its send answered.
+    pub id: &'a str,
+    pub chat: &'a str,
+    pub status: DeliveryState,
+    /// When WhatsApp reported it, milliseconds since the epoch.
+    pub timestamp_ms: u64,
+}
+
 /// The `message.status` event of a state change, ready to insert.
 pub(super) fn status_event(
     outbox: &Outbox,
@@ -133,7 +144,7 @@ pub(super) fn status_event(
     state: DeliveryState,
     timestamp_ms: u64,
 ) -> Option<crate::store::NewEvent> {
-    let data = serde_json::json!({ "id": id, "chat": chat, "status": state, "timestamp_ms": timestamp_ms });
+    let data = serde_json::to_value(StatusChange { id, chat, status: state, timestamp_ms }).expect("serializes");
     outbox.prepare(session, "message.status", &data).unwrap_or_else(|e| {
         warn!(session, "could not prepare a message.status event: {e}");
         None

@@ -486,7 +486,7 @@ impl Supervisor {
             return;
         }
         if let Some((_, previous)) = self.pending_pair_code.replace((phone, reply)) {
-            let _ = previous.send(Err(SessionError::PairCode("superseded by a newer request".into())));
+            let _ = previous.send(Err(SessionError::PairCodeSuperseded));
         }
         if self.showed_qr {
             self.serve_pair_code();
@@ -508,6 +508,7 @@ impl Supervisor {
                 // A second request while the first code can still be typed is the caller's
                 // conflict, not WhatsApp's failure (a 502 before; found by tests/bodies.rs).
                 EngineError::PairCodeOutstanding(left) => SessionError::PairCodeOutstanding(left),
+                EngineError::PairCodeCancelled => SessionError::PairCodeSuperseded,
                 e => SessionError::PairCode(e.to_string()),
             });
             if result.is_ok() {
@@ -534,6 +535,7 @@ impl Supervisor {
                 "logging out while disconnected: WhatsApp was not told; remove the device from the phone's Linked devices"
             );
         }
+        self.connection_gone();
         self.forget_credentials().await;
         self.set(StateKind::LoggedOut, Some(reason::LOGOUT_REQUESTED), None).await;
     }
@@ -577,6 +579,19 @@ impl Supervisor {
             self.drain_events().await;
         }
         self.events = None;
+        self.connection_gone();
+    }
+
+    /// What held for the connection we closed ourselves (without `after_close`): its QR
+    /// code can no longer be paired with, and a pairing code asked for on it will not come.
+    /// A stale `showed_qr` made a pairing code asked for after a logout wait for a
+    /// connection that was never opened, until the command timed out (a 503; found by
+    /// schemathesis).
+    fn connection_gone(&mut self) {
+        self.showed_qr = false;
+        if let Some((_, reply)) = self.pending_pair_code.take() {
+            let _ = reply.send(Err(SessionError::PairCode("the connection closed before a code was issued".into())));
+        }
     }
 
     /// Handles the events a closing connection reported up to its `Closed`, without

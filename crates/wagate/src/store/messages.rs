@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Store, StoreError};
 use crate::engine::DeliveryState;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SentMessage {
     pub id: String,
     pub session: String,

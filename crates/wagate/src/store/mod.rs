@@ -54,26 +54,28 @@ impl StoreError {
     }
 }
 
-/// Where a session's events go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a session's events go. Never serialized: the API shows a webhook without its
+/// secrets (`WebhookView`), the store keeps it as `StoredWebhook`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// Where events are POSTed (`http://` or `https://`).
     pub url: String,
     /// Signing secret (`whsec_<base64>` or any string); never shown by the API.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub secret: Option<String>,
     /// Only these events are sent; all when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub events: Option<Vec<String>>,
     /// Sent as `X-Webhook-Token` (the ERPNext app's token); never shown by the API.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub token: Option<String>,
     /// `native` (the signed envelope) or `compat` (the ERPNext Node service's bodies).
     #[serde(default)]
     pub format: WebhookFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookFormat {
     #[default]

@@ -439,7 +439,7 @@ fn warn_if_rejected(event: &OutboxEvent, body: &str) {
 }
 
 /// What `POST /v1/sessions/{id}/webhook/test` reports.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TestOutcome {
     pub delivered: bool,
     pub status: Option<u16>,

@@ -15,6 +15,17 @@ pub struct Envelope<'a> {
     pub v: u8,
 }
 
+/// What a `webhook.test` event carries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TestData {
+    /// Always `a test event from wagate`.
+    pub message: &'static str,
+}
+
+impl TestData {
+    pub const EVENT: TestData = TestData { message: "a test event from wagate" };
+}
+
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// `evt_` and a ULID: 48 bits of milliseconds and 80 random bits in Crockford base32, so

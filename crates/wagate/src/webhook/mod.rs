@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 pub use dispatcher::{send_once, Dispatcher, TestOutcome};
+pub use envelope::TestData;
 
 use crate::store::{NewEvent, Store, StoreError, WebhookConfig, WebhookFormat};
 

@@ -5,6 +5,7 @@
 pub mod node;
 pub mod proxies;
 pub mod receiver;
+pub mod sandbox;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

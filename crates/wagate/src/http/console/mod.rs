@@ -4,12 +4,14 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::{auth, AppState};
 
 const PAGE: &str = include_str!("index.html");
@@ -39,25 +41,78 @@ mod sandbox {
     });
 }
 
-pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+pub fn routes(state: Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
     #[allow(unused_mut)]
-    let mut page: &'static str = PAGE;
-    #[allow(unused_mut)]
-    let mut router = Router::new();
+    let mut router = OpenApiRouter::new();
     #[cfg(feature = "sandbox")]
     if state.sandbox.is_some() {
-        page = sandbox::PAGE.as_str();
-        router = router
-            .route("/console/sandbox.js", get(|| async { asset(sandbox::SCRIPT, "text/javascript; charset=utf-8") }));
+        router = router.routes(routes!(sandbox_script));
     }
     router
-        .route("/console", get(move || async move { asset(page, "text/html; charset=utf-8") }))
-        // The page's links are relative to `/console`; a trailing slash would break them.
-        .route("/console/", get(|| async { Redirect::permanent("../console") }))
-        .route("/console/console.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))
-        .route("/console/console.js", get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }))
-        .route("/console/favicon.svg", get(|| async { asset(ICON, "image/svg+xml") }))
+        .routes(routes!(page))
+        .routes(routes!(slash))
+        .routes(routes!(style))
+        .routes(routes!(script))
+        .routes(routes!(icon))
         .layer(middleware::from_fn_with_state(state, auth::require_page_access))
+}
+
+/// The console: sessions, live QR codes, pairing codes, logout; in a sandbox also the
+/// simulated phone and contact.
+#[utoipa::path(get, path = "/console", tag = "console", security(()), responses(
+    (status = 200, description = "The page", content((String = "text/html; charset=utf-8"))),
+    (status = 403, description = "A remote caller while no API key is set", body = ErrorBody),
+))]
+async fn page(State(state): State<Arc<AppState>>) -> Response {
+    #[cfg(feature = "sandbox")]
+    if state.sandbox.is_some() {
+        return asset(sandbox::PAGE.as_str(), "text/html; charset=utf-8");
+    }
+    let _ = state;
+    asset(PAGE, "text/html; charset=utf-8")
+}
+
+/// The page's links are relative to `/console`; with a trailing slash they would break.
+#[utoipa::path(get, path = "/console/", tag = "console", security(()), responses(
+    (status = 308, description = "To `/console`"),
+    (status = 403, description = "A remote caller while no API key is set", body = ErrorBody),
+))]
+async fn slash() -> Redirect {
+    Redirect::permanent("../console")
+}
+
+#[utoipa::path(get, path = "/console/console.css", tag = "console", security(()), responses(
+    (status = 200, description = "The page's style", content((String = "text/css; charset=utf-8"))),
+    (status = 403, description = "A remote caller while no API key is set", body = ErrorBody),
+))]
+async fn style() -> Response {
+    asset(STYLE, "text/css; charset=utf-8")
+}
+
+#[utoipa::path(get, path = "/console/console.js", tag = "console", security(()), responses(
+    (status = 200, description = "The page's script", content((String = "text/javascript; charset=utf-8"))),
+    (status = 403, description = "A remote caller while no API key is set", body = ErrorBody),
+))]
+async fn script() -> Response {
+    asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+#[utoipa::path(get, path = "/console/favicon.svg", tag = "console", security(()), responses(
+    (status = 200, description = "The page's icon", content((String = "image/svg+xml"))),
+    (status = 403, description = "A remote caller while no API key is set", body = ErrorBody),
+))]
+async fn icon() -> Response {
+    asset(ICON, "image/svg+xml")
+}
+
+/// `wagate sandbox` only: the simulated phone's scan button and the simulated contact.
+#[cfg(feature = "sandbox")]
+#[utoipa::path(get, path = "/console/sandbox.js", tag = "sandbox", security(()), responses(
+    (status = 200, description = "The sandbox's part of the page", content((String = "text/javascript; charset=utf-8"))),
+    (status = 403, description = "A remote caller while no API key is set", body = ErrorBody),
+))]
+async fn sandbox_script() -> Response {
+    asset(sandbox::SCRIPT, "text/javascript; charset=utf-8")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

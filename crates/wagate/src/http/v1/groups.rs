@@ -4,36 +4,74 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::sessions::SessionId;
 use crate::engine::GroupInfo;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::AppState;
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/v1/sessions/{id}/groups", get(list)).route("/v1/sessions/{id}/groups/{group}", get(show))
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(show))
 }
 
-/// The list shows each group without its member list, which can be long.
-fn summary(group: &GroupInfo) -> Value {
-    json!({
-        "id": group.id,
-        "subject": group.subject,
-        "owner": group.owner,
-        "owner_phone": group.owner_phone,
-        "creation": group.creation,
-        "participants_count": group.participants.len(),
-    })
+/// A group without its member list, which can be long.
+#[derive(Serialize, ToSchema)]
+struct GroupSummary {
+    /// The group JID, `<digits>@g.us`.
+    id: String,
+    subject: String,
+    owner: Option<String>,
+    owner_phone: Option<String>,
+    /// Seconds since the epoch.
+    creation: Option<u64>,
+    participants_count: usize,
 }
 
-async fn list(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+impl GroupSummary {
+    fn of(group: &GroupInfo) -> Self {
+        Self {
+            id: group.id.clone(),
+            subject: group.subject.clone(),
+            owner: group.owner.clone(),
+            owner_phone: group.owner_phone.clone(),
+            creation: group.creation,
+            participants_count: group.participants.len(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct GroupList {
+    groups: Vec<GroupSummary>,
+}
+
+/// The groups the session's account is in.
+#[utoipa::path(get, path = "/v1/sessions/{id}/groups", tag = "groups", params(SessionId), responses(
+    (status = 200, description = "The groups", body = GroupList),
+    (status = 404, description = "No such session", body = ErrorBody),
+    (status = 409, description = "The session is not connected", body = ErrorBody),
+    (status = 502, description = "WhatsApp did not answer", body = ErrorBody),
+))]
+async fn list(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<GroupList>, ApiError> {
     let groups = state.manager.groups(&id).await?;
-    Ok(Json(json!({ "groups": groups.iter().map(summary).collect::<Vec<_>>() })))
+    Ok(Json(GroupList { groups: groups.iter().map(GroupSummary::of).collect() }))
 }
 
-/// `{group}` is a group JID (`120363...@g.us`) or its digits.
+/// One group with its members.
+#[utoipa::path(get, path = "/v1/sessions/{id}/groups/{group}", tag = "groups",
+    params(SessionId, ("group" = String, Path, description = "A group JID (`120363...@g.us`) or its digits")),
+    responses(
+        (status = 200, description = "The group", body = GroupInfo),
+        (status = 400, description = "Not a group id", body = ErrorBody),
+        (status = 404, description = "No such session, or the account is not in that group", body = ErrorBody),
+        (status = 409, description = "The session is not connected", body = ErrorBody),
+        (status = 502, description = "WhatsApp did not answer", body = ErrorBody),
+))]
 async fn show(
     State(state): State<Arc<AppState>>,
     Path((id, group)): Path<(String, String)>,

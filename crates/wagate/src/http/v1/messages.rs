@@ -6,40 +6,60 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::engine::{Contact, Content, DeliveryState, Location, MediaKind, MessageRef, Outgoing};
-use crate::http::error::{ApiError, JsonBody, MAX_BODY};
+use super::sessions::SessionId;
+use crate::engine::{Contact, Content, DeliveryState, Location, MediaKind, MessageRef, NumberCheck, Outgoing};
+use crate::http::error::{ApiError, ErrorBody, JsonBody, MAX_BODY};
 use crate::http::media_input::FileInput;
 use crate::http::AppState;
 use crate::session::SessionError;
 use crate::store::SentMessage;
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/sessions/{id}/messages", post(send).layer(DefaultBodyLimit::max(MAX_BODY)))
-        .route("/v1/sessions/{id}/messages/{message_id}", get(show))
-        .route("/v1/sessions/{id}/media/{message_id}", get(media))
-        .route("/v1/sessions/{id}/contacts/check", post(check_contacts))
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(send))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .routes(routes!(show))
+        .routes(routes!(media))
+        .routes(routes!(check_contacts))
 }
 
 /// At most this many numbers per check.
 const MAX_CHECK: usize = 50;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckRequest {
+    /// 1 to 50 phone numbers with country code, in any common format.
+    #[schema(min_items = 1, max_items = 50)]
     phones: Vec<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct CheckResults {
+    /// One per number asked, in the same order.
+    results: Vec<NumberCheck>,
+}
+
+/// Which of these phone numbers have a WhatsApp account.
+#[utoipa::path(post, path = "/v1/sessions/{id}/contacts/check", tag = "contacts", params(SessionId),
+    request_body = CheckRequest, responses(
+        (status = 200, description = "One result per number", body = CheckResults),
+        (status = 400, description = "No numbers, too many, or one that is no phone number", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "The session is not connected", body = ErrorBody),
+        (status = 502, description = "WhatsApp did not answer", body = ErrorBody),
+))]
 async fn check_contacts(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<CheckRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckResults>, ApiError> {
     if request.phones.is_empty() || request.phones.len() > MAX_CHECK {
         return Err(ApiError::bad_request(format!("give 1 to {MAX_CHECK} phone numbers")));
     }
@@ -53,7 +73,7 @@ async fn check_contacts(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let results = state.manager.check_numbers(&id, &phones).await?;
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(CheckResults { results }))
 }
 
 /// WhatsApp refuses texts longer than this.
@@ -61,10 +81,15 @@ const MAX_TEXT: usize = 65_536;
 /// The content fields of a send request; exactly one must be given.
 const CONTENT_FIELDS: &str = "text, document, image, video, audio, sticker, location, contact or reaction";
 
-#[derive(Deserialize)]
+/// A message to send: `to` and exactly one content field.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SendRequest {
+    /// A phone number with country code in any common format, a JID
+    /// (`<phone>@s.whatsapp.net`, `<lid>@lid`, `<group>@g.us`) or a group id.
+    #[schema(example = "+91 98765 43210")]
     to: String,
+    /// A text message, 1 to 65,536 bytes.
     text: Option<String>,
     document: Option<FileInput>,
     image: Option<FileInput>,
@@ -78,6 +103,7 @@ struct SendRequest {
     reply_to: Option<String>,
     /// `false`: answer 409 instead of queueing while the session reconnects.
     #[serde(default = "default_true")]
+    #[schema(default = true)]
     queue: bool,
 }
 
@@ -86,7 +112,7 @@ fn default_true() -> bool {
 }
 
 /// A contact card: a ready vCard, or a name and phone number to make one from.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ContactInput {
     name: String,
@@ -94,7 +120,7 @@ struct ContactInput {
     vcard: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReactionInput {
     message_id: String,
@@ -138,6 +164,35 @@ pub fn recipient_jid(to: &str) -> Result<String, ApiError> {
     }
 }
 
+/// What a send answers.
+#[derive(Serialize, ToSchema)]
+struct SendAnswer {
+    /// The message's id, for `GET .../messages/{message_id}`, replies and reactions.
+    id: String,
+    /// `sent` (200) or `queued` (202).
+    status: DeliveryState,
+    /// When it was accepted, milliseconds since the epoch.
+    timestamp: u64,
+    /// The recipient's JID.
+    to: String,
+}
+
+/// Sends a message, or queues it while the session reconnects. With an
+/// `Idempotency-Key`, a retried call answers the first call's message instead of sending
+/// again.
+#[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "messages",
+    params(SessionId, ("Idempotency-Key" = Option<String>, Header, description = "1 to 200 printable ASCII \
+        characters; the same key within 24 h answers the same message")),
+    request_body = SendRequest, responses(
+        (status = 200, description = "Sent: WhatsApp's server acknowledged it", body = SendAnswer),
+        (status = 202, description = "Queued: it goes once the session is connected again", body = SendAnswer),
+        (status = 400, description = "Invalid recipient or content", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "Not connected (and `queue` is false, or the session is logged out), \
+            the queue is full, or the same Idempotency-Key is being sent", body = ErrorBody),
+        (status = 413, description = "The body is larger than 140 MB", body = ErrorBody),
+        (status = 502, description = "WhatsApp refused it, or a file could not be fetched or uploaded", body = ErrorBody),
+))]
 async fn send(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -160,7 +215,7 @@ async fn send(
     let sent = state.manager.send(&id, &to, Outgoing { content, reply_to }, key.as_deref(), may_queue).await?;
     // A queued message is accepted, not yet sent: 202, and its state says so.
     let status = if sent.status == DeliveryState::Queued { StatusCode::ACCEPTED } else { StatusCode::OK };
-    let body = json!({ "id": sent.id, "status": sent.status, "timestamp": sent.created_ms, "to": sent.chat });
+    let body = SendAnswer { id: sent.id, status: sent.status, timestamp: sent.created_ms, to: sent.chat };
     Ok((status, Json(body)).into_response())
 }
 
@@ -272,6 +327,15 @@ fn vcard_text(name: &str) -> String {
 }
 
 /// The file of a received message, decrypted; WhatsApp's CDN is asked each time.
+#[utoipa::path(get, path = "/v1/sessions/{id}/media/{message_id}", tag = "messages",
+    params(SessionId, ("message_id" = String, Path, description = "The received message's id")), responses(
+        (status = 200, description = "The file, as a download (`Content-Disposition: attachment`), with the \
+            sender's MIME type", content((crate::http::openapi::FileBytes = "application/octet-stream"))),
+        (status = 404, description = "No such session, message, or no file in it", body = ErrorBody),
+        (status = 409, description = "The session is not connected", body = ErrorBody),
+        (status = 422, description = "The message points at a file wagate will not fetch", body = ErrorBody),
+        (status = 502, description = "WhatsApp's CDN failed, or the file is larger than `--media-max`", body = ErrorBody),
+))]
 async fn media(
     State(state): State<Arc<AppState>>,
     Path((id, message_id)): Path<(String, String)>,
@@ -308,6 +372,12 @@ fn content_disposition(name: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&value).ok()
 }
 
+/// The latest state of a message the session sent.
+#[utoipa::path(get, path = "/v1/sessions/{id}/messages/{message_id}", tag = "messages",
+    params(SessionId, ("message_id" = String, Path, description = "The id a send answered")), responses(
+        (status = 200, description = "The message's latest state", body = SentMessage),
+        (status = 404, description = "No such session, or no message with that id sent by it", body = ErrorBody),
+))]
 async fn show(
     State(state): State<Arc<AppState>>,
     Path((id, message_id)): Path<(String, String)>,

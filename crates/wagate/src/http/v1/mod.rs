@@ -9,11 +9,11 @@ mod webhooks;
 
 use std::sync::Arc;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use super::AppState;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     sessions::routes()
         .merge(webhooks::routes())
         .merge(messages::routes())
