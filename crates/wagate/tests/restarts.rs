@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{engine_db, free_port, link, start_gateway, start_sim, Api, GatewayProcess, WAIT};
+use common::{engine_shard, free_port, link, start_gateway, start_sim, Api, GatewayProcess, WAIT};
 use serde_json::{json, Value};
 use wagate::engine::{Engine, EngineStore, WhatsAppEngine};
 
@@ -100,7 +100,7 @@ async fn reconnects_without_qr(api: &Api, id: &str) -> Value {
 /// The identity the engine's store in `data_dir` holds for session `id`.
 async fn stored_identity(data_dir: &Path, id: &str) -> Option<wagate::engine::Me> {
     WhatsAppEngine::new(None, None, wagate::engine::scratch::Scratch::new(std::env::temp_dir()))
-        .linked_identity(&EngineStore::new(engine_db(data_dir, id)))
+        .linked_identity(&EngineStore::new(data_dir.join("engine"), id))
         .await
         .expect("the engine store can be read")
 }
@@ -175,9 +175,14 @@ async fn kill_9_when_pair_success_reaches_the_disk() {
 
 /// Whether the engine store at `db` holds a linked identity (read straight from
 /// whatsapp-rust's SQLite schema, so it can be polled every millisecond).
-fn identity_on_disk(db: &Path) -> rusqlite::Result<bool> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.query_row("SELECT count(*) FROM device WHERE pn != ''", [], |row| row.get::<_, i64>(0)).map(|n| n > 0)
+fn identity_on_disk(shard: &Path, session: &str) -> rusqlite::Result<bool> {
+    let conn = rusqlite::Connection::open_with_flags(shard, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.query_row(
+        "SELECT count(*) FROM device d JOIN wagate_devices m ON m.device = d.id WHERE m.session = ?1 AND d.pn != ''",
+        [session],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 /// Links a new session on a child-process gateway, kills it at `kill_at`, restarts it on the
@@ -206,11 +211,12 @@ async fn kill_during_link_then_restart(round: u32, kill_at: KillAt) -> Outcome {
             answer
         }
         KillAt::CredentialsOnDisk => {
-            let db = engine_db(data.path(), &id);
+            let db = engine_shard(data.path(), &id);
+            let session = id.clone();
             let polled = tokio::task::spawn_blocking(move || {
                 let deadline = std::time::Instant::now() + WAIT;
                 loop {
-                    match identity_on_disk(&db) {
+                    match identity_on_disk(&db, &session) {
                         Ok(true) => return Ok(()),
                         Ok(false) => {}
                         // Busy or mid-checkpoint: look again; a schema change shows at the deadline.
