@@ -247,6 +247,13 @@ impl OpenFiles {
     }
 }
 
+/// The resident memory of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
 /// Measures what a linked, idle session costs in open files: links `WAGATE_FD_SESSIONS`
 /// sessions (50) on a child-process gateway and counts its descriptors before and after.
 /// Slow, so run on demand:
@@ -263,17 +270,31 @@ async fn open_files_per_linked_session() {
     let pid = gateway.child.id();
     let control = Api::sim(&sim);
     let before = OpenFiles::of(pid, port);
+    let rss_before = resident_kib(pid);
     for batch in (0..sessions).collect::<Vec<_>>().chunks(10) {
         let links = batch.iter().map(|i| {
             let (api, control) = (&gateway.api, &control);
-            async move { common::link(api, control, &format!("FD-{i}"), &format!("1555400{i:04}")).await }
+            let link = async move { common::link(api, control, &format!("FD-{i}"), &format!("1555400{i:04}")).await };
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(link))
         });
-        futures_util::future::join_all(links).await;
+        if futures_util::future::join_all(links).await.iter().any(Result::is_err) {
+            let log = std::fs::read_to_string(data.path().join("gateway.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            panic!(
+                "a link failed; the gateway's log ends with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
     // Settled: the pairing's short-lived connections are gone.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = OpenFiles::of(pid, port);
     let per_session = (after.held() - before.held()) as f64 / sessions as f64;
+    let rss_after = resident_kib(pid);
+    println!(
+        "resident memory {rss_before} KiB -> {rss_after} KiB: {} KiB per session",
+        rss_after.saturating_sub(rss_before) / sessions as u64
+    );
     println!(
         "{sessions} linked sessions: sockets {} -> {}, files {} -> {} (API connections {} -> {}, not counted): \
          {per_session:.2} open files per session\nfiles: {:#?}",

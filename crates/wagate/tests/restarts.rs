@@ -320,3 +320,55 @@ async fn graceful_restart_in_process() {
     gateway.stop().await;
     sim.stop().await;
 }
+
+/// Two sessions share an engine shard; one's credentials are damaged while the gateway is
+/// stopped. After the restart that one fails with a reason naming its keys, and the other
+/// reconnects without a QR code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_keys_fail_their_session_only_after_a_restart() {
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let data = DataDir::new();
+    let ids: Vec<String> = (0..)
+        .map(|n| format!("WA-Shard-{n}"))
+        .filter(|id| wagate::engine::shards::shard_index(id) == 0)
+        .take(2)
+        .collect();
+    let (broken, fine) = (&ids[0], &ids[1]);
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+    link(&api, &control, broken, "15553000091").await;
+    let fine_jid = link(&api, &control, fine, "15553000092").await;
+    gateway.stop().await;
+
+    let shard = engine_shard(data.path(), broken);
+    assert_eq!(shard, engine_shard(data.path(), fine), "both in one shard");
+    let conn = rusqlite::Connection::open(&shard).unwrap();
+    let damaged = conn
+        .execute(
+            "UPDATE device SET noise_key = x'00' WHERE id = (SELECT device FROM wagate_devices WHERE session = ?1)",
+            [broken],
+        )
+        .unwrap();
+    assert_eq!(damaged, 1);
+    drop(conn);
+
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+    let view = reconnects_without_qr(&api, fine).await;
+    assert_eq!(view["me"]["jid"], fine_jid, "{view}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let view = loop {
+        let (_, view) = api.get(&format!("/v1/sessions/{broken}")).await;
+        if view["last_error"].as_str().is_some_and(|e| e.contains("cannot be read")) {
+            break view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error about its keys: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(view["state"], "connected", "{view}");
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains(broken.as_str()) && error.contains("other sessions are not affected"), "{view}");
+    gateway.stop().await;
+    sim.stop().await;
+}

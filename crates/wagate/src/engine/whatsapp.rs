@@ -244,6 +244,9 @@ impl Engine for WhatsAppEngine {
         let backend = super::shards::open_device(store, true)
             .await?
             .ok_or_else(|| EngineError::Store("the session's device could not be created".into()))?;
+        // Read once before the library does, so that keys that cannot be decoded are reported
+        // as this session's (the library would only say that a client could not be built).
+        backend.credentials().await?;
         let dial_error = Arc::new(Mutex::new(None));
         let proxy = self.proxy_for(proxy)?;
         // Media goes the same way as the WebSocket. Only the simulator's media host has a

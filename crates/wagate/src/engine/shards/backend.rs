@@ -27,6 +27,7 @@ use super::Shard;
 pub struct ShardDevice {
     pub(super) shard: Arc<Shard>,
     pub(super) inner: SqliteStore,
+    pub(super) session: String,
 }
 
 impl ShardDevice {
@@ -34,12 +35,20 @@ impl ShardDevice {
     pub fn device_id(&self) -> i32 {
         self.inner.device_id()
     }
+
+    /// The device's credentials as the library reads them (`None`: not created yet); an
+    /// error says that this session's keys are unreadable, and only this session's.
+    pub async fn credentials(&self) -> std::result::Result<Option<wacore::store::Device>, super::ShardError> {
+        self.load()
+            .await
+            .map_err(|e| super::ShardError::Unreadable { session: self.session.clone(), message: format!("{e:#}") })
+    }
 }
 
 /// Runs one call of the library's store for this device while holding the shard's turn.
 macro_rules! in_turn {
     ($self:ident, $trait:ident :: $method:ident ( $($arg:expr),* )) => {{
-        let _turn = $self.shard.turn().await;
+        let _turn = $self.shard.turn(stringify!($method)).await;
         <SqliteStore as $trait>::$method(&$self.inner $(, $arg)*).await
     }};
 }

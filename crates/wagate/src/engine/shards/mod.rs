@@ -141,18 +141,35 @@ pub(crate) struct Shard {
     /// Whose turn it is to use the file (see `backend`): every call of every device, and
     /// wagate's own statements (mapping, wipe, move), one at a time.
     turn: tokio::sync::Mutex<()>,
+    /// What took the turn last (for the warning about a long wait).
+    holder: Mutex<&'static str>,
     /// A store of no device, kept while the shard is in use: it brings the file to the
     /// library's schema once, and keeps the shared cache (and its descriptors) open while
     /// sessions come and go.
     anchor: tokio::sync::OnceCell<SqliteStore>,
 }
 
+/// A wait for a shard's turn longer than this is logged.
+const SLOW_TURN: Duration = Duration::from_secs(5);
+
 /// No session's device has this id (AUTOINCREMENT starts at 1).
 const ANCHOR_DEVICE: i32 = 0;
 
 impl Shard {
-    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.turn.lock().await
+    /// Waits for the shard's turn, for `what` (a call of the library's store, an open, a
+    /// wipe). A call takes milliseconds: a wait of seconds means one is stuck, and the
+    /// warning says which kind holds it.
+    pub(crate) async fn turn(&self, what: &'static str) -> tokio::sync::MutexGuard<'_, ()> {
+        let guard = match tokio::time::timeout(SLOW_TURN, self.turn.lock()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                let holder = *self.holder.lock().unwrap_or_else(|p| p.into_inner());
+                tracing::warn!(shard = %self.path.display(), waiting = what, holder, "the engine shard has been busy for {SLOW_TURN:?}");
+                self.turn.lock().await
+            }
+        };
+        *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = what;
+        guard
     }
 
     /// The library's store for `device` in this shard; call with the turn held.
@@ -223,6 +240,7 @@ fn shard(path: &Path) -> Result<Arc<Shard>, ShardError> {
         url: format!("file:{}?cache=shared", uri_path(text)),
         path: path.clone(),
         turn: tokio::sync::Mutex::new(()),
+        holder: Mutex::new(""),
         anchor: tokio::sync::OnceCell::new(),
     });
     open.insert(path, Arc::downgrade(&shard));
@@ -253,7 +271,7 @@ pub async fn open_device(store: &EngineStore, create: bool) -> Result<Option<Sha
         return Ok(None);
     }
     let shard = shard(&store.shard_path())?;
-    let turn = shard.turn().await;
+    let turn = shard.turn("open").await;
     shard.ready().await?;
     if has_legacy {
         legacy::move_into_shard(&shard, store.session(), &legacy).await?;
@@ -282,7 +300,7 @@ pub async fn open_device(store: &EngineStore, create: bool) -> Result<Option<Sha
     })?;
     let inner = shard.library_store(device).await?;
     drop(turn);
-    Ok(Some(ShardDevice { shard, inner }))
+    Ok(Some(ShardDevice { shard, inner, session: store.session().to_string() }))
 }
 
 /// The device id of `session` in the shard `conn` is on.
@@ -293,12 +311,10 @@ fn device_of(conn: &Connection, session: &str) -> rusqlite::Result<Option<i64>> 
 /// The library's credentials of the session, `None` when it has no device; an error names a
 /// device whose rows cannot be decoded.
 pub async fn load_device(store: &EngineStore) -> Result<Option<wacore::store::Device>, ShardError> {
-    use wacore::store::traits::DeviceStore;
-    let Some(device) = open_device(store, false).await? else { return Ok(None) };
-    device
-        .load()
-        .await
-        .map_err(|e| ShardError::Unreadable { session: store.session().to_string(), message: format!("{e:#}") })
+    match open_device(store, false).await? {
+        Some(device) => device.credentials().await,
+        None => Ok(None),
+    }
 }
 
 /// Deletes the session's device: its rows in every table of the shard and its mapping, in one
@@ -309,7 +325,7 @@ pub async fn wipe(store: &EngineStore) -> Result<(), ShardError> {
         return Ok(());
     }
     let shard = shard(&store.shard_path())?;
-    let _turn = shard.turn().await;
+    let _turn = shard.turn("wipe").await;
     shard.ready().await?;
     let session = store.session().to_string();
     shard
