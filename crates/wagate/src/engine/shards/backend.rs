@@ -20,6 +20,7 @@ use wacore::store::traits::{
     PendingInboundKey, PendingInboundRow, ProtocolStore, SignalStore, TcTokenEntry,
 };
 use whatsapp_rust::store::SqliteStore;
+use whatsapp_rust_sqlite_storage::SharedSqlite;
 
 use super::Shard;
 
@@ -27,6 +28,8 @@ use super::Shard;
 pub struct ShardDevice {
     pub(super) shard: Arc<Shard>,
     pub(super) inner: SqliteStore,
+    /// The same store's connection, to wait for after a cancelled call (see [`Turn`]).
+    pub(super) connection: SharedSqlite,
     pub(super) session: String,
 }
 
@@ -48,9 +51,41 @@ impl ShardDevice {
 /// Runs one call of the library's store for this device while holding the shard's turn.
 macro_rules! in_turn {
     ($self:ident, $trait:ident :: $method:ident ( $($arg:expr),* )) => {{
-        let _turn = $self.shard.turn(stringify!($method)).await;
-        <SqliteStore as $trait>::$method(&$self.inner $(, $arg)*).await
+        let turn = Turn { guard: Some($self.shard.turn(stringify!($method)).await), connection: Some($self.connection.clone()) };
+        let result = <SqliteStore as $trait>::$method(&$self.inner $(, $arg)*).await;
+        turn.finished();
+        result
     }};
+}
+
+/// The shard's turn for one call of the library. The library runs its statements on blocking
+/// threads, which go on when the task that called is aborted (the library aborts its tasks
+/// when a client is dropped, in the middle of a save if need be). Released with the dropped
+/// call, the turn would let a second statement into the shared cache beside the first, and
+/// one of them would fail at once (`SQLITE_LOCKED`). So a turn dropped before its call
+/// finished is kept until the device's connection is back in its pool.
+struct Turn {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    connection: Option<SharedSqlite>,
+}
+
+impl Turn {
+    /// The call returned: nothing of it runs on, the turn goes to the next.
+    fn finished(mut self) {
+        self.connection = None;
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (Some(guard), Some(connection)) = (self.guard.take(), self.connection.take()) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            // Queues behind the cancelled call for the store's permit and its one connection.
+            let _ = connection.run(|_| Ok(())).await;
+            drop(guard);
+        });
+    }
 }
 
 #[async_trait]

@@ -140,7 +140,7 @@ pub(crate) struct Shard {
     url: String,
     /// Whose turn it is to use the file (see `backend`): every call of every device, and
     /// wagate's own statements (mapping, wipe, move), one at a time.
-    turn: tokio::sync::Mutex<()>,
+    turn: Arc<tokio::sync::Mutex<()>>,
     /// What took the turn last (for the warning about a long wait).
     holder: Mutex<&'static str>,
     /// A store of no device, kept while the shard is in use: it brings the file to the
@@ -159,13 +159,13 @@ impl Shard {
     /// Waits for the shard's turn, for `what` (a call of the library's store, an open, a
     /// wipe). A call takes milliseconds: a wait of seconds means one is stuck, and the
     /// warning says which kind holds it.
-    pub(crate) async fn turn(&self, what: &'static str) -> tokio::sync::MutexGuard<'_, ()> {
-        let guard = match tokio::time::timeout(SLOW_TURN, self.turn.lock()).await {
+    pub(crate) async fn turn(&self, what: &'static str) -> tokio::sync::OwnedMutexGuard<()> {
+        let guard = match tokio::time::timeout(SLOW_TURN, self.turn.clone().lock_owned()).await {
             Ok(guard) => guard,
             Err(_) => {
                 let holder = *self.holder.lock().unwrap_or_else(|p| p.into_inner());
                 tracing::warn!(shard = %self.path.display(), waiting = what, holder, "the engine shard has been busy for {SLOW_TURN:?}");
-                self.turn.lock().await
+                self.turn.clone().lock_owned().await
             }
         };
         *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = what;
@@ -239,7 +239,7 @@ fn shard(path: &Path) -> Result<Arc<Shard>, ShardError> {
     let shard = Arc::new(Shard {
         url: format!("file:{}?cache=shared", uri_path(text)),
         path: path.clone(),
-        turn: tokio::sync::Mutex::new(()),
+        turn: Arc::new(tokio::sync::Mutex::new(())),
         holder: Mutex::new(""),
         anchor: tokio::sync::OnceCell::new(),
     });
@@ -261,10 +261,24 @@ fn open_read_only(path: &Path) -> Result<Connection, ShardError> {
     Ok(conn)
 }
 
+/// Runs `work` to its end in a task of its own, whatever happens to the caller: work that
+/// holds a shard's turn across statements on blocking threads must not be cut short (see
+/// `backend::Turn`).
+async fn uncancelled<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ShardError>> + Send + 'static,
+) -> Result<T, ShardError> {
+    tokio::spawn(work).await.map_err(|e| ShardError::Task(e.to_string()))?
+}
+
 /// Opens the device of `store`'s session, moving a file of the older layout in first. With
 /// `create`, a session without a device gets a new id; without, it gets `None` (and no file
 /// is created for it).
 pub async fn open_device(store: &EngineStore, create: bool) -> Result<Option<ShardDevice>, ShardError> {
+    let store = store.clone();
+    uncancelled(async move { open_device_now(&store, create).await }).await
+}
+
+async fn open_device_now(store: &EngineStore, create: bool) -> Result<Option<ShardDevice>, ShardError> {
     let legacy = store.legacy_path();
     let has_legacy = legacy.exists();
     if !create && !has_legacy && !store.shard_path().exists() {
@@ -300,7 +314,8 @@ pub async fn open_device(store: &EngineStore, create: bool) -> Result<Option<Sha
     })?;
     let inner = shard.library_store(device).await?;
     drop(turn);
-    Ok(Some(ShardDevice { shard, inner, session: store.session().to_string() }))
+    let connection = inner.shared();
+    Ok(Some(ShardDevice { shard, inner, connection, session: store.session().to_string() }))
 }
 
 /// The device id of `session` in the shard `conn` is on.
@@ -320,6 +335,11 @@ pub async fn load_device(store: &EngineStore) -> Result<Option<wacore::store::De
 /// Deletes the session's device: its rows in every table of the shard and its mapping, in one
 /// transaction, and a file of the older layout. Other sessions' rows are not touched.
 pub async fn wipe(store: &EngineStore) -> Result<(), ShardError> {
+    let store = store.clone();
+    uncancelled(async move { wipe_now(&store).await }).await
+}
+
+async fn wipe_now(store: &EngineStore) -> Result<(), ShardError> {
     legacy::delete_files(&store.legacy_path())?;
     if !store.shard_path().exists() {
         return Ok(());

@@ -1,3 +1,4 @@
+use bytes::Bytes;
 use wacore::store::traits::{DeviceStore, SignalStore};
 
 use super::*;
@@ -215,4 +216,30 @@ async fn devices_of_a_shard_share_its_descriptors() {
     for device in &open {
         assert!(device.load().await.unwrap().is_some());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_short_keeps_the_turn_until_its_statements_end() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let ids = ids_in_one_shard(2);
+    let a = std::sync::Arc::new(open_device(&EngineStore::new(&dir, &ids[0]), true).await.unwrap().unwrap());
+    let b = open_device(&EngineStore::new(&dir, &ids[1]), true).await.unwrap().unwrap();
+    link(&*a, "15551230008").await;
+    link(&b, "15551230009").await;
+    let keys: Vec<(u32, Bytes)> = (0..20_000).map(|id| (id, Bytes::from(vec![7u8; 64]))).collect();
+    for round in 0..10u32 {
+        // A write of a, aborted while its statements run (as the library aborts a dropped
+        // client's tasks), then writes of b at once: they wait instead of failing.
+        let (a, keys) = (a.clone(), keys.clone());
+        let cut = tokio::spawn(async move { a.store_prekeys_batch(&keys, false).await });
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(round % 4))).await;
+        cut.abort();
+        // Reads first: the library does not retry those (its writes retry a lock error).
+        b.load_prekey(round).await.unwrap();
+        b.get_max_prekey_id().await.unwrap();
+        b.put_session(&format!("15559990000.{round}"), &[round as u8]).await.unwrap();
+        b.store_prekey(round, &[1, 2, 3], false).await.unwrap();
+    }
+    assert!(a.load().await.unwrap().is_some());
 }
