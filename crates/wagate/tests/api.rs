@@ -111,7 +111,7 @@ async fn logout_unlinks_on_whatsapp_and_delete_forgets() {
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["state"], "logged_out");
     assert_eq!(view["reason"], "logout_requested");
-    assert!(!common::engine_db(data.path(), "WA-Out").exists(), "keys deleted");
+    assert!(!common::has_engine_keys(data.path(), "WA-Out"), "keys deleted");
     let devices = control.get("/control/devices").await.1;
     assert!(!devices.as_array().unwrap().iter().any(|d| d["jid"] == jid), "the phone no longer lists it: {devices}");
 

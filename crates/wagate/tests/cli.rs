@@ -126,10 +126,11 @@ async fn doctor_checks_a_healthy_data_directory() {
     let dir = text(data.path());
 
     let run = wagate(&["doctor", "--data-dir", dir, "--wa-url", &sim.endpoints.ws_url]).await;
+    let shard = shard_name(data.path(), "WA-Doc");
     for expected in [
         "OK    data directory",
         "OK    wagate.db passes the integrity check; schema is current",
-        "OK    engine/WA-Doc.db opens and is intact",
+        &format!("OK    {shard} opens and is intact ("),
         "OK    the gateway is running on this data directory",
         "OK    WhatsApp TCP: connected to 127.0.0.1",
         "OK    WhatsApp WebSocket:",
@@ -225,7 +226,8 @@ async fn backup_while_connected_then_restore_elsewhere_reconnects_without_a_qr()
     let run = wagate(&["backup", "--data-dir", text(data.path()), "--out", text(&archive)]).await;
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains("[1/2] wagate.db: copied"), "{run}");
-    assert!(run.stdout.contains("[2/2] engine/WA-Back.db: copied"), "{run}");
+    let shard = shard_name(data.path(), "WA-Back");
+    assert!(run.stdout.contains(&format!("[2/2] {shard}: copied")), "{run}");
     assert!(run.stdout.contains("1 session, 2 databases"), "{run}");
     let again = wagate(&["backup", "--data-dir", text(data.path()), "--out", text(&archive)]).await;
     assert_eq!(again.code, 1, "no overwrite without --force: {again}");
@@ -243,7 +245,7 @@ async fn backup_while_connected_then_restore_elsewhere_reconnects_without_a_qr()
     let fresh = work.path().join("restored");
     let run = wagate(&["restore", text(&archive), "--data-dir", text(&fresh)]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert!(run.stdout.contains("[2/2] verified engine/WA-Back.db (checksum and integrity)"), "{run}");
+    assert!(run.stdout.contains(&format!("[2/2] verified {shard} (checksum and integrity)")), "{run}");
     assert!(run.stdout.contains("restored 1 session (WA-Back)"), "{run}");
 
     let gateway = start_gateway(&sim, &fresh).await;
@@ -406,4 +408,9 @@ async fn link_shows_the_qr_and_waits_until_connected() {
     let run = wagate(&["link", "WA-Link", "--url", &nobody()]).await;
     assert_eq!(run.code, 3, "{run}");
     sim.stop().await;
+}
+
+/// `engine/shard-<k>.sqlite`, the engine shard of session `id`, relative to the data directory.
+fn shard_name(data_dir: &std::path::Path, id: &str) -> String {
+    format!("engine/{}", common::engine_shard(data_dir, id).file_name().unwrap().to_string_lossy())
 }

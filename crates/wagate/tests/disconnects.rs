@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{engine_db, link, start_gateway, start_sim, Api};
+use common::{has_engine_keys, link, start_gateway, start_sim, Api};
 use serde_json::{json, Value};
 
 async fn fault(control: &Api, body: Value) {
@@ -68,12 +68,12 @@ async fn unlinked_from_the_phone_logs_out_wipes_keys_and_relinks_with_a_new_qr()
     let gateway = start_gateway(&sim, data.path()).await;
     let (api, control) = (Api::gateway(gateway.addr), Api::sim(&sim));
     let jid = link(&api, &control, "WA-U", "15552000003").await;
-    assert!(engine_db(data.path(), "WA-U").exists());
+    assert!(has_engine_keys(data.path(), "WA-U"));
     let (status, _) = control.post("/control/unlink", json!({ "jid": jid })).await;
     assert_eq!(status, 200);
     let view = api.wait_state("WA-U", "logged_out").await;
     assert!(view["me"].is_null(), "{view}");
-    assert!(!engine_db(data.path(), "WA-U").exists(), "the session's keys are deleted");
+    assert!(!has_engine_keys(data.path(), "WA-U"), "the session's keys are deleted");
     let logins_before = logins(&control, &jid).await;
     // No retry of its own.
     let (_, view) = api.get("/v1/sessions/WA-U").await;

@@ -83,12 +83,14 @@ async fn serve_backup_and_restore_write_private_files() {
     link(&gateway.api, &Api::sim(&sim), "WA-Files", "15553000051").await;
 
     let files = assert_private_tree(&data);
-    for expected in ["wagate.db", "wagate.lock", "engine/WA-Files.db"] {
+    let shard = common::engine_shard(&data, "WA-Files");
+    let shard_name = format!("engine/{}", shard.file_name().unwrap().to_str().unwrap());
+    for expected in ["wagate.db", "wagate.lock", shard_name.as_str()] {
         assert!(files.iter().any(|f| f == expected), "{expected} in {files:?}");
     }
     assert_eq!(mode(&data.join("engine")), 0o700);
     assert_eq!(mode(&data.join("wagate.db")), 0o600);
-    assert_eq!(mode(&data.join("engine/WA-Files.db")), 0o600);
+    assert_eq!(mode(&shard), 0o600);
     assert_eq!(mode(&data.join("wagate.lock")), 0o600);
     assert_eq!(mode(&log), 0o600, "the log file");
 
@@ -103,7 +105,7 @@ async fn serve_backup_and_restore_write_private_files() {
     let (code, out, err) = wagate(&["restore", text(&archive), "--data-dir", text(&restored)]).await;
     assert_eq!(code, 0, "{out}{err}");
     let files = assert_private_tree(&restored);
-    assert!(files.iter().any(|f| f == "engine/WA-Files.db"), "{files:?}");
+    assert!(files.iter().any(|f| f == &shard_name), "{files:?}");
     assert!(files.iter().any(|f| f == "wagate.db"), "{files:?}");
     // Nothing beside the target is left open either (staging areas are gone).
     let mut beside: Vec<_> =
@@ -121,7 +123,7 @@ async fn doctor_warns_about_open_permissions_and_serve_tightens_them() {
     let gateway = start_gateway(&sim, dir).await;
     link(&Api::gateway(gateway.addr), &Api::sim(&sim), "WA-Open", "15553000052").await;
     gateway.stop().await;
-    let engine_db = dir.join("engine/WA-Open.db");
+    let engine_db = common::engine_shard(dir, "WA-Open");
     assert_eq!(mode(&dir.join("wagate.db")), 0o600, "even from a gateway started in process (umask 022)");
     assert_eq!(mode(&engine_db), 0o600);
     assert_eq!(mode(&dir.join("engine")), 0o700);

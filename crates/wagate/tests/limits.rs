@@ -199,3 +199,113 @@ async fn sessions_beyond_the_open_files_limit_are_refused_and_the_api_stays_up()
     assert_eq!(health["sessions"]["qrPending"], budget.sessions, "{health}");
     sim.stop().await;
 }
+
+/// What process `pid` holds open, counted by kind.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    /// TCP connections to the API's port (the test's own HTTP clients: budgeted apart).
+    api: usize,
+    /// Every other socket: WhatsApp connections, the listener, the runtime's.
+    sockets: usize,
+    /// Files: databases, logs, the lock.
+    files: Vec<String>,
+}
+
+impl OpenFiles {
+    fn of(pid: u32, api_port: u16) -> Self {
+        // The socket inodes of connections whose local port is the API's.
+        let mut api_inodes = std::collections::HashSet::new();
+        for table in ["tcp", "tcp6"] {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port =
+                    fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+                // State 0A is the listener itself.
+                if local_port == Some(api_port) && fields.get(3) != Some(&"0A") {
+                    api_inodes.insert(fields.get(9).unwrap_or(&"").to_string());
+                }
+            }
+        }
+        let mut found = Self::default();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            match target.strip_prefix("socket:[").and_then(|rest| rest.strip_suffix(']')) {
+                Some(inode) if api_inodes.contains(inode) => found.api += 1,
+                Some(_) => found.sockets += 1,
+                None => found.files.push(target),
+            }
+        }
+        found.files.sort();
+        found
+    }
+
+    /// Everything but the API's connections.
+    fn held(&self) -> usize {
+        self.sockets + self.files.len()
+    }
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Measures what a linked, idle session costs in open files: links `WAGATE_FD_SESSIONS`
+/// sessions (50) on a child-process gateway and counts its descriptors before and after.
+/// Slow, so run on demand:
+/// `cargo test -p wagate --all-features --test limits -- --ignored --nocapture open_files_per_linked_session`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn open_files_per_linked_session() {
+    let sessions: usize = std::env::var("WAGATE_FD_SESSIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
+    let sim = start_sim().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let gateway = common::GatewayProcess::spawn(&sim, data.path(), port);
+    gateway.ready().await;
+    let pid = gateway.child.id();
+    let control = Api::sim(&sim);
+    let before = OpenFiles::of(pid, port);
+    let rss_before = resident_kib(pid);
+    for batch in (0..sessions).collect::<Vec<_>>().chunks(10) {
+        let links = batch.iter().map(|i| {
+            let (api, control) = (&gateway.api, &control);
+            let link = async move { common::link(api, control, &format!("FD-{i}"), &format!("1555400{i:04}")).await };
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(link))
+        });
+        if futures_util::future::join_all(links).await.iter().any(Result::is_err) {
+            let log = std::fs::read_to_string(data.path().join("gateway.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            panic!(
+                "a link failed; the gateway's log ends with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    // Settled: the pairing's short-lived connections are gone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = OpenFiles::of(pid, port);
+    let per_session = (after.held() - before.held()) as f64 / sessions as f64;
+    let rss_after = resident_kib(pid);
+    println!(
+        "resident memory {rss_before} KiB -> {rss_after} KiB: {} KiB per session",
+        rss_after.saturating_sub(rss_before) / sessions as u64
+    );
+    println!(
+        "{sessions} linked sessions: sockets {} -> {}, files {} -> {} (API connections {} -> {}, not counted): \
+         {per_session:.2} open files per session\nfiles: {:#?}",
+        before.sockets,
+        after.sockets,
+        before.files.len(),
+        after.files.len(),
+        before.api,
+        after.api,
+        after.files
+    );
+    assert!(per_session <= 1.5, "{per_session:.2} open files per session");
+    sim.stop().await;
+}

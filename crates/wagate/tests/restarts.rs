@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{engine_db, free_port, link, start_gateway, start_sim, Api, GatewayProcess, WAIT};
+use common::{engine_shard, free_port, link, start_gateway, start_sim, Api, GatewayProcess, WAIT};
 use serde_json::{json, Value};
 use wagate::engine::{Engine, EngineStore, WhatsAppEngine};
 
@@ -100,7 +100,7 @@ async fn reconnects_without_qr(api: &Api, id: &str) -> Value {
 /// The identity the engine's store in `data_dir` holds for session `id`.
 async fn stored_identity(data_dir: &Path, id: &str) -> Option<wagate::engine::Me> {
     WhatsAppEngine::new(None, None, wagate::engine::scratch::Scratch::new(std::env::temp_dir()))
-        .linked_identity(&EngineStore::new(engine_db(data_dir, id)))
+        .linked_identity(&EngineStore::new(data_dir.join("engine"), id))
         .await
         .expect("the engine store can be read")
 }
@@ -175,9 +175,14 @@ async fn kill_9_when_pair_success_reaches_the_disk() {
 
 /// Whether the engine store at `db` holds a linked identity (read straight from
 /// whatsapp-rust's SQLite schema, so it can be polled every millisecond).
-fn identity_on_disk(db: &Path) -> rusqlite::Result<bool> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.query_row("SELECT count(*) FROM device WHERE pn != ''", [], |row| row.get::<_, i64>(0)).map(|n| n > 0)
+fn identity_on_disk(shard: &Path, session: &str) -> rusqlite::Result<bool> {
+    let conn = rusqlite::Connection::open_with_flags(shard, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.query_row(
+        "SELECT count(*) FROM device d JOIN wagate_devices m ON m.device = d.id WHERE m.session = ?1 AND d.pn != ''",
+        [session],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 /// Links a new session on a child-process gateway, kills it at `kill_at`, restarts it on the
@@ -206,11 +211,12 @@ async fn kill_during_link_then_restart(round: u32, kill_at: KillAt) -> Outcome {
             answer
         }
         KillAt::CredentialsOnDisk => {
-            let db = engine_db(data.path(), &id);
+            let db = engine_shard(data.path(), &id);
+            let session = id.clone();
             let polled = tokio::task::spawn_blocking(move || {
                 let deadline = std::time::Instant::now() + WAIT;
                 loop {
-                    match identity_on_disk(&db) {
+                    match identity_on_disk(&db, &session) {
                         Ok(true) => return Ok(()),
                         Ok(false) => {}
                         // Busy or mid-checkpoint: look again; a schema change shows at the deadline.
@@ -311,6 +317,58 @@ async fn graceful_restart_in_process() {
     assert_eq!(stats["devices"][&jid]["logins"], 2, "{stats}");
     let (_, health) = api.get("/health").await;
     assert_eq!(health["sessions"]["connected"], 1, "{health}");
+    gateway.stop().await;
+    sim.stop().await;
+}
+
+/// Two sessions share an engine shard; one's credentials are damaged while the gateway is
+/// stopped. After the restart that one fails with a reason naming its keys, and the other
+/// reconnects without a QR code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_keys_fail_their_session_only_after_a_restart() {
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let data = DataDir::new();
+    let ids: Vec<String> = (0..)
+        .map(|n| format!("WA-Shard-{n}"))
+        .filter(|id| wagate::engine::shards::shard_index(id) == 0)
+        .take(2)
+        .collect();
+    let (broken, fine) = (&ids[0], &ids[1]);
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+    link(&api, &control, broken, "15553000091").await;
+    let fine_jid = link(&api, &control, fine, "15553000092").await;
+    gateway.stop().await;
+
+    let shard = engine_shard(data.path(), broken);
+    assert_eq!(shard, engine_shard(data.path(), fine), "both in one shard");
+    let conn = rusqlite::Connection::open(&shard).unwrap();
+    let damaged = conn
+        .execute(
+            "UPDATE device SET noise_key = x'00' WHERE id = (SELECT device FROM wagate_devices WHERE session = ?1)",
+            [broken],
+        )
+        .unwrap();
+    assert_eq!(damaged, 1);
+    drop(conn);
+
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+    let view = reconnects_without_qr(&api, fine).await;
+    assert_eq!(view["me"]["jid"], fine_jid, "{view}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let view = loop {
+        let (_, view) = api.get(&format!("/v1/sessions/{broken}")).await;
+        if view["last_error"].as_str().is_some_and(|e| e.contains("cannot be read")) {
+            break view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error about its keys: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(view["state"], "connected", "{view}");
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains(broken.as_str()) && error.contains("other sessions are not affected"), "{view}");
     gateway.stop().await;
     sim.stop().await;
 }

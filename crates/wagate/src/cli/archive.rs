@@ -1,7 +1,9 @@
 //! The backup archive shared by `wagate backup` and `wagate restore`: a gzip-compressed tar
-//! holding `manifest.json` first, then `wagate.db` and `engine/<id>.db`, each an online-backup
-//! copy of the live database. The manifest lists every file with its size and SHA-256, so a
-//! restore can prove the archive whole before it replaces anything.
+//! holding `manifest.json` first, then `wagate.db` and the engine's shards
+//! (`engine/shard-<k>.sqlite`), each an online-backup copy of the live database; a session not
+//! yet moved out of the older layout adds its `engine/<id>.db`. The manifest lists every file
+//! with its size and SHA-256, so a restore can prove the archive whole before it replaces
+//! anything.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,12 +11,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::engine::shards;
 use crate::session::validate_id;
 use crate::store::{DB_FILE, ENGINE_DIR};
 
 pub const MANIFEST: &str = "manifest.json";
-/// Bumped when the archive layout changes in a way older restores cannot read.
-pub const FORMAT: u32 = 1;
+/// Bumped when the archive layout changes in a way older restores cannot read: 2 holds the
+/// engine's shards instead of one file per session.
+pub const FORMAT: u32 = 2;
+/// The formats this build restores: 1 (one engine file per session) is still read; its
+/// files move into the shards when their sessions first start.
+pub const READS: std::ops::RangeInclusive<u32> = 1..=FORMAT;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -43,35 +50,38 @@ pub struct ManifestFile {
     pub sha256: String,
 }
 
-/// Whether `path` is a file a data directory archive may hold: the manifest, the registry,
-/// or an engine database of a valid session id. Anything else (absolute paths, `..`) is refused.
+/// Whether `path` is a file a data directory archive may hold: the manifest, the registry, a
+/// shard of the engine, or an engine file of the older layout (a valid session id). Anything
+/// else (absolute paths, `..`) is refused.
 pub fn allowed_entry(path: &str) -> bool {
     if path == MANIFEST || path == DB_FILE {
         return true;
     }
-    path.strip_prefix(&format!("{ENGINE_DIR}/"))
-        .and_then(|name| name.strip_suffix(".db"))
-        .is_some_and(|id| validate_id(id).is_ok())
+    let Some(name) = path.strip_prefix(&format!("{ENGINE_DIR}/")) else { return false };
+    shards::is_shard_file_name(name) || name.strip_suffix(".db").is_some_and(|id| validate_id(id).is_ok())
 }
 
-/// The databases of a data directory, relative paths, registry first.
+/// The databases of a data directory, relative paths: the registry first, then the shards,
+/// then files of the older layout.
 pub fn databases(data_dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut engines = Vec::new();
-    match std::fs::read_dir(data_dir.join(ENGINE_DIR)) {
+    let engine = data_dir.join(ENGINE_DIR);
+    let mut legacy = Vec::new();
+    match std::fs::read_dir(&engine) {
         Ok(entries) => {
             for entry in entries {
                 let name = entry?.file_name().to_string_lossy().into_owned();
                 let path = format!("{ENGINE_DIR}/{name}");
-                if allowed_entry(&path) {
-                    engines.push(path);
+                if !shards::is_shard_file_name(&name) && allowed_entry(&path) {
+                    legacy.push(path);
                 }
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    engines.sort();
-    Ok(std::iter::once(DB_FILE.to_string()).chain(engines).collect())
+    legacy.sort();
+    let shard_files = shards::shard_files(&engine)?.into_iter().map(|name| format!("{ENGINE_DIR}/{name}"));
+    Ok(std::iter::once(DB_FILE.to_string()).chain(shard_files).chain(legacy).collect())
 }
 
 pub fn describe(path: &Path, relative: &str) -> std::io::Result<ManifestFile> {
@@ -136,8 +146,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_registry_then_the_shards_then_older_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(ENGINE_DIR)).unwrap();
+        for name in
+            ["shard-3.sqlite", "shard-3.sqlite-wal", "shard-0.sqlite", "WA-Old.db", "WA-Old.db-wal", "notes.txt"]
+        {
+            std::fs::write(dir.path().join(ENGINE_DIR).join(name), b"").unwrap();
+        }
+        assert_eq!(
+            databases(dir.path()).unwrap(),
+            ["wagate.db", "engine/shard-0.sqlite", "engine/shard-3.sqlite", "engine/WA-Old.db"]
+        );
+    }
+
+    #[test]
     fn only_data_directory_files_are_allowed() {
-        for good in ["manifest.json", "wagate.db", "engine/WA-Acme.db"] {
+        for good in
+            ["manifest.json", "wagate.db", "engine/WA-Acme.db", "engine/shard-0.sqlite", "engine/shard-7.sqlite"]
+        {
             assert!(allowed_entry(good), "{good}");
         }
         for bad in [
@@ -148,6 +175,9 @@ mod tests {
             "engine/x.txt",
             "other.db",
             "engine/..db",
+            "engine/shard-8.sqlite",
+            "engine/shard-1.sqlite-wal",
+            "engine/../shard-1.sqlite",
         ] {
             assert!(!allowed_entry(bad), "{bad}");
         }

@@ -238,39 +238,62 @@ fn registry(report: &mut Report, dir: &Path) -> Option<Vec<crate::store::Session
     }
 }
 
-/// Every `engine/<id>.db` opens and passes a quick check; linked sessions have one.
+/// Every shard of the engine (and file of the older layout) opens and passes a quick check;
+/// linked sessions have keys; keys belong to registered sessions.
 fn engine_databases(report: &mut Report, dir: &Path, records: &[crate::store::SessionRecord]) {
+    use crate::engine::shards;
+    const RELINK: &str = "restore the last backup, or log the sessions out and link them again \
+         (wagate sessions logout ID; wagate link ID)";
     let engine_dir = dir.join(ENGINE_DIR);
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&engine_dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "db") {
-                found.push(path);
+    let registered = |id: &str| records.iter().any(|r| r.id == id);
+    let mut with_keys = Vec::new();
+    for name in shards::shard_files(&engine_dir).unwrap_or_default() {
+        let path = engine_dir.join(&name);
+        let shown = format!("{ENGINE_DIR}/{name}");
+        let devices = quick_check(&path).and_then(|()| shards::devices_in(&path).map_err(|e| e.to_string()));
+        match devices {
+            Ok(devices) => {
+                let count = devices.len();
+                report
+                    .ok(format!("{shown} opens and is intact ({count} session{})", if count == 1 { "" } else { "s" }));
+                for device in devices {
+                    if !registered(&device.session) {
+                        report.warn(
+                            format!("{shown} holds keys of {}, which is no registered session", device.session),
+                            "left over from a deleted session; it is ignored",
+                        );
+                    }
+                    with_keys.push(device.session);
+                }
             }
+            Err(e) => report.fail(format!("{shown} (the keys of the sessions in it) is damaged: {e}"), RELINK),
         }
     }
-    found.sort();
-    for path in &found {
+    let mut legacy: Vec<std::path::PathBuf> =
+        std::fs::read_dir(&engine_dir).map(|entries| entries.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    legacy.retain(|p| {
+        p.extension().is_some_and(|e| e == "db")
+            && p.file_stem().is_some_and(|s| crate::session::validate_id(&s.to_string_lossy()).is_ok())
+    });
+    legacy.sort();
+    for path in &legacy {
         let id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = format!("{ENGINE_DIR}/{id}.db");
         match quick_check(path) {
-            Ok(()) if records.iter().any(|r| r.id == id) => report.ok(format!("{name} opens and is intact")),
+            Ok(()) if registered(&id) => report
+                .ok(format!("{name} opens and is intact (older layout: moved into its shard when the session starts)")),
             Ok(()) => report.warn(
                 format!("{name} belongs to no registered session"),
                 "left over from a deleted session; remove it, or leave it (it is ignored)",
             ),
-            Err(e) => report.fail(
-                format!("{name} is damaged: {e}"),
-                "restore the last backup, or log the session out and link it again (wagate sessions logout ID; wagate link ID)",
-            ),
+            Err(e) => report.fail(format!("{name} is damaged: {e}"), RELINK),
         }
+        with_keys.push(id);
     }
     for record in records {
-        let has_db = found.iter().any(|p| p.file_stem().is_some_and(|s| s == record.id.as_str()));
-        if record.me.is_some() && !has_db {
+        if record.me.is_some() && !with_keys.contains(&record.id) {
             report.warn(
-                format!("session {} was linked but its keys ({ENGINE_DIR}/{}.db) are missing", record.id, record.id),
+                format!("session {} was linked but its keys are missing from {ENGINE_DIR}/", record.id),
                 "it needs a new link: wagate link ID",
             );
         }

@@ -12,7 +12,7 @@ use clap::Args;
 use flate2::read::GzDecoder;
 use rusqlite::{Connection, OpenFlags};
 
-use super::archive::{self, Manifest, TempDir, FORMAT, MANIFEST};
+use super::archive::{self, Manifest, TempDir, FORMAT, MANIFEST, READS};
 use super::DataDirArg;
 use crate::store::lock::{self, DataDirLock, LockState, LOCK_FILE};
 use crate::store::{integrity_check, private, schema_version, DB_FILE, SCHEMA_VERSION};
@@ -158,10 +158,11 @@ fn extract(file: &Path, into: &Path) -> anyhow::Result<BTreeSet<String>> {
 fn verify(dir: &Path, extracted: &BTreeSet<String>) -> anyhow::Result<Manifest> {
     let manifest: Manifest =
         serde_json::from_slice(&std::fs::read(dir.join(MANIFEST))?).context("reading the archive's manifest")?;
-    if manifest.format != FORMAT {
+    if !READS.contains(&manifest.format) {
         anyhow::bail!(
-            "the archive has format {}, this wagate reads format {FORMAT}; use a matching wagate",
-            manifest.format
+            "the archive has format {}, this wagate reads formats {} to {FORMAT}; use a matching wagate",
+            manifest.format,
+            READS.start()
         );
     }
     let listed: BTreeSet<String> =

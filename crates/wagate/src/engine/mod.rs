@@ -11,11 +11,12 @@ pub mod scratch;
 pub use presence::{ContactInfo, PresenceKind, PresenceUpdate};
 pub mod probe;
 pub mod proxy;
+pub mod shards;
+pub use shards::EngineStore;
 mod transport;
 pub use transport::WHATSAPP_WS_URL;
 mod whatsapp;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -226,6 +227,8 @@ pub enum EngineEvent {
 pub enum EngineError {
     #[error("the session's credential store could not be opened: {0}")]
     Store(String),
+    #[error("the session's credential store: {0}")]
+    Shard(#[from] shards::ShardError),
     #[error("the WhatsApp client could not be built: {0}")]
     Build(String),
     #[error("pairing code refused: {0}")]
@@ -259,18 +262,6 @@ pub struct Downloaded {
     /// Positioned at its start.
     pub file: std::fs::File,
     pub len: u64,
-}
-
-/// Where a session's engine keeps its credentials and Signal state.
-#[derive(Debug, Clone)]
-pub struct EngineStore {
-    pub path: PathBuf,
-}
-
-impl EngineStore {
-    pub fn new(path: impl AsRef<Path>) -> Self {
-        Self { path: path.as_ref().to_path_buf() }
-    }
 }
 
 /// One open connection of one session.

@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
-use wacore::store::traits::DeviceStore;
 use wacore::types::events::EventHandler;
 use whatsapp_rust::prelude::*;
 
@@ -242,7 +241,12 @@ impl Engine for WhatsAppEngine {
         inbound: Arc<dyn InboundSink>,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Box<dyn Connection>, EngineError> {
-        let backend = open_store(store).await?;
+        let backend = super::shards::open_device(store, true)
+            .await?
+            .ok_or_else(|| EngineError::Store("the session's device could not be created".into()))?;
+        // Read once before the library does, so that keys that cannot be decoded are reported
+        // as this session's (the library would only say that a client could not be built).
+        backend.credentials().await?;
         let dial_error = Arc::new(Mutex::new(None));
         let proxy = self.proxy_for(proxy)?;
         // Media goes the same way as the WebSocket. Only the simulator's media host has a
@@ -299,11 +303,7 @@ impl Engine for WhatsAppEngine {
     }
 
     async fn linked_identity(&self, store: &EngineStore) -> Result<Option<Me>, EngineError> {
-        if !store.path.exists() {
-            return Ok(None);
-        }
-        let backend = open_store(store).await?;
-        let device = backend.load().await.map_err(|e| EngineError::Store(format!("{e:#}")))?;
+        let device = super::shards::load_device(store).await?;
         Ok(device.and_then(|d| {
             let jid = d.pn.as_ref()?.to_string();
             Some(Me {
@@ -316,28 +316,8 @@ impl Engine for WhatsAppEngine {
     }
 
     async fn wipe(&self, store: &EngineStore) -> Result<(), EngineError> {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut path = store.path.clone().into_os_string();
-            path.push(suffix);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(EngineError::Store(format!("cannot delete {}: {e}", path.to_string_lossy()))),
-            }
-        }
-        Ok(())
+        Ok(super::shards::wipe(store).await?)
     }
-}
-
-async fn open_store(store: &EngineStore) -> Result<SqliteStore, EngineError> {
-    use crate::store::private;
-    if let Some(parent) = store.path.parent() {
-        private::create_dir(parent).map_err(|e| EngineError::Store(format!("{}: {e}", parent.display())))?;
-    }
-    // Private before SQLite opens it: its -wal and -shm then are too.
-    private::create_file(&store.path).map_err(|e| EngineError::Store(format!("{}: {e}", store.path.display())))?;
-    let path = store.path.to_str().ok_or_else(|| EngineError::Store("the data directory path is not UTF-8".into()))?;
-    SqliteStore::new(path).await.map_err(|e| EngineError::Store(format!("{e:#}")))
 }
 
 #[async_trait]

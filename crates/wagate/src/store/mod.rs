@@ -1,7 +1,7 @@
 //! wagate's own records in the data directory, in one embedded SQLite database, `wagate.db`:
 //! the session registry, the webhook outbox, sent and received messages, the outgoing queue
-//! and events waiting for a download. Each session's engine state lives beside it in
-//! `engine/<id>.db`; `wagate.lock` marks the running gateway.
+//! and events waiting for a download. The sessions' engine state lives beside it in
+//! `engine/shard-<k>.sqlite` (see `engine::shards`); `wagate.lock` marks the running gateway.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -317,7 +317,7 @@ impl Store {
     /// valid session id: such an id could name a file outside `engine/`.
     pub fn engine_store(&self, id: &str) -> Result<EngineStore, StoreError> {
         validate_id(id).map_err(|_| StoreError::InvalidSessionId(id.to_string()))?;
-        Ok(EngineStore::new(self.data_dir.join(ENGINE_DIR).join(format!("{id}.db"))))
+        Ok(EngineStore::new(self.data_dir.join(ENGINE_DIR), id))
     }
 
     /// Creates the session unless it exists; returns the stored record and whether it is new.
@@ -600,7 +600,9 @@ mod tests {
         for bad in ["../../x", "/etc/x", "", "a/b", ".."] {
             assert!(matches!(store.engine_store(bad), Err(StoreError::InvalidSessionId(_))), "{bad}");
         }
-        assert_eq!(store.engine_store("WA-Ok").unwrap().path, dir.path().join("engine").join("WA-Ok.db"));
+        let engine = store.engine_store("WA-Ok").unwrap();
+        assert_eq!(engine.legacy_path(), dir.path().join("engine").join("WA-Ok.db"));
+        assert_eq!(engine.shard_path().parent(), Some(dir.path().join("engine").as_path()));
     }
 
     #[tokio::test]

@@ -116,7 +116,7 @@ pub fn open_to_others(path: &Path) -> Option<u32> {
 
 /// What wagate keeps in a data directory, with the mode each should have: the directory,
 /// the files in it (`wagate.db` with its -wal/-shm, `wagate.lock`), `engine/` and the
-/// files in it (`<id>.db` with theirs). Symbolic links are not followed.
+/// files in it (the shards `shard-<k>.sqlite` with theirs). Symbolic links are not followed.
 pub fn data_dir_entries(dir: &Path) -> Vec<(PathBuf, u32)> {
     let mut found = vec![(dir.to_path_buf(), DIR_MODE)];
     found.extend(files_in(dir).into_iter().map(|p| (p, FILE_MODE)));

@@ -220,6 +220,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-pub fn engine_db(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("engine").join(format!("{id}.db"))
+/// Whether session `id` has keys in the data directory (a device in its engine shard).
+pub fn has_engine_keys(data_dir: &Path, id: &str) -> bool {
+    wagate::engine::shards::has_keys(&data_dir.join("engine"), id).expect("the engine shards can be read")
+}
+
+/// The engine shard file that holds session `id`'s keys.
+pub fn engine_shard(data_dir: &Path, id: &str) -> PathBuf {
+    wagate::engine::EngineStore::new(data_dir.join("engine"), id).shard_path()
 }
