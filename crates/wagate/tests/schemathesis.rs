@@ -30,11 +30,13 @@ fn interop() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
 }
 
-/// Runs `python3` with these arguments (bounded by `RUN_LIMIT`); returns whether it
+/// Runs `python3` with these arguments in `dir` (schemathesis keeps a cache in its working
+/// directory, which must not be the clone), bounded by `RUN_LIMIT`; returns whether it
 /// succeeded and what it printed.
-async fn python(args: &[&str]) -> (bool, String) {
+async fn python(dir: &Path, args: &[&str]) -> (bool, String) {
     let child = tokio::process::Command::new("python3")
         .args(args)
+        .current_dir(dir)
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -56,9 +58,9 @@ fn tail(text: &str, lines: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_matches_the_api_and_its_webhooks() {
-    let (installed, _) = python(&["-c", "import schemathesis, jsonschema_rs"]).await;
-    assert!(installed, "schemathesis is missing: pip install -r interop/requirements.txt (scripts/test.sh does)");
     let root = tempfile::tempdir().unwrap();
+    let (installed, _) = python(root.path(), &["-c", "import schemathesis, jsonschema_rs"]).await;
+    assert!(installed, "schemathesis is missing: pip install -r interop/requirements.txt (scripts/test.sh does)");
     let receiver = Receiver::start().await;
     let data_dir = root.path().join("sandbox-data");
     let sandbox = SandboxProcess::start_with(&data_dir, &["--webhook", &receiver.url]).await;
@@ -99,12 +101,15 @@ async fn the_document_matches_the_api_and_its_webhooks() {
     std::fs::write(&bodies_file, bodies.join("\n")).unwrap();
     let docs = interop().join("../docs/webhooks.md");
     let validator = interop().join("schemathesis/validate_webhooks.py");
-    let (valid, report) = python(&[
-        validator.to_str().unwrap(),
-        document_file.to_str().unwrap(),
-        bodies_file.to_str().unwrap(),
-        docs.to_str().unwrap(),
-    ])
+    let (valid, report) = python(
+        root.path(),
+        &[
+            validator.to_str().unwrap(),
+            document_file.to_str().unwrap(),
+            bodies_file.to_str().unwrap(),
+            docs.to_str().unwrap(),
+        ],
+    )
     .await;
     assert!(valid, "webhook bodies that the document does not describe:\n{report}");
 
@@ -112,21 +117,24 @@ async fn the_document_matches_the_api_and_its_webhooks() {
     let config = interop().join("schemathesis/schemathesis.toml");
     let url = format!("{}/v1/openapi.json", api.base);
     let cli = "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; schemathesis()";
-    let (passed, output) = python(&[
-        "-c",
-        cli,
-        "--no-color",
-        "--config-file",
-        config.to_str().unwrap(),
-        "run",
-        &url,
-        "--seed",
-        SEED,
-        "--max-examples",
-        EXAMPLES,
-        "--workers",
-        "2",
-    ])
+    let (passed, output) = python(
+        root.path(),
+        &[
+            "-c",
+            cli,
+            "--no-color",
+            "--config-file",
+            config.to_str().unwrap(),
+            "run",
+            &url,
+            "--seed",
+            SEED,
+            "--max-examples",
+            EXAMPLES,
+            "--workers",
+            "2",
+        ],
+    )
     .await;
     assert!(
         passed,
