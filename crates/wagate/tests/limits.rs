@@ -200,6 +200,66 @@ async fn sessions_beyond_the_open_files_limit_are_refused_and_the_api_stays_up()
     sim.stop().await;
 }
 
+/// Issue 15's case: under the 1024 files a shell gives, 400 sessions link and stay
+/// connected while `/health` keeps answering; then sessions are taken until the budget is
+/// spent, and the next one gets 503 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_hundred_linked_sessions_fit_under_a_shells_limit() {
+    const FILES: u64 = 1024;
+    const LINKED: usize = 400;
+    let budget = wagate::open_files::FileBudget::plan(FILES, FILES, 1024);
+    assert!(budget.sessions > LINKED, "the plan fits {LINKED} sessions: {budget:?}");
+    let sim = common::start_sim().await;
+    let control = Api::sim(&sim);
+    let data = tempfile::tempdir().unwrap();
+    let gateway = common::GatewayProcess::spawn_with_open_files(&sim, data.path(), common::free_port(), FILES);
+    gateway.ready().await;
+    let api = &gateway.api;
+
+    // `/health` is asked all along; each answer that is not a 200 is counted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (api, stop) = (api.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut asked, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = api.get("/health").await;
+                asked += 1;
+                if status != 200 {
+                    failed.push(format!("{status} {body}"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (asked, failed)
+        })
+    };
+    futures_util::stream::iter(0..LINKED)
+        .for_each_concurrent(8, |i| {
+            let control = &control;
+            async move {
+                common::link(api, control, &format!("L{i:03}"), &format!("1555500{i:04}")).await;
+            }
+        })
+        .await;
+    let (_, health) = api.get("/health").await;
+    assert_eq!(health["sessions"]["connected"], LINKED, "{health}");
+
+    // The rest of the budget waits for a scan; one more is refused.
+    for i in LINKED..budget.sessions {
+        let (status, body) = api.post("/v1/sessions", json!({ "id": format!("W{i}") })).await;
+        assert_eq!(status, 201, "session {i} of {}: {body}", budget.sessions);
+    }
+    let (status, body) = api.post("/v1/sessions", json!({ "id": "one-too-many" })).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("open-files limit of 1024"), "{body}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (asked, failed) = poller.await.unwrap();
+    assert!(asked > 10 && failed.is_empty(), "/health answered {asked} times, failed: {failed:?}");
+    let (_, health) = api.get("/health").await;
+    assert_eq!(health["sessions"]["connected"], LINKED, "the linked sessions stayed connected: {health}");
+    sim.stop().await;
+}
+
 /// What process `pid` holds open, counted by kind.
 #[derive(Debug, Default)]
 struct OpenFiles {
