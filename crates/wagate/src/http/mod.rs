@@ -95,7 +95,7 @@ impl Default for EventStreams {
 /// Every route, with its OpenAPI description: a route is only ever added through
 /// `OpenApiRouter::routes`, which takes its path and methods from the handler's
 /// `#[utoipa::path]`, so what is served and what is documented are one list (checked by
-/// tests/openapi.rs against axum's own route table).
+/// the tests of `openapi.rs` against axum's own route table).
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, _) = documented_router(state);
     router
@@ -116,12 +116,11 @@ pub fn documented_router(state: Arc<AppState>) -> (Router, Arc<String>) {
         .routes(routes!(openapi::document))
         .split_for_parts();
     let document = Arc::new(openapi::finish(document, &guarded_paths));
-    // The screen runs on routed requests only: a method a path does not take is a 405, not
-    // the 415 the cross-site check gives a body-less POST.
+    // The screen sees every request, unknown paths and methods included, before routing.
     let router = router
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::screen))
         .fallback(error::no_route)
         .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::screen))
         .layer(Extension(document.clone()))
         .with_state(state);
     (router, document)

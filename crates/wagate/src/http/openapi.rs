@@ -68,8 +68,9 @@ pub fn finish(generated: OpenApi, guarded: &[String]) -> String {
         { "name": "compat", "description": "The ERPNext app's Node service API (docs/compat.md)" },
         { "name": "sandbox", "description": "Only in `wagate sandbox`: the simulated phone and contact" },
     ]);
-    let components = document["components"].as_object_mut().map(std::mem::take).unwrap_or_default();
-    document["components"] = Value::Object(components);
+    if !document["components"].is_object() {
+        document["components"] = json!({});
+    }
     document["components"]["securitySchemes"] = json!({
         "apiKey": {
             "type": "http",

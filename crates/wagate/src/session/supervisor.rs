@@ -357,9 +357,6 @@ impl Supervisor {
             self.attempts = 0;
             self.replaced = 0;
         }
-        if let Some((_, reply)) = self.pending_pair_code.take() {
-            let _ = reply.send(Err(SessionError::PairCode("the connection closed before a code was issued".into())));
-        }
         let situation = Situation {
             showed_qr: self.showed_qr,
             qr_cycles_before: self.qr_cycles,
@@ -369,7 +366,7 @@ impl Supervisor {
         if self.showed_qr && close != CloseReason::RestartRequired {
             self.qr_cycles += 1;
         }
-        self.showed_qr = false;
+        self.connection_gone();
         self.bad_sessions = if close == (CloseReason::StreamError { code: 500 }) { self.bad_sessions + 1 } else { 0 };
         let decision = policy::decide(&close, situation);
         info!(session = %self.id, ?close, ?decision, "connection ended");
@@ -582,11 +579,11 @@ impl Supervisor {
         self.connection_gone();
     }
 
-    /// What held for the connection we closed ourselves (without `after_close`): its QR
-    /// code can no longer be paired with, and a pairing code asked for on it will not come.
-    /// A stale `showed_qr` made a pairing code asked for after a logout wait for a
-    /// connection that was never opened, until the command timed out (a 503; found by
-    /// schemathesis).
+    /// What held for a connection that is gone, whether it ended (`after_close`) or we
+    /// closed it: its QR code can no longer be paired with, and a pairing code asked for on
+    /// it will not come. Once only `after_close` did this; a stale `showed_qr` after a
+    /// logout made a pairing code wait for a connection that was never opened, until the
+    /// command timed out (a 503; found by schemathesis).
     fn connection_gone(&mut self) {
         self.showed_qr = false;
         if let Some((_, reply)) = self.pending_pair_code.take() {
