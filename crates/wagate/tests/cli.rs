@@ -283,6 +283,131 @@ async fn backup_while_connected_then_restore_elsewhere_reconnects_without_a_qr()
     sim.stop().await;
 }
 
+/// An archive of format 1, as wagate wrote before the engine's keys moved into shards: one
+/// engine file per session (`engine/<id>.db`, the library's own layout with the device as
+/// id 1). Made here from a linked data directory (stopped), by copying the session's device
+/// rows out of its shard, so that its keys are real ones WhatsApp knows.
+fn format_1_archive(data_dir: &Path, id: &str, phone: &str, out: &Path) {
+    use sha2::Digest;
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::create_dir(staging.path().join("engine")).unwrap();
+    let registry = staging.path().join("wagate.db");
+    rusqlite::Connection::open(data_dir.join("wagate.db"))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [text(&registry)])
+        .unwrap();
+
+    // The library makes the schema of its single-device file; the rows come from the shard.
+    let legacy = staging.path().join(format!("engine/{id}.db"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async { drop(whatsapp_rust::store::SqliteStore::new(text(&legacy)).await.unwrap()) });
+    let conn = rusqlite::Connection::open(&legacy).unwrap();
+    conn.execute("ATTACH DATABASE ?1 AS shard", [text(&common::engine_shard(data_dir, id))]).unwrap();
+    let device: i64 =
+        conn.query_row("SELECT device FROM shard.wagate_devices WHERE session = ?1", [id], |r| r.get(0)).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut copied = 0;
+    for table in tables {
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1, 'main')")
+            .unwrap()
+            .query_map([&table], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = if table == "device" { "id" } else { "device_id" };
+        if !columns.iter().any(|c| c == key) {
+            continue;
+        }
+        let others: Vec<String> = columns.iter().filter(|c| *c != key).map(|c| format!("\"{c}\"")).collect();
+        conn.execute(&format!("DELETE FROM main.\"{table}\" WHERE {key} = 1"), []).unwrap();
+        copied += conn
+            .execute(
+                &format!(
+                    "INSERT INTO main.\"{table}\" ({cols}, {key}) SELECT {cols}, 1 FROM shard.\"{table}\" WHERE {key} = ?1",
+                    cols = others.join(", ")
+                ),
+                [device],
+            )
+            .unwrap();
+    }
+    assert!(copied > 1, "the device row and its keys were copied ({copied} rows)");
+    conn.execute_batch("DETACH DATABASE shard; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE").unwrap();
+    drop(conn);
+
+    let files: Vec<Value> = ["wagate.db".to_string(), format!("engine/{id}.db")]
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(staging.path().join(path)).unwrap();
+            let sha256: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            json!({ "path": path, "bytes": bytes.len(), "sha256": sha256 })
+        })
+        .collect();
+    let schema_version: i64 =
+        rusqlite::Connection::open(&registry).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let manifest = json!({
+        "format": 1,
+        "wagate_version": "0.1.0",
+        "created_at": "2026-11-20T10:00:00Z",
+        "schema_version": schema_version,
+        "sessions": [{ "id": id, "linked": true, "phone": phone }],
+        "files": files,
+    });
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        std::fs::File::create(out).unwrap(),
+        flate2::Compression::default(),
+    ));
+    let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o600);
+    tar.append_data(&mut header, "manifest.json", manifest.as_slice()).unwrap();
+    for path in ["wagate.db".to_string(), format!("engine/{id}.db")] {
+        tar.append_path_with_name(staging.path().join(&path), &path).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+/// Archives of format 1 still restore: the session's file of the older layout is put in
+/// place, moves into its shard when the session starts, and it reconnects without a QR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_archive_restores_and_reconnects_without_a_qr() {
+    let sim = start_sim().await;
+    let (data, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gateway = start_gateway(&sim, data.path()).await;
+    let (api, control) = (Api::gateway(gateway.addr), Api::sim(&sim));
+    let jid = link(&api, &control, "WA-Format1", "15553000031").await;
+    gateway.stop().await;
+    let archive = work.path().join("format-1.tar.gz");
+    let (from, into) = (data.path().to_path_buf(), archive.clone());
+    tokio::task::spawn_blocking(move || format_1_archive(&from, "WA-Format1", "15553000031", &into)).await.unwrap();
+
+    let before = device_stats(&control, &jid).await;
+    let fresh = work.path().join("restored");
+    let run = wagate(&["restore", text(&archive), "--data-dir", text(&fresh)]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("[2/2] verified engine/WA-Format1.db (checksum and integrity)"), "{run}");
+    assert!(run.stdout.contains("restored 1 session (WA-Format1)"), "{run}");
+    assert!(fresh.join("engine/WA-Format1.db").exists(), "the older layout is restored as it was");
+
+    let gateway = start_gateway(&sim, &fresh).await;
+    let api = Api::gateway(gateway.addr);
+    let view = api.wait_state("WA-Format1", "connected").await;
+    assert_eq!(view["me"]["phone"], "15553000031", "{view}");
+    let after = device_stats(&control, &jid).await;
+    assert_eq!(after["pairings"], before["pairings"], "no new pairing: {before} -> {after}");
+    assert!(!fresh.join("engine/WA-Format1.db").exists(), "the file moved into its shard");
+    assert!(common::has_engine_keys(&fresh, "WA-Format1"));
+    gateway.stop().await;
+    sim.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_list_logout_and_delete() {
     let sim = start_sim().await;

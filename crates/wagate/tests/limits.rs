@@ -7,6 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::footprint::{resident_kib, OpenFiles};
 use common::{gateway_config, start_gateway_with, start_sim, Api};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -258,60 +259,6 @@ async fn four_hundred_linked_sessions_fit_under_a_shells_limit() {
     let (_, health) = api.get("/health").await;
     assert_eq!(health["sessions"]["connected"], LINKED, "the linked sessions stayed connected: {health}");
     sim.stop().await;
-}
-
-/// What process `pid` holds open, counted by kind.
-#[derive(Debug, Default)]
-struct OpenFiles {
-    /// TCP connections to the API's port (the test's own HTTP clients: budgeted apart).
-    api: usize,
-    /// Every other socket: WhatsApp connections, the listener, the runtime's.
-    sockets: usize,
-    /// Files: databases, logs, the lock.
-    files: Vec<String>,
-}
-
-impl OpenFiles {
-    fn of(pid: u32, api_port: u16) -> Self {
-        // The socket inodes of connections whose local port is the API's.
-        let mut api_inodes = std::collections::HashSet::new();
-        for table in ["tcp", "tcp6"] {
-            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
-            for line in text.lines().skip(1) {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let local_port =
-                    fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-                // State 0A is the listener itself.
-                if local_port == Some(api_port) && fields.get(3) != Some(&"0A") {
-                    api_inodes.insert(fields.get(9).unwrap_or(&"").to_string());
-                }
-            }
-        }
-        let mut found = Self::default();
-        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-            let target = target.to_string_lossy().into_owned();
-            match target.strip_prefix("socket:[").and_then(|rest| rest.strip_suffix(']')) {
-                Some(inode) if api_inodes.contains(inode) => found.api += 1,
-                Some(_) => found.sockets += 1,
-                None => found.files.push(target),
-            }
-        }
-        found.files.sort();
-        found
-    }
-
-    /// Everything but the API's connections.
-    fn held(&self) -> usize {
-        self.sockets + self.files.len()
-    }
-}
-
-/// The resident memory of process `pid`, in KiB.
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_default();
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Measures what a linked, idle session costs in open files: links `WAGATE_FD_SESSIONS`

@@ -179,9 +179,54 @@ impl Shard {
             .map_err(ShardError::library(&self.path))
     }
 
-    /// Brings the file to the library's schema (once); call with the turn held.
+    /// Brings the file to the library's schema and sweeps it (once per opening); call with
+    /// the turn held.
     async fn ready(&self) -> Result<(), ShardError> {
-        self.anchor.get_or_try_init(|| self.library_store(ANCHOR_DEVICE)).await.map(|_| ())
+        self.anchor
+            .get_or_try_init(|| async {
+                let anchor = self.library_store(ANCHOR_DEVICE).await?;
+                self.sweep_orphans().await;
+                Ok(anchor)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes rows of devices no session has. A client that was logged out can still be
+    /// finishing a write when its device is wiped, and a crash can come between the two:
+    /// such rows would stay in the file for ever, as nothing reads them. Ids are never
+    /// reused (AUTOINCREMENT), so a leftover row can only be garbage. Only logged: the
+    /// sessions work without it, and it is tried again at the next start.
+    async fn sweep_orphans(&self) {
+        let swept = self
+            .with_connection(|conn, path| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate);
+                let tx = tx.map_err(ShardError::sqlite(path))?;
+                let mut removed = 0;
+                for table in device_tables(&tx, "main").map_err(ShardError::sqlite(path))? {
+                    removed += tx
+                        .execute(
+                            &format!(
+                                "DELETE FROM {table} WHERE {key} <> ?1 AND {key} NOT IN (SELECT device FROM wagate_devices)",
+                                table = quoted(&table.name),
+                                key = table.key
+                            ),
+                            [ANCHOR_DEVICE],
+                        )
+                        .map_err(ShardError::sqlite(path))?;
+                }
+                tx.commit().map_err(ShardError::sqlite(path))?;
+                Ok(removed)
+            })
+            .await;
+        match swept {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                shard = %self.path.display(),
+                "removed {removed} engine rows left by sessions that were logged out or deleted"
+            ),
+            Err(e) => tracing::warn!(shard = %self.path.display(), "could not sweep rows of removed sessions: {e}"),
+        }
     }
 
     /// Runs wagate's own statements on a connection of their own (closed after), with the

@@ -166,6 +166,45 @@ async fn wipe_deletes_one_device_and_leaves_its_neighbours() {
     assert_eq!(again.load_identity("15559990000.0").await.unwrap(), None);
 }
 
+/// Rows of device `id` in every table of the shard at `path`.
+fn rows_of(path: &Path, id: i32) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let tables = device_tables(&conn, "main").unwrap();
+    tables
+        .iter()
+        .map(|table| {
+            let sql = format!("SELECT count(*) FROM {} WHERE {} = ?1", quoted(&table.name), table.key);
+            conn.query_row(&sql, [id], |row| row.get::<_, i64>(0)).unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn rows_written_after_a_wipe_are_swept_when_the_shard_opens_again() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let ids = ids_in_one_shard(2);
+    let (gone, kept) = (EngineStore::new(&dir, &ids[0]), EngineStore::new(&dir, &ids[1]));
+    let late = open_device(&gone, true).await.unwrap().unwrap();
+    let neighbour = open_device(&kept, true).await.unwrap().unwrap();
+    link(&late, "15551230010").await;
+    link(&neighbour, "15551230011").await;
+    add_signal_state(&neighbour, 4).await;
+    let gone_id = late.device_id();
+
+    // A logged-out client still finishing its writes after the wipe.
+    wipe(&gone).await.unwrap();
+    add_signal_state(&late, 3).await;
+    assert!(rows_of(&gone.shard_path(), gone_id) > 0, "the late writes landed (else this test proves nothing)");
+    drop((late, neighbour));
+
+    // The next opening of the shard (the next start) removes them, and only them.
+    let neighbour = open_device(&kept, false).await.unwrap().expect("the neighbour is still there");
+    assert_eq!(rows_of(&gone.shard_path(), gone_id), 0, "rows of the wiped device are gone");
+    assert_signal_state(&neighbour, 4).await;
+    assert!(neighbour.load().await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn an_unreadable_device_fails_its_session_only() {
     let data = tempfile::tempdir().unwrap();
