@@ -2,7 +2,7 @@
 //! Groups are LID-addressed like today's WhatsApp groups: members appear by LID with their
 //! phone number beside it, and group messages name their sender by LID.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use wacore_binary::builder::NodeBuilder;
 use wacore_binary::{Jid, Node};
@@ -39,6 +39,9 @@ impl Group {
 #[derive(Default)]
 pub struct Groups {
     by_id: BTreeMap<String, Group>,
+    /// Group ids by member phone: profiled accounts make tens of thousands of groups, too
+    /// many to scan for every `participating` query.
+    by_member: HashMap<u64, Vec<String>>,
     created: u64,
 }
 
@@ -54,6 +57,9 @@ impl Groups {
                 members.push(*phone);
             }
         }
+        for member in &members {
+            self.by_member.entry(*member).or_default().push(id.clone());
+        }
         let group = Group { id: id.clone(), subject, owner, creation: unix_now(), members };
         self.by_id.entry(id).or_insert(group)
     }
@@ -65,7 +71,7 @@ impl Groups {
     }
 
     pub fn of_member(&self, phone: u64) -> impl Iterator<Item = &Group> {
-        self.by_id.values().filter(move |g| g.has_member(phone))
+        self.by_member.get(&phone).into_iter().flatten().filter_map(|id| self.by_id.get(id))
     }
 }
 

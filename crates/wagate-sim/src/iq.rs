@@ -78,7 +78,7 @@ pub fn answer(ctx: &IqContext<'_>, iq: &Node) -> IqAnswer {
         ("w:profile:picture", "picture") if kind == "get" => IqAnswer::reply(crate::profiles::answer_picture(ctx, iq)),
         ("w:g2", "query") => IqAnswer::reply(crate::groups::answer_query(ctx, iq)),
         ("w:g2", "participating") => IqAnswer::reply(crate::groups::answer_participating(ctx, iq)),
-        ("w:sync:app:state", "sync") => IqAnswer::reply(app_state_sync(iq)),
+        ("w:sync:app:state", "sync") => IqAnswer::reply(crate::app_state::answer(ctx, iq)),
         ("md", "remove-companion-device") => remove_companion(ctx, iq),
         ("w:m", "media_conn") => IqAnswer::reply(iq_result(iq, vec![crate::media::media_conn_node(&ctx.state.media)])),
         _ => {
@@ -327,18 +327,6 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
         ])),
     );
     iq_result(iq, vec![result])
-}
-
-/// App-state sync: the simulated phone holds no app state, so every collection is answered
-/// at the version the client already has, with no patches.
-fn app_state_sync(iq: &Node) -> Node {
-    let collections = child(iq, "sync").map(children).unwrap_or_default().iter().map(|c| {
-        NodeBuilder::new("collection")
-            .attr("name", attr(c, "name").unwrap_or_default())
-            .attr("version", attr(c, "version").unwrap_or_else(|| "0".into()))
-            .build()
-    });
-    iq_result(iq, vec![NodeBuilder::new("sync").children(collections.collect::<Vec<_>>()).build()])
 }
 
 /// The client logs itself out.
