@@ -8,6 +8,7 @@
 //! cost the simulator little more than 2,000 empty ones. Blobs are rebuilt when asked for.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -222,6 +223,9 @@ pub struct ProfiledAccount {
     /// Per (device, contact): how many trickle messages the contact has sent the device, so
     /// the contact's Signal session can be rebuilt at the right chain step.
     pub trickle_counters: Mutex<HashMap<(u16, u32), u32>>,
+    /// Whether the account's trickle task runs (it ends when the last device is unlinked,
+    /// and starts again when one links).
+    pub trickle_running: AtomicBool,
 }
 
 impl ProfiledAccount {
@@ -235,6 +239,7 @@ impl ProfiledAccount {
             app_state_key_id: app_state_key.0,
             app_state_key: app_state_key.1,
             trickle_counters: Mutex::new(HashMap::new()),
+            trickle_running: AtomicBool::new(false),
         }
     }
 
@@ -334,14 +339,14 @@ impl ProfiledAccount {
     }
 }
 
-/// Fixes the profile of an account whose first device just linked: the profile in force
-/// now, with its groups registered in the simulator's group model. Returns it for the
-/// caller to start the trickle; `None` when the account already had its profile.
+/// The profile of an account a device just linked to. The first link fixes it: the profile
+/// in force now, with its groups registered in the simulator's group model; later links
+/// find it. The caller starts the trickle with it.
 pub fn assign(inner: &mut crate::state::Inner, phone: u64) -> Option<Arc<ProfiledAccount>> {
     let profile = inner.account_profile.clone();
     let account = inner.accounts.get(phone)?;
-    if account.profile.is_some() {
-        return None;
+    if let Some(existing) = &account.profile {
+        return Some(existing.clone());
     }
     let mut profiled = ProfiledAccount::new(profile, phone, crate::clock::unix_now(), account.app_state_key.clone());
     for g in 0..profiled.profile.groups {
@@ -440,5 +445,57 @@ mod tests {
         assert!(a.group_members(0).len() <= 3);
         let none = account(AccountProfile { contacts: 0, groups: 1, group_size: 5, ..AccountProfile::empty() });
         assert!(none.group_members(0).is_empty());
+    }
+
+    /// Resident memory of this process, in KiB (Linux; 0 elsewhere).
+    fn rss_kib() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        pages * 4
+    }
+
+    /// The figures docs/simulator.md quotes: blob sizes of a full small-business account,
+    /// and what 2,000 linked accounts cost the simulator with and without the profile.
+    /// `cargo test -p wagate-sim --release --lib profile_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn profile_cost() {
+        use crate::accounts::SignalKeys;
+        use crate::history::{chunk_plaintext, history_sync, Chunk};
+        use waproto::buffa::Message as _;
+
+        let mut account = account(AccountProfile::small_business());
+        account.group_ids = (0..30).map(|g| format!("1203630000000000{g:02}")).collect();
+        for chunk in [Chunk::InitialBootstrap, Chunk::Recent] {
+            let inflated = history_sync(&account, chunk).encode_to_vec().len();
+            let compressed = chunk_plaintext(&account, chunk).len();
+            println!("history {chunk:?}: {compressed} bytes compressed, {inflated} inflated");
+        }
+        let snapshot = crate::app_state::snapshot(&account, crate::app_state::Collection::CriticalUnblockLow);
+        println!("contacts snapshot: {} bytes, {} records", snapshot.encode_to_vec().len(), snapshot.records.len());
+
+        for profile in [AccountProfile::empty(), AccountProfile::small_business()] {
+            let state = crate::state::SimState::new(
+                crate::keys::ServerKeys::generate(),
+                crate::state::SimConfig { account_profile: profile.clone(), ..Default::default() },
+                crate::media::MediaStore::new("127.0.0.1:9".into()),
+            );
+            let before = rss_kib();
+            let mut inner = state.lock();
+            for n in 0..2_000u64 {
+                let phone = 15_550_000_000 + n;
+                let addr =
+                    inner.accounts.reserve_companion(phone, [1; 32], "test".into(), SignalKeys::default()).unwrap();
+                inner.accounts.confirm(addr);
+                assign(&mut inner, phone);
+            }
+            let after = rss_kib();
+            println!(
+                "2000 accounts, profile {}: {} KiB, {:.1} KiB per account",
+                profile.preset,
+                after.saturating_sub(before),
+                after.saturating_sub(before) as f64 / 2000.0
+            );
+        }
     }
 }

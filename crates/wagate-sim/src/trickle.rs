@@ -10,6 +10,7 @@
 //! at the right chain step. The device sees what a real contact sends before the device
 //! ever answers: `pkmsg` stanzas of one session, counting up.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -29,17 +30,21 @@ use crate::profile::{derive_bytes, mix, purpose, ProfiledAccount};
 use crate::relay;
 use crate::state::SimState;
 
-/// Starts the account's trickle, if its profile has one.
+/// Starts the account's trickle, if its profile has one and it is not running already.
 pub fn start(state: &Arc<SimState>, account: Arc<ProfiledAccount>) {
     let rate = account.profile.trickle_per_minute;
-    if rate <= 0.0 || account.profile.contacts == 0 {
+    if rate <= 0.0 || account.profile.contacts == 0 || account.trickle_running.swap(true, Ordering::AcqRel) {
         return;
     }
     info!(phone = account.phone, per_minute = rate, "contacts will write to the account while it is online");
-    tokio::spawn(run(Arc::downgrade(state), account));
+    let state = Arc::downgrade(state);
+    tokio::spawn(async move {
+        run(state, &account).await;
+        account.trickle_running.store(false, Ordering::Release);
+    });
 }
 
-async fn run(state: Weak<SimState>, account: Arc<ProfiledAccount>) {
+async fn run(state: Weak<SimState>, account: &ProfiledAccount) {
     let mean = Duration::from_secs_f64(60.0 / account.profile.trickle_per_minute);
     for n in 0u64.. {
         // Uniform jitter of ±50 % around the mean, so accounts do not write in step.
@@ -49,7 +54,7 @@ async fn run(state: Weak<SimState>, account: Arc<ProfiledAccount>) {
         if state.is_stopping() {
             return;
         }
-        match send_one(&state, &account, n).await {
+        match send_one(&state, account, n).await {
             Tick::Sent | Tick::Offline => {}
             Tick::Unlinked => {
                 info!(phone = account.phone, "the account has no linked device left; its contacts stop writing");
