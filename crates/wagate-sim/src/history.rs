@@ -144,7 +144,7 @@ fn own_jid(account: &ProfiledAccount) -> String {
 /// History message `m`: every fourth one the account's own, the rest from the contact (or a
 /// member of the group).
 fn history_message(account: &ProfiledAccount, chat: Chat, m: u32) -> wa::HistorySyncMsg {
-    let from_me = m % 4 == 0;
+    let from_me = m.is_multiple_of(4);
     let chat_jid = account.chat_jid(chat);
     let participant = match chat {
         Chat::Group(g) if !from_me => {

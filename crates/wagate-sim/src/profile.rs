@@ -288,7 +288,7 @@ impl ProfiledAccount {
 
     /// Who created group `index`: the account for every third group, else its first contact.
     pub fn group_owner(&self, index: u32, members: &[u32]) -> Option<u32> {
-        if index % 3 == 0 {
+        if index.is_multiple_of(3) {
             return None;
         }
         members.first().copied()
@@ -354,7 +354,8 @@ pub fn assign(inner: &mut crate::state::Inner, phone: u64) -> Option<Arc<Profile
         let owner = profiled.group_owner(g, &members).map_or(phone, |c| profiled.contact_phone(c));
         let participants: Vec<u64> =
             members.iter().map(|c| profiled.contact_phone(*c)).chain(std::iter::once(phone)).collect();
-        let id = inner.groups.create(profiled.group_subject(g), owner, &participants).id.clone();
+        let subject = profiled.group_subject(g);
+        let id = inner.groups.create_indexed(subject, owner, &participants, |member| member == phone).id.clone();
         profiled.group_ids.push(id);
     }
     let profiled = Arc::new(profiled);
