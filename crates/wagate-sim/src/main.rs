@@ -51,7 +51,8 @@ impl Args {
             history: self.profile_history,
             trickle_per_minute: self.profile_trickle_per_minute,
         };
-        AccountProfile::with_overrides(&AccountProfile::empty(), &overrides).context("--account-profile")
+        AccountProfile::with_overrides(&AccountProfile::empty(), &overrides)
+            .context("the account profile given by --account-profile and --profile-*")
     }
 }
 
