@@ -55,9 +55,11 @@ export async function linkSession (gateway, sim, id, phone) {
 
 /**
  * A Baileys client linked to `phone`: QR, scan, the 515 restart with saved credentials, open.
- * Returns { sock, log (recording logger), incoming (messages.upsert messages), stop }.
+ * `watch(sock)`, if given, is called as soon as the logged-in socket exists, so it sees every
+ * event of the first login. Returns { sock, log (recording logger), incoming (messages.upsert
+ * messages), stop }.
  */
-export async function linkBaileys (sim, phone) {
+export async function linkBaileys (sim, phone, { watch } = {}) {
   const authDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-baileys-'))
   const open = async () => {
     const { state: auth, saveCreds } = await useMultiFileAuthState(authDir)
@@ -73,6 +75,7 @@ export async function linkBaileys (sim, phone) {
   if (linked.status !== 200) throw new Error(`scan for Baileys ${phone}: ${linked.text}`)
   await closed
   const { sock, log } = await open()
+  watch?.(sock)
   await new Promise((resolve, reject) => sock.ev.on('connection.update', u => {
     if (u.connection === 'open') resolve()
     if (u.connection === 'close') reject(new Error(`Baileys ${phone} closed instead of opening`))
