@@ -11,7 +11,7 @@ use wacore_binary::{Node, NodeContent};
 use waproto::buffa;
 use waproto::whatsapp::{ADVKeyIndexList, ADVSignedKeyIndexList};
 
-use crate::accounts::{Account, PreKey, SignedPreKey};
+use crate::accounts::{Account, PreKey, SignalKeys, SignedPreKey};
 use crate::clock::unix_now;
 use crate::crypto::sign;
 use crate::jid::{parse_device_jid, parse_phone, AnyDeviceJid, DeviceAddr};
@@ -185,39 +185,52 @@ fn prekey_id_bytes(id: u32) -> Vec<u8> {
     id.to_be_bytes()[1..].to_vec()
 }
 
+/// `<user jid><registration/><type/><identity/><skey>..</skey>[<key>..</key>]</user>`: the
+/// keys a sender needs to start a session with one device; `None` without a signed prekey.
+pub fn bundle_node(jid: &str, signal: &SignalKeys, one_time: Option<PreKey>) -> Option<Node> {
+    let signed = signal.signed_prekey.as_ref()?;
+    let mut parts = vec![
+        NodeBuilder::new("registration").bytes(signal.registration_id.to_be_bytes().to_vec()).build(),
+        NodeBuilder::new("type").bytes(vec![5]).build(),
+        NodeBuilder::new("identity").bytes(signal.identity.clone()).build(),
+        NodeBuilder::new("skey")
+            .children([
+                NodeBuilder::new("id").bytes(prekey_id_bytes(signed.id)).build(),
+                NodeBuilder::new("value").bytes(signed.public.clone()).build(),
+                NodeBuilder::new("signature").bytes(signed.signature.clone()).build(),
+            ])
+            .build(),
+    ];
+    if let Some(key) = one_time {
+        parts.push(
+            NodeBuilder::new("key")
+                .children([
+                    NodeBuilder::new("id").bytes(prekey_id_bytes(key.id)).build(),
+                    NodeBuilder::new("value").bytes(key.public).build(),
+                ])
+                .build(),
+        );
+    }
+    Some(NodeBuilder::new("user").attr("jid", jid.to_string()).children(parts).build())
+}
+
 /// Prekey fetch by another client: one bundle per requested device, using up one prekey.
 fn prekey_bundles(ctx: &IqContext<'_>, iq: &Node) -> Node {
     let requested: Vec<String> =
         child(iq, "key").map(children).unwrap_or_default().iter().filter_map(|user| attr(user, "jid")).collect();
     let mut inner = ctx.state.lock();
     let users = requested.iter().filter_map(|jid| {
-        let addr = inner.accounts.resolve(parse_device_jid(jid)?)?;
-        let device = inner.accounts.device_mut(addr)?;
-        let signed = device.signal.signed_prekey.clone()?;
-        let one_time = if device.signal.prekeys.is_empty() { None } else { Some(device.signal.prekeys.remove(0)) };
-        let mut parts = vec![
-            NodeBuilder::new("registration").bytes(device.signal.registration_id.to_be_bytes().to_vec()).build(),
-            NodeBuilder::new("type").bytes(vec![5]).build(),
-            NodeBuilder::new("identity").bytes(device.signal.identity.clone()).build(),
-            NodeBuilder::new("skey")
-                .children([
-                    NodeBuilder::new("id").bytes(prekey_id_bytes(signed.id)).build(),
-                    NodeBuilder::new("value").bytes(signed.public).build(),
-                    NodeBuilder::new("signature").bytes(signed.signature).build(),
-                ])
-                .build(),
-        ];
-        if let Some(key) = one_time {
-            parts.push(
-                NodeBuilder::new("key")
-                    .children([
-                        NodeBuilder::new("id").bytes(prekey_id_bytes(key.id)).build(),
-                        NodeBuilder::new("value").bytes(key.public).build(),
-                    ])
-                    .build(),
-            );
+        let parsed = parse_device_jid(jid)?;
+        if let AnyDeviceJid::Pn { phone, device: 0 } = parsed {
+            if let Some((account, index)) = inner.contact(phone) {
+                let keys = crate::trickle::contact_keys(&account, index).ok()?;
+                return bundle_node(jid, &keys, None);
+            }
         }
-        Some(NodeBuilder::new("user").attr("jid", jid.clone()).children(parts).build())
+        let addr = inner.accounts.resolve(parsed)?;
+        let device = inner.accounts.device_mut(addr)?;
+        let one_time = if device.signal.prekeys.is_empty() { None } else { Some(device.signal.prekeys.remove(0)) };
+        bundle_node(jid, &device.signal, one_time)
     });
     let list = NodeBuilder::new("list").children(users.collect::<Vec<_>>()).build();
     iq_result(iq, vec![list])
@@ -269,6 +282,19 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                     let contact = child(user, "contact").and_then(content_bytes)?;
                     inner.accounts.get(parse_phone(std::str::from_utf8(contact).ok()?)?)
                 });
+            // A contact of a profiled account is on WhatsApp too: its phone is its only device.
+            let contact = match account {
+                Some(_) => None,
+                None => jid
+                    .as_deref()
+                    .and_then(parse_device_jid)
+                    .and_then(|j| match j {
+                        AnyDeviceJid::Pn { phone, .. } => Some(phone),
+                        AnyDeviceJid::Lid { .. } => None,
+                    })
+                    .or_else(|| parse_phone(std::str::from_utf8(child(user, "contact").and_then(content_bytes)?).ok()?))
+                    .filter(|phone| inner.contact(*phone).is_some()),
+            };
             let mut parts = Vec::new();
             for protocol in &query {
                 match (*protocol, account) {
@@ -288,8 +314,12 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                         }
                         parts.push(NodeBuilder::new("devices").children(content).build());
                     }
-                    ("devices", None) => parts
-                        .push(NodeBuilder::new("devices").children([NodeBuilder::new("device-list").build()]).build()),
+                    ("devices", None) => {
+                        let devices: Vec<Node> =
+                            contact.map(|_| NodeBuilder::new("device").attr("id", "0").build()).into_iter().collect();
+                        let list = NodeBuilder::new("device-list").children(devices).build();
+                        parts.push(NodeBuilder::new("devices").children([list]).build())
+                    }
                     // A user asked for by LID has no other LID to learn (Baileys would store
                     // the LID as its own phone number).
                     ("lid", Some(account)) if !jid.as_deref().is_some_and(|j| j.ends_with("@lid")) => {
@@ -302,7 +332,7 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                         parts.extend(crate::profiles::picture_node(inner.profiles.get(&account.phone)))
                     }
                     ("contact", found) => {
-                        let kind = if found.is_some() { "in" } else { "out" };
+                        let kind = if found.is_some() || contact.is_some() { "in" } else { "out" };
                         parts.push(NodeBuilder::new("contact").attr("type", kind).build())
                     }
                     _ => {}
@@ -311,7 +341,8 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
             // Answer with the JID that was asked for (PN or LID); a number looked up by
             // `<contact>` gets its account's JID, or none when it is not on WhatsApp.
             let mut user = NodeBuilder::new("user");
-            if let Some(jid) = jid.or_else(|| account.map(|a| format!("{}@s.whatsapp.net", a.phone))) {
+            let phone = account.map(|a| a.phone).or(contact);
+            if let Some(jid) = jid.or_else(|| phone.map(|p| format!("{p}@s.whatsapp.net"))) {
                 user = user.attr("jid", jid);
             }
             user.children(parts).build()

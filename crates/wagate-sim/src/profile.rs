@@ -149,6 +149,9 @@ impl AccountProfile {
     }
 }
 
+/// Contacts' numbers start with this (15 digits, starting with 9).
+const CONTACT_PREFIX: u64 = 900_000_000_000_000;
+
 /// SplitMix64: a tiny, good-enough mixer to derive every generated value from the seed.
 pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED69);
@@ -180,6 +183,7 @@ pub mod purpose {
     pub const CONTACT_BASE_KEY: u64 = 9;
     pub const TRICKLE: u64 = 10;
     pub const REGISTRATION: u64 = 11;
+    pub const CONTACT_SIGNED_PREKEY: u64 = 12;
 }
 
 const FIRST_NAMES: [&str; 24] = [
@@ -243,10 +247,20 @@ impl ProfiledAccount {
         }
     }
 
-    /// Contact `index`'s phone number: `9`, the account's last nine digits, five digits of
-    /// index. Fifteen digits, so it never meets the numbers tests link.
+    /// Contact `index`'s phone number: `9`, the account's last nine digits (its contact
+    /// book), five digits of index. Fifteen digits, so it never meets the numbers tests link.
     pub fn contact_phone(&self, index: u32) -> u64 {
-        900_000_000_000_000 + (self.phone % 1_000_000_000) * 100_000 + u64::from(index)
+        CONTACT_PREFIX + self.contact_book() * 100_000 + u64::from(index)
+    }
+
+    pub fn contact_book(&self) -> u64 {
+        self.phone % 1_000_000_000
+    }
+
+    /// The contact book and index a contact's number names, if it is one.
+    pub fn contact_book_of(phone: u64) -> Option<(u64, u32)> {
+        let rest = phone.checked_sub(CONTACT_PREFIX).filter(|rest| *rest < CONTACT_PREFIX / 9)?;
+        Some((rest / 100_000, (rest % 100_000) as u32))
     }
 
     pub fn contact_jid(&self, index: u32) -> String {
@@ -360,6 +374,10 @@ pub fn assign(inner: &mut crate::state::Inner, phone: u64) -> Option<Arc<Profile
     }
     let profiled = Arc::new(profiled);
     inner.accounts.get_mut(phone)?.profile = Some(profiled.clone());
+    // Two accounts ending in the same nine digits share a contact book; the first keeps it.
+    if profiled.profile.contacts > 0 {
+        inner.contact_books.entry(profiled.contact_book()).or_insert_with(|| profiled.clone());
+    }
     if !profiled.profile.is_empty() {
         tracing::info!(
             phone,
@@ -434,6 +452,9 @@ mod tests {
         }
         assert_eq!(a.contact_name(7), b.contact_name(7));
         assert_eq!(a.contact_phone(0).to_string().len(), 15);
+        assert_eq!(ProfiledAccount::contact_book_of(a.contact_phone(7)), Some((a.contact_book(), 7)));
+        assert_eq!(ProfiledAccount::contact_book_of(15551234567), None);
+        assert_eq!(ProfiledAccount::contact_book_of(u64::MAX), None);
         assert_ne!(a.contact_phone(0), a.contact_phone(1));
         assert!(a.message_time(0) < a.message_time(1999));
         assert!(a.message_time(1999) < a.linked_at);

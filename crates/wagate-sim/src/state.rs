@@ -212,6 +212,9 @@ pub struct Inner {
     pub profiles: crate::profiles::Profiles,
     /// The account profile in force: what accounts linked from now on get.
     pub account_profile: AccountProfile,
+    /// Profiled accounts by the nine digits their contacts' numbers carry (see
+    /// [`crate::profile::ProfiledAccount::contact_phone`]), to find a contact's account.
+    pub contact_books: HashMap<u64, Arc<crate::profile::ProfiledAccount>>,
     next_conn: ConnId,
 }
 
@@ -219,6 +222,13 @@ impl Inner {
     pub fn new_conn_id(&mut self) -> ConnId {
         self.next_conn += 1;
         self.next_conn
+    }
+
+    /// A contact of a profiled account, by phone number: its account and index.
+    pub fn contact(&self, phone: u64) -> Option<(Arc<crate::profile::ProfiledAccount>, u32)> {
+        let (book, index) = crate::profile::ProfiledAccount::contact_book_of(phone)?;
+        let account = self.contact_books.get(&book)?;
+        (index < account.profile.contacts).then(|| (account.clone(), index))
     }
 
     /// The live connection logged in as `addr`, if any.

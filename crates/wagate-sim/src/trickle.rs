@@ -110,13 +110,44 @@ async fn send_one(state: &Arc<SimState>, account: &ProfiledAccount, n: u64) -> T
     Tick::Sent
 }
 
+/// A key pair derived from the account's seed, the same every time.
+fn derived_pair(account: &ProfiledAccount, purpose: u64, contact: u32) -> Result<KeyPair, PhoneError> {
+    let secret = derive_bytes::<32>(account.seed, purpose, u64::from(contact));
+    let private = PrivateKey::deserialize(&secret).map_err(|e| PhoneError::BadKeys(e.to_string()))?;
+    KeyPair::try_from(private).map_err(|e| PhoneError::BadKeys(e.to_string()))
+}
+
+fn contact_registration_id(account: &ProfiledAccount, contact: u32) -> u32 {
+    (mix(account.seed, purpose::REGISTRATION, u64::from(contact)) & 0x3fff) as u32 + 1
+}
+
 /// The contact's identity: derived from the account's seed, the same every time.
 fn contact_identity(account: &ProfiledAccount, contact: u32) -> Result<SignalIdentity, PhoneError> {
-    let secret = derive_bytes::<32>(account.seed, purpose::CONTACT_IDENTITY, u64::from(contact));
-    let private = PrivateKey::deserialize(&secret).map_err(|e| PhoneError::BadKeys(e.to_string()))?;
-    let pair = KeyPair::try_from(private).map_err(|e| PhoneError::BadKeys(e.to_string()))?;
-    let registration_id = (mix(account.seed, purpose::REGISTRATION, u64::from(contact)) & 0x3fff) as u32 + 1;
-    Ok(SignalIdentity::new(IdentityKeyPair::from(pair), registration_id))
+    let pair = derived_pair(account, purpose::CONTACT_IDENTITY, contact)?;
+    Ok(SignalIdentity::new(IdentityKeyPair::from(pair), contact_registration_id(account, contact)))
+}
+
+/// The keys a contact's phone (its only device) publishes, so a device of the account can
+/// write to a contact that never wrote first: its identity and a signed prekey, derived from
+/// the seed; no one-time prekeys, as the contact keeps no state. What is sent to a contact
+/// is accepted by the server and goes no further.
+pub fn contact_keys(account: &ProfiledAccount, contact: u32) -> Result<crate::accounts::SignalKeys, PhoneError> {
+    let identity = derived_pair(account, purpose::CONTACT_IDENTITY, contact)?;
+    let signed = derived_pair(account, purpose::CONTACT_SIGNED_PREKEY, contact)?;
+    let signature = identity
+        .private_key
+        .calculate_signature(&signed.public_key.serialize(), &mut rand::rng())
+        .map_err(|e| PhoneError::BadKeys(e.to_string()))?;
+    Ok(crate::accounts::SignalKeys {
+        registration_id: contact_registration_id(account, contact),
+        identity: identity.public_key.public_key_bytes().to_vec(),
+        signed_prekey: Some(crate::accounts::SignedPreKey {
+            id: 1,
+            public: signed.public_key.public_key_bytes().to_vec(),
+            signature: signature.to_vec(),
+        }),
+        prekeys: Vec::new(),
+    })
 }
 
 /// Message `step` (0 the first) of `contact`'s session with the device, as a `<message>`

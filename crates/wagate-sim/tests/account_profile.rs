@@ -134,6 +134,42 @@ async fn a_small_business_account_gets_history_app_state_groups_and_trickle() {
     sim.stop().await;
 }
 
+/// Contacts publish keys (usync lists their phone as a device, prekey fetches get a
+/// bundle), so the account can write first to a contact that never wrote, and to its groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_writes_to_its_contacts_and_groups() {
+    let sim = start_sim().await;
+    let control = Control::new(&sim);
+    let quiet = json!({ "preset": "small-business", "contacts": 20, "groups": 2, "group_size": 6, "history": 20, "trickle_per_minute": 0 });
+    let (status, profile) = control.post("/control/account-profile", quiet).await;
+    assert_eq!(status, 200, "{profile}");
+    let (mut client, _) = link_client(&sim, &control, "15550300003").await;
+    client.wait_connected().await;
+    let text = |t: &str| waproto::whatsapp::Message { conversation: Some(t.into()), ..Default::default() };
+    let send = |to: whatsapp_rust::Jid, message| {
+        let client = client.client.clone();
+        async move {
+            tokio::time::timeout(common::WAIT, client.send_message_with_options(to, message, Default::default()))
+                .await
+                .expect("the send finishes")
+        }
+    };
+    // Contact 3 of this account: `9`, its last nine digits, five digits of index.
+    let contact: whatsapp_rust::Jid = "955030000300003@s.whatsapp.net".parse().unwrap();
+    send(contact, text("hello customer")).await.expect("a first message to a contact");
+    let groups = client.client.groups().get_participating().await.expect("the group list");
+    let group = groups.keys().next().expect("a group").clone();
+    send(group, text("hello group")).await.expect("a message to a group");
+    // Nobody is there to read them, but the server took both.
+    let unknown = control.get("/control/unknown-iqs").await;
+    assert!(
+        unknown.as_array().unwrap().iter().all(|iq| iq["xmlns"] != "encrypt" && iq["xmlns"] != "usync"),
+        "{unknown}"
+    );
+    client.stop().await;
+    sim.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_empty_profile_changes_nothing() {
     let sim = start_sim().await;
