@@ -134,6 +134,55 @@ async fn a_small_business_account_gets_history_app_state_groups_and_trickle() {
     sim.stop().await;
 }
 
+async fn next_event(client: &mut TestClient, waiting_for: &str) -> ClientEvent {
+    tokio::time::timeout(common::WAIT, client.events.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out; so far: {waiting_for}"))
+        .expect("the client runs")
+}
+
+/// Every linked device of the account gets the history, and each trickle message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_of_the_account_gets_history_and_trickle() {
+    let sim = start_sim().await;
+    let control = Control::new(&sim);
+    let profile = json!({ "preset": "small-business", "contacts": 10, "groups": 1, "group_size": 4, "history": 30, "trickle_per_minute": 600 });
+    let (status, answer) = control.post("/control/account-profile", profile).await;
+    assert_eq!(status, 200, "{answer}");
+    let (mut first, _) = link_client(&sim, &control, "15550300004").await;
+    let (mut second, second_jid) = link_client(&sim, &control, "15550300004").await;
+    assert!(second_jid.starts_with("15550300004:2@"), "{second_jid}");
+    // Each device: both history chunks and some trickle messages.
+    let mut texts = Vec::new();
+    for client in [&mut first, &mut second] {
+        let mut chunks = 0;
+        let mut trickle = BTreeSet::new();
+        while chunks < 2 || trickle.len() < 3 {
+            match next_event(client, &format!("{chunks} chunks, trickle {trickle:?}")).await {
+                ClientEvent::HistorySync { .. } => chunks += 1,
+                ClientEvent::Message { from, text } if from.starts_with('9') => {
+                    trickle.insert(text);
+                }
+                _ => {}
+            }
+        }
+        texts.push(trickle);
+    }
+    // What the second device got, the first got too (each text carries its number).
+    while !texts[1].is_subset(&texts[0]) {
+        if let ClientEvent::Message { from, text } = next_event(&mut first, &format!("{texts:?}")).await {
+            if from.starts_with('9') {
+                texts[0].insert(text);
+            }
+        }
+    }
+    let stats = control.get("/control/stats").await;
+    assert_eq!(stats["profile"]["history_notifications_sent"], 4, "two chunks to each device: {stats}");
+    first.stop().await;
+    second.stop().await;
+    sim.stop().await;
+}
+
 /// Contacts publish keys (usync lists their phone as a device, prekey fetches get a
 /// bundle), so the account can write first to a contact that never wrote, and to its groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
