@@ -441,16 +441,13 @@ impl Conn {
     /// Delivers what waited for the device (the phone's app-state key share for a newly
     /// linked device, then the offline queue, which starts with what an earlier connection
     /// delivered and the device never acknowledged), then `<ib><offline count=N/>`, which
-    /// whatsapp-rust waits for after `<active/>` (PROTOCOL.md 9).
+    /// whatsapp-rust waits for after `<active/>` (PROTOCOL.md 9); then, for a newly linked
+    /// device of a profiled account, the phone's history sync notifications.
     async fn flush_offline(&mut self) -> Result<(), End> {
         let mut delivered = 0;
         if let Some(share) = self.pending_key_share().await {
             self.key_share_id = attr(&share, "id");
             self.send_node(&share).await?;
-            delivered += 1;
-        }
-        for notification in self.pending_history().await {
-            self.send_node(&notification).await?;
             delivered += 1;
         }
         let queued = match self.device {
@@ -464,7 +461,14 @@ impl Conn {
             }
             delivered += 1;
         }
-        self.send_node(&iq::offline_marker(delivered)).await
+        self.send_node(&iq::offline_marker(delivered)).await?;
+        // A phone uploads the history once the device is online, so it comes live, after the
+        // offline queue. (Baileys only starts its app-state sync for a history notification
+        // that arrives after the end of the offline queue.)
+        for notification in self.pending_history().await {
+            self.send_node(&notification).await?;
+        }
+        Ok(())
     }
 
     /// Writes a relayed message that stays pending until the device acknowledges it.
