@@ -159,37 +159,21 @@ fn key_digest(ctx: &IqContext<'_>, iq: &Node) -> Node {
     };
     let prekey_values: Vec<&[u8]> = signal.prekeys.iter().map(|k| k.public.as_slice()).collect();
     let hash = compute_key_bundle_digest(&signal.identity, &signed.public, &signed.signature, &prekey_values);
-    let digest = NodeBuilder::new("digest")
-        .children([
-            NodeBuilder::new("registration").bytes(signal.registration_id.to_be_bytes().to_vec()).build(),
-            NodeBuilder::new("type").bytes(vec![5]).build(),
-            NodeBuilder::new("identity").bytes(signal.identity.clone()).build(),
-            NodeBuilder::new("skey")
-                .children([
-                    NodeBuilder::new("id").bytes(prekey_id_bytes(signed.id)).build(),
-                    NodeBuilder::new("value").bytes(signed.public.clone()).build(),
-                    NodeBuilder::new("signature").bytes(signed.signature.clone()).build(),
-                ])
-                .build(),
-            NodeBuilder::new("list")
-                .children(signal.prekeys.iter().map(|k| NodeBuilder::new("id").bytes(prekey_id_bytes(k.id)).build()))
-                .build(),
-            NodeBuilder::new("hash").bytes(hash).build(),
-        ])
-        .build();
+    let mut parts = identity_parts(signal, signed);
+    parts.push(
+        NodeBuilder::new("list")
+            .children(signal.prekeys.iter().map(|k| NodeBuilder::new("id").bytes(prekey_id_bytes(k.id)).build()))
+            .build(),
+    );
+    parts.push(NodeBuilder::new("hash").bytes(hash).build());
+    let digest = NodeBuilder::new("digest").children(parts).build();
     iq_result(iq, vec![digest])
 }
 
-/// Prekey ids travel as 3 big-endian bytes.
-fn prekey_id_bytes(id: u32) -> Vec<u8> {
-    id.to_be_bytes()[1..].to_vec()
-}
-
-/// `<user jid><registration/><type/><identity/><skey>..</skey>[<key>..</key>]</user>`: the
-/// keys a sender needs to start a session with one device; `None` without a signed prekey.
-pub fn bundle_node(jid: &str, signal: &SignalKeys, one_time: Option<PreKey>) -> Option<Node> {
-    let signed = signal.signed_prekey.as_ref()?;
-    let mut parts = vec![
+/// `<registration/><type/><identity/><skey><id/><value/><signature/></skey>`: how a device's
+/// identity and signed prekey travel, in a digest and in a bundle.
+fn identity_parts(signal: &SignalKeys, signed: &SignedPreKey) -> Vec<Node> {
+    vec![
         NodeBuilder::new("registration").bytes(signal.registration_id.to_be_bytes().to_vec()).build(),
         NodeBuilder::new("type").bytes(vec![5]).build(),
         NodeBuilder::new("identity").bytes(signal.identity.clone()).build(),
@@ -200,7 +184,18 @@ pub fn bundle_node(jid: &str, signal: &SignalKeys, one_time: Option<PreKey>) -> 
                 NodeBuilder::new("signature").bytes(signed.signature.clone()).build(),
             ])
             .build(),
-    ];
+    ]
+}
+
+/// Prekey ids travel as 3 big-endian bytes.
+fn prekey_id_bytes(id: u32) -> Vec<u8> {
+    id.to_be_bytes()[1..].to_vec()
+}
+
+/// `<user jid><registration/><type/><identity/><skey>..</skey>[<key>..</key>]</user>`: the
+/// keys a sender needs to start a session with one device; `None` without a signed prekey.
+pub fn bundle_node(jid: &str, signal: &SignalKeys, one_time: Option<PreKey>) -> Option<Node> {
+    let mut parts = identity_parts(signal, signal.signed_prekey.as_ref()?);
     if let Some(key) = one_time {
         parts.push(
             NodeBuilder::new("key")

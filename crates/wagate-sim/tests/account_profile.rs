@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{link_client, start_sim, ClientEvent, Control, TestClient};
 use serde_json::{json, Value};
+use wagate_sim::Simulator;
 
 /// A small business, scaled down to keep the test quick: 50 contacts, 5 groups of up to 10,
 /// 200 history messages, and contacts writing about five times a second.
@@ -21,6 +22,15 @@ fn small_profile() -> Value {
         "history": 200,
         "trickle_per_minute": 300,
     })
+}
+
+/// A simulator whose accounts get `profile`; returns it with the profile in force.
+async fn sim_with_profile(profile: Value) -> (Simulator, Control, Value) {
+    let sim = start_sim().await;
+    let control = Control::new(&sim);
+    let (status, answer) = control.post("/control/account-profile", profile).await;
+    assert_eq!(status, 200, "{answer}");
+    (sim, control, answer)
 }
 
 /// What the client saw of the profile so far.
@@ -76,10 +86,7 @@ impl Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_business_account_gets_history_app_state_groups_and_trickle() {
-    let sim = start_sim().await;
-    let control = Control::new(&sim);
-    let (status, profile) = control.post("/control/account-profile", small_profile()).await;
-    assert_eq!(status, 200, "{profile}");
+    let (sim, control, profile) = sim_with_profile(small_profile()).await;
     assert_eq!(profile["contacts"], 50, "{profile}");
     assert_eq!(control.get("/control/account-profile").await, profile);
 
@@ -144,11 +151,8 @@ async fn next_event(client: &mut TestClient, waiting_for: &str) -> ClientEvent {
 /// Every linked device of the account gets the history, and each trickle message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_device_of_the_account_gets_history_and_trickle() {
-    let sim = start_sim().await;
-    let control = Control::new(&sim);
     let profile = json!({ "preset": "small-business", "contacts": 10, "groups": 1, "group_size": 4, "history": 30, "trickle_per_minute": 600 });
-    let (status, answer) = control.post("/control/account-profile", profile).await;
-    assert_eq!(status, 200, "{answer}");
+    let (sim, control, _) = sim_with_profile(profile).await;
     let (mut first, _) = link_client(&sim, &control, "15550300004").await;
     let (mut second, second_jid) = link_client(&sim, &control, "15550300004").await;
     assert!(second_jid.starts_with("15550300004:2@"), "{second_jid}");
@@ -187,11 +191,8 @@ async fn every_device_of_the_account_gets_history_and_trickle() {
 /// bundle), so the account can write first to a contact that never wrote, and to its groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_account_writes_to_its_contacts_and_groups() {
-    let sim = start_sim().await;
-    let control = Control::new(&sim);
     let quiet = json!({ "preset": "small-business", "contacts": 20, "groups": 2, "group_size": 6, "history": 20, "trickle_per_minute": 0 });
-    let (status, profile) = control.post("/control/account-profile", quiet).await;
-    assert_eq!(status, 200, "{profile}");
+    let (sim, control, _) = sim_with_profile(quiet).await;
     let (mut client, _) = link_client(&sim, &control, "15550300003").await;
     client.wait_connected().await;
     let text = |t: &str| waproto::whatsapp::Message { conversation: Some(t.into()), ..Default::default() };
