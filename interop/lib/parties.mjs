@@ -55,14 +55,16 @@ export async function linkSession (gateway, sim, id, phone) {
 
 /**
  * A Baileys client linked to `phone`: QR, scan, the 515 restart with saved credentials, open.
- * Returns { sock, log (recording logger), incoming (messages.upsert messages), stop }.
+ * `watch(sock)`, if given, is called as soon as the logged-in socket exists, so it sees every
+ * event of the first login; `socketOptions` go to makeWASocket. Returns { sock, log (recording logger), incoming (messages.upsert
+ * messages), stop }.
  */
-export async function linkBaileys (sim, phone) {
+export async function linkBaileys (sim, phone, { watch, socketOptions = {} } = {}) {
   const authDir = await mkdtemp(path.join(os.tmpdir(), 'wagate-interop-baileys-'))
   const open = async () => {
     const { state: auth, saveCreds } = await useMultiFileAuthState(authDir)
     const log = makeRecordingLogger()
-    const sock = makeWASocket({ waWebSocketUrl: sim.info.ws_url, auth, logger: log.logger, defaultQueryTimeoutMs: 10000 })
+    const sock = makeWASocket({ waWebSocketUrl: sim.info.ws_url, auth, logger: log.logger, defaultQueryTimeoutMs: 10000, ...socketOptions })
     sock.ev.on('creds.update', saveCreds)
     return { sock, log }
   }
@@ -73,6 +75,7 @@ export async function linkBaileys (sim, phone) {
   if (linked.status !== 200) throw new Error(`scan for Baileys ${phone}: ${linked.text}`)
   await closed
   const { sock, log } = await open()
+  watch?.(sock)
   await new Promise((resolve, reject) => sock.ev.on('connection.update', u => {
     if (u.connection === 'open') resolve()
     if (u.connection === 'close') reject(new Error(`Baileys ${phone} closed instead of opening`))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wacore_libsignal::protocol::KeyPair;
 
-use crate::crypto::{generate_key_pair, random_u32};
+use crate::crypto::{generate_key_pair, random_bytes, random_u32};
 use crate::jid::{AnyDeviceJid, DeviceAddr};
 use crate::phone::{PhoneSignal, Recipient};
 
@@ -47,6 +47,8 @@ pub struct Device {
     pub confirmed: bool,
     /// Whether the phone has shared its app-state key with this device yet.
     pub key_shared: bool,
+    /// Whether the phone has sent this device the account's history (profiled accounts).
+    pub history_sent: bool,
 }
 
 pub struct Account {
@@ -61,13 +63,26 @@ pub struct Account {
     pub devices: BTreeMap<u16, Device>,
     /// The phone's Signal sessions with its companions; async because libsignal's stores are.
     pub phone_signal: Arc<tokio::sync::Mutex<PhoneSignal>>,
+    /// The phone's app-state sync key (id, key data): it shares it with every companion
+    /// and encrypts the account's app state with it.
+    pub app_state_key: (Vec<u8>, [u8; 32]),
+    /// What the account holds besides its devices, fixed when its first device links
+    /// (`None` until then). An empty profile is today's bare account.
+    pub profile: Option<Arc<crate::profile::ProfiledAccount>>,
 }
 
 impl Account {
     fn new(phone: u64) -> Self {
         let identity = generate_key_pair();
+        let app_state_key = (random_bytes::<6>().to_vec(), random_bytes::<32>());
         Self {
-            phone_signal: Arc::new(tokio::sync::Mutex::new(PhoneSignal::new(&identity, random_u32() & 0x3fff))),
+            phone_signal: Arc::new(tokio::sync::Mutex::new(PhoneSignal::new(
+                &identity,
+                random_u32() & 0x3fff,
+                app_state_key.clone(),
+            ))),
+            app_state_key,
+            profile: None,
             phone,
             // LIDs are opaque numbers unrelated to the phone number; derive a stable one so
             // logs are readable, with a prefix that cannot collide with real numbers here.
@@ -173,9 +188,19 @@ impl Accounts {
         account.next_device += 1;
         let key_index = account.next_key_index;
         account.next_key_index += 1;
-        account
-            .devices
-            .insert(id, Device { id, noise_key, key_index, platform, signal, confirmed: false, key_shared: false });
+        account.devices.insert(
+            id,
+            Device {
+                id,
+                noise_key,
+                key_index,
+                platform,
+                signal,
+                confirmed: false,
+                key_shared: false,
+                history_sent: false,
+            },
+        );
         Ok(account.addr(id))
     }
 

@@ -441,7 +441,8 @@ impl Conn {
     /// Delivers what waited for the device (the phone's app-state key share for a newly
     /// linked device, then the offline queue, which starts with what an earlier connection
     /// delivered and the device never acknowledged), then `<ib><offline count=N/>`, which
-    /// whatsapp-rust waits for after `<active/>` (PROTOCOL.md 9).
+    /// whatsapp-rust waits for after `<active/>` (PROTOCOL.md 9); then, for a newly linked
+    /// device of a profiled account, the phone's history sync notifications.
     async fn flush_offline(&mut self) -> Result<(), End> {
         let mut delivered = 0;
         if let Some(share) = self.pending_key_share().await {
@@ -460,7 +461,14 @@ impl Conn {
             }
             delivered += 1;
         }
-        self.send_node(&iq::offline_marker(delivered)).await
+        self.send_node(&iq::offline_marker(delivered)).await?;
+        // A phone uploads the history once the device is online, so it comes live, after the
+        // offline queue. (Baileys only starts its app-state sync for a history notification
+        // that arrives after the end of the offline queue.)
+        for notification in self.pending_history().await {
+            self.send_node(&notification).await?;
+        }
+        Ok(())
     }
 
     /// Writes a relayed message that stays pending until the device acknowledges it.
@@ -507,13 +515,63 @@ impl Conn {
         }
     }
 
+    /// A profiled account's phone sends a newly linked device the chat history: one
+    /// notification per chunk, after its app-state key (the same Signal session).
+    async fn pending_history(&mut self) -> Vec<Node> {
+        let Some(addr) = self.device else { return Vec::new() };
+        let (phone_signal, recipient, profiled) = {
+            let inner = self.state.lock();
+            let Some(account) = inner.accounts.get(addr.phone) else { return Vec::new() };
+            let Some(device) = account.devices.get(&addr.device) else { return Vec::new() };
+            let profiled = account.profile.clone().filter(|p| p.profile.history > 0);
+            let Some(profiled) = profiled.filter(|_| device.key_shared && !device.history_sent) else {
+                return Vec::new();
+            };
+            (account.phone_signal.clone(), account.recipient(device), profiled)
+        };
+        // Building the chunks (to announce their hashes) compresses the whole history.
+        let media = self.state.media.clone();
+        let built = tokio::task::spawn_blocking(move || crate::history::notifications(&media, &profiled)).await;
+        let messages = match built {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(e)) => {
+                warn!(conn = self.id, device = %addr, "the phone could not upload the history: {e}");
+                return Vec::new();
+            }
+            Err(e) => {
+                warn!(conn = self.id, device = %addr, "building the history failed: {e}");
+                return Vec::new();
+            }
+        };
+        let mut nodes = Vec::with_capacity(messages.len());
+        {
+            let mut phone = phone_signal.lock().await;
+            for message in &messages {
+                match phone::to_companion(&mut phone, &recipient, message).await {
+                    Ok(node) => nodes.push(node),
+                    Err(e) => {
+                        warn!(conn = self.id, device = %addr, "the phone could not encrypt a history notification: {e}");
+                        return Vec::new();
+                    }
+                }
+            }
+        }
+        let mut inner = self.state.lock();
+        if let Some(device) = inner.accounts.device_mut(addr) {
+            device.history_sent = true;
+        }
+        inner.stats.profile.history_notifications_sent += nodes.len() as u64;
+        info!(conn = self.id, device = %addr, chunks = nodes.len(), "phone sends the device its chat history");
+        nodes
+    }
+
     async fn on_pair_device_sign(&mut self, node: &Node) -> Result<(), End> {
         let Pairing::AwaitingSign { success, addr, reply } = std::mem::replace(&mut self.pairing, Pairing::Idle) else {
             return Ok(());
         };
         match pairing::verify_pair_device_sign(node, &success) {
             Ok(()) => {
-                {
+                let profiled = {
                     let mut inner = self.state.lock();
                     inner.accounts.confirm(addr);
                     inner.stats.totals.pairings += 1;
@@ -524,6 +582,10 @@ impl Conn {
                     if let Some(live) = inner.conns.get_mut(&self.id) {
                         live.device = Some(addr);
                     }
+                    crate::profile::assign(&mut inner, addr.phone)
+                };
+                if let Some(profiled) = profiled {
+                    crate::trickle::start(&self.state, profiled);
                 }
                 info!(conn = self.id, device = %addr, "device linked; sending 515 (restart required)");
                 let _ = reply.send(Ok(addr));

@@ -27,6 +27,7 @@ use crate::jid::{lid_jid_string, parse_device_jid, parse_phone, DeviceAddr};
 use crate::nodes::{stream_error_code, stream_error_conflict};
 use crate::pair_code::{normalize_code, primary_hello};
 use crate::pairing::{pair_success, parse_qr};
+use crate::profile::{AccountProfile, ProfileOverrides};
 use crate::state::{PendingFailure, SimState, UnknownIq};
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -42,6 +43,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/control/unknown-iqs", get(unknown_iqs))
         .route("/control/groups", post(create_group))
         .route("/control/profile", post(set_profile))
+        .route("/control/account-profile", get(account_profile).post(set_account_profile))
 }
 
 /// JSON bodies whose rejections are `{"error": ...}` like every other error.
@@ -337,9 +339,43 @@ async fn fault(State(state): State<Arc<SimState>>, Body(request): Body<FaultRequ
 
 async fn stats(State(state): State<Arc<SimState>>) -> Json<Value> {
     let stats = state.lock().stats.clone();
+    let media = state.media.stats();
     let mut body = serde_json::to_value(stats).unwrap_or_default();
-    body["media"] = serde_json::to_value(state.media.stats()).unwrap_or_default();
+    // The blobs the phones built are counted where they are downloaded; they belong with
+    // the rest of what profiled accounts cost.
+    body["profile"]["history_blobs_served"] = media.history_blobs_served.into();
+    body["profile"]["app_state_blobs_served"] = media.app_state_blobs_served.into();
+    body["media"] = serde_json::to_value(media).unwrap_or_default();
     Json(body)
+}
+
+/// `GET /control/account-profile`: the profile accounts linked from now on get.
+async fn account_profile(State(state): State<Arc<SimState>>) -> Json<AccountProfile> {
+    Json(state.lock().account_profile.clone())
+}
+
+/// `POST /control/account-profile {"preset"?, "contacts"?, "groups"?, "group_size"?,
+/// "history"?, "trickle_per_minute"?}`: a preset (else the profile in force) with the given
+/// counts replacing its own, for accounts linked from now on. Accounts already linked keep
+/// theirs.
+async fn set_account_profile(
+    State(state): State<Arc<SimState>>,
+    Body(overrides): Body<ProfileOverrides>,
+) -> Result<Json<AccountProfile>> {
+    let mut inner = state.lock();
+    let profile = AccountProfile::with_overrides(&inner.account_profile, &overrides)
+        .map_err(|e| ControlError::bad_request(e.to_string()))?;
+    info!(
+        preset = profile.preset,
+        contacts = profile.contacts,
+        groups = profile.groups,
+        group_size = profile.group_size,
+        history = profile.history,
+        trickle_per_minute = profile.trickle_per_minute,
+        "accounts linked from now on get this profile"
+    );
+    inner.account_profile = profile.clone();
+    Ok(Json(profile))
 }
 
 #[derive(Serialize)]

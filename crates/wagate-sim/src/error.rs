@@ -10,6 +10,8 @@ pub enum SimError {
     Listen(#[from] std::io::Error),
     #[error("media host TLS: {0}")]
     Tls(String),
+    #[error("encrypting a blob for the media host: {0}")]
+    Media(String),
 }
 
 /// An error answer of the control API: a status and `{"error": "..."}`.

@@ -23,6 +23,7 @@ use crate::jid::DeviceAddr;
 use crate::keys::ServerKeys;
 use crate::media::MediaStore;
 use crate::noise::{respond_to_hello, HelloOutcome};
+use crate::profile::{AccountProfile, ProfileOverrides};
 use crate::state::{SimConfig, SimState};
 use crate::wire::{frame, FrameReader, Transport};
 
@@ -489,13 +490,22 @@ fn state() -> &'static (Arc<SimState>, DeviceAddr, DeviceAddr) {
         let state = SimState::new(ServerKeys::generate(), SimConfig::default(), MediaStore::new("127.0.0.1:9".into()));
         let (a, b) = {
             let mut inner = state.lock();
-            let mut link = |phone| {
+            let link = |inner: &mut crate::state::Inner, phone| {
                 let signal = SignalKeys { identity: vec![5; 33], ..SignalKeys::default() };
                 let addr = inner.accounts.reserve_companion(phone, [1; 32], "test".into(), signal).unwrap();
                 inner.accounts.confirm(addr);
                 addr
             };
-            let (a, b) = (link(A), link(B));
+            // A has a profile, so its app-state answers carry data.
+            inner.account_profile =
+                AccountProfile { contacts: 5, groups: 2, group_size: 4, history: 10, ..AccountProfile::empty() };
+            let a = link(&mut inner, A);
+            crate::profile::assign(&mut inner, A);
+            if let Some(device) = inner.accounts.device_mut(a) {
+                device.key_shared = true;
+            }
+            inner.account_profile = AccountProfile::empty();
+            let b = link(&mut inner, B);
             inner.groups.create("Team".into(), A, &[B]);
             (a, b)
         };
@@ -658,5 +668,56 @@ proptest! {
             prop_assert!(phone.to_string().len() <= 15);
         }
         let _ = crate::jid::parse_device_jid(&text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bodies of `POST /control/account-profile`.
+
+fn profile_field() -> impl Strategy<Value = (String, serde_json::Value)> {
+    let name = prop::sample::select(vec![
+        "preset",
+        "contacts",
+        "groups",
+        "group_size",
+        "history",
+        "trickle_per_minute",
+        "other",
+    ]);
+    let value = prop_oneof![
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u32>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        ".{0,20}".prop_map(serde_json::Value::from),
+        prop::sample::select(vec!["empty", "small-business", "small_business", " empty "])
+            .prop_map(serde_json::Value::from),
+        Just(serde_json::Value::Null),
+        Just(serde_json::json!([1, {"a": 2}])),
+    ];
+    (name.prop_map(String::from), value)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Whatever a control call sends, the profile route either takes a valid profile or
+    /// says why not; it never panics and never keeps an invalid one.
+    #[test]
+    fn account_profile_bodies(
+        fields in prop::collection::vec(profile_field(), 0..7),
+        text in ".{0,60}",
+        as_text in any::<bool>(),
+    ) {
+        let body = if as_text {
+            text
+        } else {
+            serde_json::Value::Object(fields.into_iter().collect()).to_string()
+        };
+        if let Ok(overrides) = serde_json::from_str::<ProfileOverrides>(&body) {
+            if let Ok(profile) = AccountProfile::with_overrides(&AccountProfile::small_business(), &overrides) {
+                prop_assert!(profile.validate().is_ok());
+                prop_assert!(profile.trickle_per_minute.is_finite());
+            }
+        }
     }
 }

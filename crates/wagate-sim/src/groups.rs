@@ -2,7 +2,7 @@
 //! Groups are LID-addressed like today's WhatsApp groups: members appear by LID with their
 //! phone number beside it, and group messages name their sender by LID.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use wacore_binary::builder::NodeBuilder;
 use wacore_binary::{Jid, Node};
@@ -39,12 +39,29 @@ impl Group {
 #[derive(Default)]
 pub struct Groups {
     by_id: BTreeMap<String, Group>,
+    /// Group ids by member phone: profiled accounts make tens of thousands of groups, too
+    /// many to scan for every `participating` query. Only members that can ask are indexed
+    /// (see [`Groups::create_indexed`]).
+    by_member: HashMap<u64, Vec<String>>,
     created: u64,
 }
 
 impl Groups {
     /// A new group of `owner` and `participants` (duplicates and the owner dropped from them).
     pub fn create(&mut self, subject: String, owner: u64, participants: &[u64]) -> &Group {
+        self.create_indexed(subject, owner, participants, |_| true)
+    }
+
+    /// [`Groups::create`], with only the members `indexed` accepts findable by
+    /// [`Groups::of_member`]: a profiled account's groups are mostly its contacts, who have
+    /// no device to ask, and indexing each of them would cost more than the group itself.
+    pub fn create_indexed(
+        &mut self,
+        subject: String,
+        owner: u64,
+        participants: &[u64],
+        indexed: impl Fn(u64) -> bool,
+    ) -> &Group {
         self.created += 1;
         // Mixing in the time keeps ids of two simulator runs apart, for clients that cache.
         let id = (GROUP_ID_PREFIX + (unix_now() % 1_000_000) * 1_000_000 + self.created).to_string();
@@ -53,6 +70,9 @@ impl Groups {
             if !members.contains(phone) {
                 members.push(*phone);
             }
+        }
+        for member in members.iter().filter(|m| indexed(**m)) {
+            self.by_member.entry(*member).or_default().push(id.clone());
         }
         let group = Group { id: id.clone(), subject, owner, creation: unix_now(), members };
         self.by_id.entry(id).or_insert(group)
@@ -64,8 +84,9 @@ impl Groups {
         self.by_id.get(id)
     }
 
+    /// The groups `phone` is an indexed member of.
     pub fn of_member(&self, phone: u64) -> impl Iterator<Item = &Group> {
-        self.by_id.values().filter(move |g| g.has_member(phone))
+        self.by_member.get(&phone).into_iter().flatten().filter_map(|id| self.by_id.get(id))
     }
 }
 

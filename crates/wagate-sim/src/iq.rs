@@ -11,7 +11,7 @@ use wacore_binary::{Node, NodeContent};
 use waproto::buffa;
 use waproto::whatsapp::{ADVKeyIndexList, ADVSignedKeyIndexList};
 
-use crate::accounts::{Account, PreKey, SignedPreKey};
+use crate::accounts::{Account, PreKey, SignalKeys, SignedPreKey};
 use crate::clock::unix_now;
 use crate::crypto::sign;
 use crate::jid::{parse_device_jid, parse_phone, AnyDeviceJid, DeviceAddr};
@@ -78,7 +78,7 @@ pub fn answer(ctx: &IqContext<'_>, iq: &Node) -> IqAnswer {
         ("w:profile:picture", "picture") if kind == "get" => IqAnswer::reply(crate::profiles::answer_picture(ctx, iq)),
         ("w:g2", "query") => IqAnswer::reply(crate::groups::answer_query(ctx, iq)),
         ("w:g2", "participating") => IqAnswer::reply(crate::groups::answer_participating(ctx, iq)),
-        ("w:sync:app:state", "sync") => IqAnswer::reply(app_state_sync(iq)),
+        ("w:sync:app:state", "sync") => IqAnswer::reply(crate::app_state::answer(ctx, iq)),
         ("md", "remove-companion-device") => remove_companion(ctx, iq),
         ("w:m", "media_conn") => IqAnswer::reply(iq_result(iq, vec![crate::media::media_conn_node(&ctx.state.media)])),
         _ => {
@@ -159,30 +159,54 @@ fn key_digest(ctx: &IqContext<'_>, iq: &Node) -> Node {
     };
     let prekey_values: Vec<&[u8]> = signal.prekeys.iter().map(|k| k.public.as_slice()).collect();
     let hash = compute_key_bundle_digest(&signal.identity, &signed.public, &signed.signature, &prekey_values);
-    let digest = NodeBuilder::new("digest")
-        .children([
-            NodeBuilder::new("registration").bytes(signal.registration_id.to_be_bytes().to_vec()).build(),
-            NodeBuilder::new("type").bytes(vec![5]).build(),
-            NodeBuilder::new("identity").bytes(signal.identity.clone()).build(),
-            NodeBuilder::new("skey")
-                .children([
-                    NodeBuilder::new("id").bytes(prekey_id_bytes(signed.id)).build(),
-                    NodeBuilder::new("value").bytes(signed.public.clone()).build(),
-                    NodeBuilder::new("signature").bytes(signed.signature.clone()).build(),
-                ])
-                .build(),
-            NodeBuilder::new("list")
-                .children(signal.prekeys.iter().map(|k| NodeBuilder::new("id").bytes(prekey_id_bytes(k.id)).build()))
-                .build(),
-            NodeBuilder::new("hash").bytes(hash).build(),
-        ])
-        .build();
+    let mut parts = identity_parts(signal, signed);
+    parts.push(
+        NodeBuilder::new("list")
+            .children(signal.prekeys.iter().map(|k| NodeBuilder::new("id").bytes(prekey_id_bytes(k.id)).build()))
+            .build(),
+    );
+    parts.push(NodeBuilder::new("hash").bytes(hash).build());
+    let digest = NodeBuilder::new("digest").children(parts).build();
     iq_result(iq, vec![digest])
+}
+
+/// `<registration/><type/><identity/><skey><id/><value/><signature/></skey>`: how a device's
+/// identity and signed prekey travel, in a digest and in a bundle.
+fn identity_parts(signal: &SignalKeys, signed: &SignedPreKey) -> Vec<Node> {
+    vec![
+        NodeBuilder::new("registration").bytes(signal.registration_id.to_be_bytes().to_vec()).build(),
+        NodeBuilder::new("type").bytes(vec![5]).build(),
+        NodeBuilder::new("identity").bytes(signal.identity.clone()).build(),
+        NodeBuilder::new("skey")
+            .children([
+                NodeBuilder::new("id").bytes(prekey_id_bytes(signed.id)).build(),
+                NodeBuilder::new("value").bytes(signed.public.clone()).build(),
+                NodeBuilder::new("signature").bytes(signed.signature.clone()).build(),
+            ])
+            .build(),
+    ]
 }
 
 /// Prekey ids travel as 3 big-endian bytes.
 fn prekey_id_bytes(id: u32) -> Vec<u8> {
     id.to_be_bytes()[1..].to_vec()
+}
+
+/// `<user jid><registration/><type/><identity/><skey>..</skey>[<key>..</key>]</user>`: the
+/// keys a sender needs to start a session with one device; `None` without a signed prekey.
+pub fn bundle_node(jid: &str, signal: &SignalKeys, one_time: Option<PreKey>) -> Option<Node> {
+    let mut parts = identity_parts(signal, signal.signed_prekey.as_ref()?);
+    if let Some(key) = one_time {
+        parts.push(
+            NodeBuilder::new("key")
+                .children([
+                    NodeBuilder::new("id").bytes(prekey_id_bytes(key.id)).build(),
+                    NodeBuilder::new("value").bytes(key.public).build(),
+                ])
+                .build(),
+        );
+    }
+    Some(NodeBuilder::new("user").attr("jid", jid.to_string()).children(parts).build())
 }
 
 /// Prekey fetch by another client: one bundle per requested device, using up one prekey.
@@ -191,33 +215,17 @@ fn prekey_bundles(ctx: &IqContext<'_>, iq: &Node) -> Node {
         child(iq, "key").map(children).unwrap_or_default().iter().filter_map(|user| attr(user, "jid")).collect();
     let mut inner = ctx.state.lock();
     let users = requested.iter().filter_map(|jid| {
-        let addr = inner.accounts.resolve(parse_device_jid(jid)?)?;
-        let device = inner.accounts.device_mut(addr)?;
-        let signed = device.signal.signed_prekey.clone()?;
-        let one_time = if device.signal.prekeys.is_empty() { None } else { Some(device.signal.prekeys.remove(0)) };
-        let mut parts = vec![
-            NodeBuilder::new("registration").bytes(device.signal.registration_id.to_be_bytes().to_vec()).build(),
-            NodeBuilder::new("type").bytes(vec![5]).build(),
-            NodeBuilder::new("identity").bytes(device.signal.identity.clone()).build(),
-            NodeBuilder::new("skey")
-                .children([
-                    NodeBuilder::new("id").bytes(prekey_id_bytes(signed.id)).build(),
-                    NodeBuilder::new("value").bytes(signed.public).build(),
-                    NodeBuilder::new("signature").bytes(signed.signature).build(),
-                ])
-                .build(),
-        ];
-        if let Some(key) = one_time {
-            parts.push(
-                NodeBuilder::new("key")
-                    .children([
-                        NodeBuilder::new("id").bytes(prekey_id_bytes(key.id)).build(),
-                        NodeBuilder::new("value").bytes(key.public).build(),
-                    ])
-                    .build(),
-            );
+        let parsed = parse_device_jid(jid)?;
+        if let AnyDeviceJid::Pn { phone, device: 0 } = parsed {
+            if let Some((account, index)) = inner.contact(phone) {
+                let keys = crate::trickle::contact_keys(&account, index).ok()?;
+                return bundle_node(jid, &keys, None);
+            }
         }
-        Some(NodeBuilder::new("user").attr("jid", jid.clone()).children(parts).build())
+        let addr = inner.accounts.resolve(parsed)?;
+        let device = inner.accounts.device_mut(addr)?;
+        let one_time = if device.signal.prekeys.is_empty() { None } else { Some(device.signal.prekeys.remove(0)) };
+        bundle_node(jid, &device.signal, one_time)
     });
     let list = NodeBuilder::new("list").children(users.collect::<Vec<_>>()).build();
     iq_result(iq, vec![list])
@@ -269,6 +277,19 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                     let contact = child(user, "contact").and_then(content_bytes)?;
                     inner.accounts.get(parse_phone(std::str::from_utf8(contact).ok()?)?)
                 });
+            // A contact of a profiled account is on WhatsApp too: its phone is its only device.
+            let contact = match account {
+                Some(_) => None,
+                None => jid
+                    .as_deref()
+                    .and_then(parse_device_jid)
+                    .and_then(|j| match j {
+                        AnyDeviceJid::Pn { phone, .. } => Some(phone),
+                        AnyDeviceJid::Lid { .. } => None,
+                    })
+                    .or_else(|| parse_phone(std::str::from_utf8(child(user, "contact").and_then(content_bytes)?).ok()?))
+                    .filter(|phone| inner.contact(*phone).is_some()),
+            };
             let mut parts = Vec::new();
             for protocol in &query {
                 match (*protocol, account) {
@@ -288,8 +309,12 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                         }
                         parts.push(NodeBuilder::new("devices").children(content).build());
                     }
-                    ("devices", None) => parts
-                        .push(NodeBuilder::new("devices").children([NodeBuilder::new("device-list").build()]).build()),
+                    ("devices", None) => {
+                        let devices: Vec<Node> =
+                            contact.map(|_| NodeBuilder::new("device").attr("id", "0").build()).into_iter().collect();
+                        let list = NodeBuilder::new("device-list").children(devices).build();
+                        parts.push(NodeBuilder::new("devices").children([list]).build())
+                    }
                     // A user asked for by LID has no other LID to learn (Baileys would store
                     // the LID as its own phone number).
                     ("lid", Some(account)) if !jid.as_deref().is_some_and(|j| j.ends_with("@lid")) => {
@@ -302,7 +327,7 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
                         parts.extend(crate::profiles::picture_node(inner.profiles.get(&account.phone)))
                     }
                     ("contact", found) => {
-                        let kind = if found.is_some() { "in" } else { "out" };
+                        let kind = if found.is_some() || contact.is_some() { "in" } else { "out" };
                         parts.push(NodeBuilder::new("contact").attr("type", kind).build())
                     }
                     _ => {}
@@ -311,7 +336,8 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
             // Answer with the JID that was asked for (PN or LID); a number looked up by
             // `<contact>` gets its account's JID, or none when it is not on WhatsApp.
             let mut user = NodeBuilder::new("user");
-            if let Some(jid) = jid.or_else(|| account.map(|a| format!("{}@s.whatsapp.net", a.phone))) {
+            let phone = account.map(|a| a.phone).or(contact);
+            if let Some(jid) = jid.or_else(|| phone.map(|p| format!("{p}@s.whatsapp.net"))) {
                 user = user.attr("jid", jid);
             }
             user.children(parts).build()
@@ -327,18 +353,6 @@ fn usync(ctx: &IqContext<'_>, iq: &Node) -> Node {
         ])),
     );
     iq_result(iq, vec![result])
-}
-
-/// App-state sync: the simulated phone holds no app state, so every collection is answered
-/// at the version the client already has, with no patches.
-fn app_state_sync(iq: &Node) -> Node {
-    let collections = child(iq, "sync").map(children).unwrap_or_default().iter().map(|c| {
-        NodeBuilder::new("collection")
-            .attr("name", attr(c, "name").unwrap_or_default())
-            .attr("version", attr(c, "version").unwrap_or_else(|| "0".into()))
-            .build()
-    });
-    iq_result(iq, vec![NodeBuilder::new("sync").children(collections.collect::<Vec<_>>()).build()])
 }
 
 /// The client logs itself out.

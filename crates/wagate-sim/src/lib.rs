@@ -7,6 +7,7 @@
 //! JSON control API on the same port.
 
 mod accounts;
+mod app_state;
 mod clock;
 mod conn;
 mod control;
@@ -16,6 +17,7 @@ mod error;
 mod fuzz;
 mod group_relay;
 mod groups;
+mod history;
 mod iq;
 mod jid;
 mod keys;
@@ -27,14 +29,17 @@ mod pair_code;
 mod pairing;
 mod phone;
 mod presence;
+mod profile;
 mod profiles;
 mod relay;
 mod server;
 mod state;
+mod trickle;
 mod wire;
 
 pub use accounts::MAX_COMPANIONS;
 pub use error::SimError;
 pub use keys::ServerKeys;
+pub use profile::{AccountProfile, ProfileError, ProfileOverrides};
 pub use server::{Endpoints, Simulator};
 pub use state::SimConfig;

@@ -22,6 +22,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
+use wacore::download::MediaType;
+
 use crate::error::SimError;
 
 /// WhatsApp's own cap for documents (2 GB); the host refuses bigger uploads. Blobs are kept
@@ -41,6 +43,49 @@ pub struct MediaStats {
     pub refused: u64,
     /// The addresses media requests came from (a proxy test checks these).
     pub peers: BTreeSet<String>,
+    /// Blobs the simulated phones built for profiled accounts, as they were downloaded:
+    /// history sync chunks and app-state snapshots.
+    pub history_blobs_served: u64,
+    pub app_state_blobs_served: u64,
+}
+
+/// What a blob the host builds on request is (see [`MediaStore::publish_generated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeneratedKind {
+    History,
+    AppState,
+}
+
+impl GeneratedKind {
+    fn media_type(self) -> MediaType {
+        match self {
+            Self::History => MediaType::History,
+            Self::AppState => MediaType::AppState,
+        }
+    }
+}
+
+/// Builds a blob's plaintext again, byte for byte: generated blobs are not kept, only the
+/// recipe, so thousands of profiled accounts do not hold their history in memory.
+pub type BlobRecipe = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// Where a published blob is and how to check and decrypt it, as a phone puts it in a
+/// history sync notification or an app-state external blob reference.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub direct_path: String,
+    pub media_key: [u8; 32],
+    pub file_sha256: [u8; 32],
+    pub file_enc_sha256: [u8; 32],
+    pub file_length: u64,
+    /// The encrypted size, what a download costs.
+    pub encrypted_length: u64,
+}
+
+struct Generated {
+    kind: GeneratedKind,
+    media_key: [u8; 32],
+    recipe: BlobRecipe,
 }
 
 /// The stored blobs and the token that authorises uploads.
@@ -55,6 +100,8 @@ pub struct MediaStore {
 struct MediaInner {
     /// By direct path.
     blobs: HashMap<String, Bytes>,
+    /// By direct path: blobs built again (and encrypted with their key) when downloaded.
+    generated: HashMap<String, Generated>,
     stats: MediaStats,
 }
 
@@ -75,6 +122,49 @@ impl MediaStore {
     fn url_of(&self, direct_path: &str) -> String {
         format!("https://{}{direct_path}", self.hostname)
     }
+
+    /// Makes a blob a phone built downloadable: encrypts `recipe`'s plaintext as media of
+    /// `kind` with `media_key` once, for the hashes the phone announces, and keeps only the
+    /// recipe. The same recipe and key give the same bytes at download time (media
+    /// encryption derives its IV from the key).
+    pub fn publish_generated(
+        &self,
+        kind: GeneratedKind,
+        media_key: [u8; 32],
+        recipe: BlobRecipe,
+    ) -> Result<Published, SimError> {
+        let encrypted = encrypt(kind, &media_key, &recipe())?;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(encrypted.file_enc_sha256);
+        let direct_path = format!("/v/{}/{token}.enc", kind.media_type().mms_type());
+        let published = Published {
+            direct_path: direct_path.clone(),
+            media_key,
+            file_sha256: encrypted.file_sha256,
+            file_enc_sha256: encrypted.file_enc_sha256,
+            file_length: encrypted.plaintext_length,
+            encrypted_length: encrypted.data.len() as u64,
+        };
+        self.lock().generated.insert(direct_path, Generated { kind, media_key, recipe });
+        Ok(published)
+    }
+}
+
+struct Encrypted {
+    data: Vec<u8>,
+    file_sha256: [u8; 32],
+    file_enc_sha256: [u8; 32],
+    plaintext_length: u64,
+}
+
+fn encrypt(kind: GeneratedKind, media_key: &[u8; 32], plaintext: &[u8]) -> Result<Encrypted, SimError> {
+    let encrypted = wacore::upload::encrypt_media_with_key(plaintext, kind.media_type(), Some(media_key))
+        .map_err(|e| SimError::Media(e.to_string()))?;
+    Ok(Encrypted {
+        data: encrypted.data_to_upload,
+        file_sha256: encrypted.file_sha256,
+        file_enc_sha256: encrypted.file_enc_sha256,
+        plaintext_length: plaintext.len() as u64,
+    })
 }
 
 /// The `<media_conn>` answer: one primary host, this one.
@@ -203,12 +293,45 @@ async fn download(
     Path((kind, blob)): Path<(String, String)>,
 ) -> Response {
     let direct_path = format!("/v/{kind}/{blob}");
-    let mut inner = store.lock();
-    let Some(body) = inner.blobs.get(&direct_path).cloned() else {
-        return (StatusCode::NOT_FOUND, Json(json!({ "error": "no such media" }))).into_response();
+    let stored = store.lock().blobs.get(&direct_path).cloned();
+    let body = match stored {
+        Some(body) => body,
+        None => match build_generated(&store, &direct_path).await {
+            Some(body) => body,
+            None => return (StatusCode::NOT_FOUND, Json(json!({ "error": "no such media" }))).into_response(),
+        },
     };
+    let mut inner = store.lock();
     inner.stats.downloads += 1;
     inner.stats.bytes_downloaded += body.len() as u64;
     inner.stats.peers.insert(peer.ip().to_string());
     ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+}
+
+/// Builds a generated blob for a download, off the async workers (a large history chunk
+/// takes a while to compress and encrypt).
+async fn build_generated(store: &Arc<MediaStore>, direct_path: &str) -> Option<Bytes> {
+    let (kind, media_key, recipe) = {
+        let inner = store.lock();
+        let generated = inner.generated.get(direct_path)?;
+        (generated.kind, generated.media_key, generated.recipe.clone())
+    };
+    let built = tokio::task::spawn_blocking(move || encrypt(kind, &media_key, &recipe())).await;
+    let encrypted = match built {
+        Ok(Ok(encrypted)) => encrypted,
+        Ok(Err(e)) => {
+            tracing::warn!(direct_path, "could not build a phone's blob for download: {e}");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(direct_path, "building a phone's blob for download failed: {e}");
+            return None;
+        }
+    };
+    let mut inner = store.lock();
+    match kind {
+        GeneratedKind::History => inner.stats.history_blobs_served += 1,
+        GeneratedKind::AppState => inner.stats.app_state_blobs_served += 1,
+    }
+    Some(Bytes::from(encrypted.data))
 }

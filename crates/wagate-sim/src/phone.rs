@@ -29,40 +29,44 @@ type Result<T> = std::result::Result<T, SignalProtocolError>;
 /// The phone's Signal state: its identity (the account identity key) and its sessions with
 /// the account's companion devices.
 pub struct PhoneSignal {
-    identity: PhoneIdentity,
-    sessions: PhoneSessions,
+    identity: SignalIdentity,
+    sessions: SignalSessions,
     /// The app-state sync key the phone hands to every companion.
     app_state_key_id: Vec<u8>,
     app_state_key: [u8; 32],
 }
 
-/// The two stores libsignal wants as separate `&mut`.
-struct PhoneIdentity {
+/// The two stores libsignal wants as separate `&mut`, for any simulated Signal party that
+/// sends to companions (the phone, and the contacts of a profiled account).
+pub struct SignalIdentity {
     pair: IdentityKeyPair,
     registration_id: u32,
     known: HashMap<ProtocolAddress, IdentityKey>,
 }
 
+impl SignalIdentity {
+    pub fn new(pair: IdentityKeyPair, registration_id: u32) -> Self {
+        Self { pair, registration_id, known: HashMap::new() }
+    }
+}
+
 #[derive(Default)]
-struct PhoneSessions(HashMap<ProtocolAddress, SessionRecord>);
+pub struct SignalSessions(HashMap<ProtocolAddress, SessionRecord>);
 
 impl PhoneSignal {
-    pub fn new(identity: &KeyPair, registration_id: u32) -> Self {
+    /// `app_state_key` is the account's (key id, key data).
+    pub fn new(identity: &KeyPair, registration_id: u32, app_state_key: (Vec<u8>, [u8; 32])) -> Self {
         Self {
-            identity: PhoneIdentity {
-                pair: IdentityKeyPair::from(identity.clone()),
-                registration_id,
-                known: HashMap::new(),
-            },
-            sessions: PhoneSessions::default(),
-            app_state_key_id: random_bytes::<6>().to_vec(),
-            app_state_key: random_bytes(),
+            identity: SignalIdentity::new(IdentityKeyPair::from(identity.clone()), registration_id),
+            sessions: SignalSessions::default(),
+            app_state_key_id: app_state_key.0,
+            app_state_key: app_state_key.1,
         }
     }
 }
 
 #[async_trait::async_trait]
-impl IdentityKeyStore for PhoneIdentity {
+impl IdentityKeyStore for SignalIdentity {
     async fn get_identity_key_pair(&self) -> Result<IdentityKeyPair> {
         Ok(self.pair.clone())
     }
@@ -80,7 +84,8 @@ impl IdentityKeyStore for PhoneIdentity {
     }
 
     async fn is_trusted_identity(&self, _: &ProtocolAddress, _: &IdentityKey, _: Direction) -> Result<bool> {
-        // The phone trusts its own companions: it just linked them.
+        // The phone trusts its own companions (it just linked them), and the simulated
+        // contacts trust whoever they write to.
         Ok(true)
     }
 
@@ -90,7 +95,7 @@ impl IdentityKeyStore for PhoneIdentity {
 }
 
 #[async_trait::async_trait]
-impl SessionStore for PhoneSessions {
+impl SessionStore for SignalSessions {
     async fn load_session(&self, address: &ProtocolAddress) -> Result<Option<SessionRecord>> {
         Ok(self.0.get(address).cloned())
     }
@@ -117,6 +122,7 @@ pub enum PhoneError {
 
 /// Everything needed to encrypt to one companion, copied out of the registry so the
 /// encryption can run without holding its lock.
+#[derive(Clone)]
 pub struct Recipient {
     pub phone: u64,
     pub device: u16,
@@ -128,6 +134,17 @@ pub struct Recipient {
 /// Encrypts the app-state key share to a companion and wraps it in the `<message>` stanza
 /// the phone would send.
 pub async fn app_state_key_share(phone: &mut PhoneSignal, to: &Recipient) -> std::result::Result<Node, PhoneError> {
+    let message = key_share_message(phone, to);
+    to_companion(phone, to, &message).await
+}
+
+/// Encrypts a message of the phone's to one of its companions (a protocol message: key
+/// share, history sync notification) and wraps it in the `<message>` stanza the phone sends.
+pub async fn to_companion(
+    phone: &mut PhoneSignal,
+    to: &Recipient,
+    message: &waproto::whatsapp::Message,
+) -> std::result::Result<Node, PhoneError> {
     let address = ProtocolAddress::new(&to.phone.to_string(), u32::from(to.device).into());
     if !phone.sessions.0.contains_key(&address) {
         let bundle = bundle_of(to)?;
@@ -136,27 +153,28 @@ pub async fn app_state_key_share(phone: &mut PhoneSignal, to: &Recipient) -> std
         process_prekey_bundle(&address, &mut phone.sessions, &mut phone.identity, &bundle, &mut rng, UsePQRatchet::No)
             .await?;
     }
-    let plaintext = pad(key_share_message(phone, to).encode_to_vec());
+    let plaintext = pad(message.encode_to_vec());
     let encrypted = message_encrypt(&plaintext, &address, &mut phone.sessions, &mut phone.identity).await?;
-    let kind = match encrypted {
-        CiphertextMessage::PreKeySignalMessage(_) => "pkmsg",
-        _ => "msg",
-    };
     Ok(NodeBuilder::new("message")
         .attr("from", Jid::pn(to.phone.to_string()))
         .attr("id", new_stanza_id())
         .attr("t", unix_now().to_string())
         .attr("type", "text")
         .attr("category", "peer")
-        .children([NodeBuilder::new("enc")
-            .attr("v", "2")
-            .attr("type", kind)
-            .bytes(encrypted.serialize().to_vec())
-            .build()])
+        .children([enc_node(&encrypted)])
         .build())
 }
 
-fn bundle_of(to: &Recipient) -> std::result::Result<PreKeyBundle, PhoneError> {
+/// `<enc v="2" type="pkmsg|msg">`: a Signal message as it travels.
+pub fn enc_node(encrypted: &CiphertextMessage) -> Node {
+    let kind = match encrypted {
+        CiphertextMessage::PreKeySignalMessage(_) => "pkmsg",
+        _ => "msg",
+    };
+    NodeBuilder::new("enc").attr("v", "2").attr("type", kind).bytes(encrypted.serialize().to_vec()).build()
+}
+
+pub fn bundle_of(to: &Recipient) -> std::result::Result<PreKeyBundle, PhoneError> {
     let signed = to.keys.signed_prekey.as_ref().ok_or(PhoneError::NoSignedPreKey)?;
     let key =
         |bytes: &[u8]| PublicKey::from_djb_public_key_bytes(bytes).map_err(|e| PhoneError::BadKeys(e.to_string()));
@@ -199,7 +217,7 @@ fn key_share_message(phone: &PhoneSignal, to: &Recipient) -> waproto::whatsapp::
 }
 
 /// WhatsApp pads every plaintext with 1-16 bytes, each holding the pad length.
-fn pad(mut plaintext: Vec<u8>) -> Vec<u8> {
+pub fn pad(mut plaintext: Vec<u8>) -> Vec<u8> {
     let n = (random_bytes::<1>()[0] % 16) + 1;
     plaintext.extend(std::iter::repeat_n(n, usize::from(n)));
     plaintext

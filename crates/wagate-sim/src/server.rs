@@ -87,6 +87,7 @@ impl Simulator {
 
     /// Closes every client connection and stops listening.
     pub async fn stop(mut self) {
+        self.state.stop();
         {
             let inner = self.state.lock();
             for live in inner.conns.values() {

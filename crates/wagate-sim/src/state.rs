@@ -2,6 +2,7 @@
 //! lock that is never held across an await.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use crate::conn::ConnCommand;
 use crate::jid::DeviceAddr;
 use crate::keys::ServerKeys;
 use crate::media::MediaStore;
+use crate::profile::AccountProfile;
 
 pub type ConnId = u64;
 
@@ -27,6 +29,10 @@ pub struct SimConfig {
     pub pair_code_ttl: Duration,
     /// How long a control call waits for the client to finish pairing.
     pub pairing_timeout: Duration,
+    /// What accounts linked from the start get besides their devices (contacts, groups,
+    /// history, app state, inbound trickle); empty by default. `POST
+    /// /control/account-profile` changes it for accounts linked later.
+    pub account_profile: AccountProfile,
 }
 
 impl Default for SimConfig {
@@ -36,6 +42,7 @@ impl Default for SimConfig {
             next_ref_ttl: Duration::from_secs(20),
             pair_code_ttl: Duration::from_secs(180),
             pairing_timeout: Duration::from_secs(30),
+            account_profile: AccountProfile::empty(),
         }
     }
 }
@@ -137,10 +144,23 @@ pub struct DeviceStats {
     pub redelivered: u64,
 }
 
+/// What the phones of profiled accounts sent (the media host adds the blobs it served).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProfileStats {
+    /// `HISTORY_SYNC_NOTIFICATION`s written to devices (one per history chunk).
+    pub history_notifications_sent: u64,
+    /// `w:sync:app:state` answers carrying a collection snapshot, or a patch.
+    pub app_state_snapshots_served: u64,
+    pub app_state_patches_served: u64,
+    /// Messages from contacts handed to the relay, one per device.
+    pub trickle_messages_sent: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
     pub totals: Totals,
     pub devices: BTreeMap<String, DeviceStats>,
+    pub profile: ProfileStats,
 }
 
 impl Stats {
@@ -190,6 +210,11 @@ pub struct Inner {
     pub unknown_iqs: BTreeMap<UnknownIq, u64>,
     pub presence: crate::presence::Presence,
     pub profiles: crate::profiles::Profiles,
+    /// The account profile in force: what accounts linked from now on get.
+    pub account_profile: AccountProfile,
+    /// Profiled accounts by the nine digits their contacts' numbers carry (see
+    /// [`crate::profile::ProfiledAccount::contact_phone`]), to find a contact's account.
+    pub contact_books: HashMap<u64, Arc<crate::profile::ProfiledAccount>>,
     next_conn: ConnId,
 }
 
@@ -197,6 +222,13 @@ impl Inner {
     pub fn new_conn_id(&mut self) -> ConnId {
         self.next_conn += 1;
         self.next_conn
+    }
+
+    /// A contact of a profiled account, by phone number: its account and index.
+    pub fn contact(&self, phone: u64) -> Option<(Arc<crate::profile::ProfiledAccount>, u32)> {
+        let (book, index) = crate::profile::ProfiledAccount::contact_book_of(phone)?;
+        let account = self.contact_books.get(&book)?;
+        (index < account.profile.contacts).then(|| (account.clone(), index))
     }
 
     /// The live connection logged in as `addr`, if any.
@@ -222,11 +254,22 @@ pub struct SimState {
     pub config: SimConfig,
     pub media: Arc<MediaStore>,
     inner: Mutex<Inner>,
+    /// Set when the simulator stops: background work (trickles) ends.
+    stopping: AtomicBool,
 }
 
 impl SimState {
     pub fn new(keys: ServerKeys, config: SimConfig, media: Arc<MediaStore>) -> Arc<Self> {
-        Arc::new(Self { keys, config, media, inner: Mutex::new(Inner::default()) })
+        let inner = Inner { account_profile: config.account_profile.clone(), ..Inner::default() };
+        Arc::new(Self { keys, config, media, inner: Mutex::new(inner), stopping: AtomicBool::new(false) })
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {

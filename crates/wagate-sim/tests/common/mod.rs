@@ -90,6 +90,24 @@ pub enum ClientEvent {
     LoggedOut(String),
     /// A stanza as it came off the wire, before the client handled it.
     Stanza(Stanza),
+    /// A history sync chunk the client downloaded and decoded: its conversations' ids and
+    /// how many messages it held.
+    HistorySync {
+        sync_type: i32,
+        conversations: Vec<String>,
+        messages: usize,
+    },
+    /// An app-state action the client applied: its kind (`contact`, `mute`, `pin`,
+    /// `archive`) and the chat it names.
+    ChatAction {
+        kind: &'static str,
+        jid: String,
+    },
+    /// A message the client decrypted: sender and text.
+    Message {
+        from: String,
+        text: String,
+    },
     Other(String),
 }
 
@@ -128,6 +146,7 @@ impl Stanza {
 pub struct TestClient {
     pub events: mpsc::UnboundedReceiver<ClientEvent>,
     pub handle: BotHandle,
+    pub client: Arc<Client>,
     pub _dir: tempfile::TempDir,
     /// Keeps [`ClientEvent::Stanza`] coming.
     _raw_nodes: whatsapp_rust::RawNodeLease,
@@ -147,6 +166,27 @@ impl wacore::types::events::EventHandler for Forward {
             Event::Disconnected(_) => ClientEvent::Disconnected,
             Event::LoggedOut(reason) => ClientEvent::LoggedOut(format!("{reason:?}")),
             Event::RawNode(node) => ClientEvent::Stanza(Stanza::of(node)),
+            Event::HistorySync(chunk) => {
+                let decoded = chunk.get();
+                let conversations = decoded.map(|h| h.conversations.iter().map(|c| c.id.clone()).collect());
+                ClientEvent::HistorySync {
+                    sync_type: chunk.sync_type(),
+                    conversations: conversations.unwrap_or_default(),
+                    messages: decoded.map(|h| h.conversations.iter().map(|c| c.messages.len()).sum()).unwrap_or(0),
+                }
+            }
+            Event::ContactUpdate(update) => ClientEvent::ChatAction { kind: "contact", jid: update.jid.to_string() },
+            Event::MuteUpdate(update) => ClientEvent::ChatAction { kind: "mute", jid: update.jid.to_string() },
+            Event::PinUpdate(update) => ClientEvent::ChatAction { kind: "pin", jid: update.jid.to_string() },
+            Event::ArchiveUpdate(update) => ClientEvent::ChatAction { kind: "archive", jid: update.jid.to_string() },
+            Event::Messages(batch) => {
+                for inbound in batch.iter() {
+                    let text = inbound.message.conversation.clone().unwrap_or_default();
+                    let from = inbound.info.source.sender.to_string();
+                    let _ = self.0.send(ClientEvent::Message { from, text });
+                }
+                return;
+            }
             other => ClientEvent::Other(format!("{other:?}").chars().take(80).collect()),
         };
         let _ = self.0.send(mapped);
@@ -168,6 +208,7 @@ impl TestClient {
             .with_backend(SqliteStore::new(db.to_str().unwrap()).await.expect("sqlite store"))
             .with_transport_factory(TokioWebSocketTransportFactory::new().with_url(ws_url.to_string()))
             .with_version((2, 3000, 1_000_000_000))
+            .with_http_client(SimMediaHttp::new())
             .with_event_handler(Forward(tx));
         if let Some(phone) = pair_phone {
             builder = builder.with_pair_code(whatsapp_rust::pair_code::PairCodeOptions {
@@ -178,8 +219,9 @@ impl TestClient {
         let bot = builder.build().await.expect("client builds");
         // Raw stanzas are forwarded from the start, so a test sees every login's.
         let raw_nodes = bot.client().acquire_raw_node_forwarding();
+        let client = bot.client();
         let handle = bot.spawn();
-        Self { events, handle, _dir: dir, _raw_nodes: raw_nodes }
+        Self { events, handle, client, _dir: dir, _raw_nodes: raw_nodes }
     }
 
     /// Waits for the first event `pick` accepts, skipping others.
@@ -221,6 +263,40 @@ impl TestClient {
     pub async fn stop(self) -> tempfile::TempDir {
         self.handle.shutdown().await;
         self._dir
+    }
+}
+
+/// Media over HTTPS to the simulator's media host, whose certificate is self-signed.
+struct SimMediaHttp(reqwest::Client);
+
+impl SimMediaHttp {
+    fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .no_proxy()
+            .build()
+            .expect("an HTTP client builds");
+        Self(client)
+    }
+}
+
+#[async_trait::async_trait]
+impl whatsapp_rust::http::HttpClient for SimMediaHttp {
+    async fn execute(
+        &self,
+        request: whatsapp_rust::http::HttpRequest,
+    ) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())?;
+        let mut call = self.0.request(method, &request.url);
+        for (name, value) in &request.headers {
+            call = call.header(name, value);
+        }
+        if let Some(body) = request.body {
+            call = call.body(body.to_vec());
+        }
+        let response = call.send().await?;
+        let status_code = response.status().as_u16();
+        Ok(whatsapp_rust::http::HttpResponse { status_code, body: response.bytes().await?.to_vec() })
     }
 }
 
