@@ -238,3 +238,54 @@ async fn a_fault_in_one_session_leaves_the_other_alone() {
     gateway.stop().await;
     sim.stop().await;
 }
+
+/// A small business's account as the simulator's profile makes it: on linking, wagate takes
+/// the history the phone sends, fetches the app state (contacts, mutes, pins) once, and
+/// receives the contacts' messages. The app state is fetched on the connection after the
+/// 515, which the library forgets to do for a business account when it is a new client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_business_account_takes_its_history_app_state_and_messages() {
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let profile = json!({ "preset": "small-business", "contacts": 20, "groups": 2, "group_size": 5, "history": 40, "trickle_per_minute": 120 });
+    let (status, body) = control.post("/control/account-profile", profile).await;
+    assert_eq!(status, 200, "{body}");
+    let data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+    link(&api, &control, "WA-Shop", "15553000041").await;
+
+    let stats = control
+        .wait_for("/control/stats", "the history and the app state to be fetched", |s| {
+            let p = &s["profile"];
+            p["history_blobs_served"].as_u64() >= Some(2)
+                && p["app_state_blobs_served"].as_u64() >= Some(1)
+                && p["app_state_patches_served"].as_u64() >= Some(2)
+        })
+        .await;
+    assert_eq!(stats["profile"]["app_state_snapshots_served"], 1, "one snapshot (contacts): {stats}");
+    // The gateway's counter of received texts (the process's: the gateways of this test
+    // share it).
+    let texts = || wagate::metrics::METRICS.messages_received.with_label_values(&["text"]).get();
+    let wait_texts = |at_least: u64, what: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        while texts() < at_least {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_texts(texts() + 3, "three messages from contacts").await;
+
+    // A restart does not fetch the snapshot or the history again.
+    gateway.stop().await;
+    let before = texts();
+    let gateway = start_gateway(&sim, data.path()).await;
+    let api = Api::gateway(gateway.addr);
+    api.wait_state("WA-Shop", "connected").await;
+    wait_texts(before + 1, "a message after the restart").await;
+    let (_, after) = control.get("/control/stats").await;
+    assert_eq!(after["profile"]["app_state_snapshots_served"], 1, "{after}");
+    assert_eq!(after["profile"]["history_blobs_served"], stats["profile"]["history_blobs_served"], "{after}");
+    gateway.stop().await;
+    sim.stop().await;
+}

@@ -37,17 +37,25 @@ pub struct WhatsAppEngine {
     scratch: Scratch,
     /// Whether `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY` apply when no proxy is set.
     environment_proxy: bool,
+    /// Sessions paired by this process whose app state has not been fetched yet.
+    app_state_due: AppStateDue,
 }
 
 impl WhatsAppEngine {
     pub fn new(ws_url: Option<String>, default_proxy: Option<Proxy>, scratch: Scratch) -> Self {
-        Self { ws_url, default_proxy, scratch, environment_proxy: true }
+        Self { ws_url, default_proxy, scratch, environment_proxy: true, app_state_due: AppStateDue::default() }
     }
 
     /// An engine for a server on this machine that is always reached directly, whatever
     /// proxy the environment names (`wagate sandbox` and its in-process simulator).
     pub fn direct(ws_url: String, scratch: Scratch) -> Self {
-        Self { ws_url: Some(ws_url), default_proxy: None, scratch, environment_proxy: false }
+        Self {
+            ws_url: Some(ws_url),
+            default_proxy: None,
+            scratch,
+            environment_proxy: false,
+            app_state_due: AppStateDue::default(),
+        }
     }
 
     /// The proxy for a connection: the session's, else the gateway's, else the standard
@@ -112,9 +120,52 @@ impl CloseTracker {
     }
 }
 
+/// The sessions whose first connection after a pairing is still to come. After a pairing
+/// the library fetches the account's app state (contacts, chat settings) on the reconnect
+/// that follows, but it remembers that only in the client that paired, and the supervisor
+/// opens a new client for that reconnect (515). Without this, a business account (whose
+/// push name comes with the pairing, the library's other reason to fetch) never fetched it.
+/// Kept in memory, like the library's own flag: a crash in between leaves the collections
+/// to the server's later sync notifications.
+#[derive(Clone, Default)]
+struct AppStateDue(Arc<Mutex<std::collections::HashSet<String>>>);
+
+impl AppStateDue {
+    fn paired(&self, session: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(session.to_string());
+    }
+
+    /// On a connection's `Connected`: fetches every collection not fetched yet, once. An
+    /// incremental sync asks for a snapshot only of a collection still at version 0, so
+    /// what the library fetched already is not fetched again.
+    fn connected(&self, session: &str, client: Option<Arc<Client>>) {
+        let Some(client) = client else { return };
+        if !self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(session) {
+            return;
+        }
+        let session = session.to_string();
+        tokio::spawn(async move {
+            use wacore::appstate::patch_decode::WAPatchName;
+            debug!(session = %session, "fetching the account's app state after the pairing");
+            for name in [
+                WAPatchName::CriticalBlock,
+                WAPatchName::CriticalUnblockLow,
+                WAPatchName::RegularHigh,
+                WAPatchName::RegularLow,
+                WAPatchName::Regular,
+            ] {
+                let task = whatsapp_rust::sync_task::MajorSyncTask::AppStateSync { name, full_sync: false };
+                client.process_sync_task(task).await;
+            }
+        });
+    }
+}
+
 /// Receives the library's events inline, in order, on its dispatch path (so a close
 /// reason is recorded before the client's loop can end).
 struct EventBridge {
+    session: String,
+    app_state_due: AppStateDue,
     events: mpsc::UnboundedSender<EngineEvent>,
     tracker: Arc<CloseTracker>,
     client: OnceLock<Weak<Client>>,
@@ -139,6 +190,10 @@ impl EventHandler for EventBridge {
                     let _ = self.events.send(EngineEvent::Messages(late));
                 }
                 return;
+            }
+            Event::PairSuccess(_) => self.app_state_due.paired(&self.session),
+            Event::Connected(_) => {
+                self.app_state_due.connected(&self.session, self.client.get().and_then(Weak::upgrade))
             }
             _ => {}
         }
@@ -258,6 +313,8 @@ impl Engine for WhatsAppEngine {
         let acks = Arc::new(AckWaiters::default());
         let committed = Arc::new(Committed::default());
         let bridge = Arc::new(EventBridge {
+            session: session.to_string(),
+            app_state_due: self.app_state_due.clone(),
             events: events.clone(),
             tracker: tracker.clone(),
             client: OnceLock::new(),
