@@ -142,7 +142,7 @@ async fn bench(profile: &str, options: &Options) {
     let mut linked = 0;
     let mut previous = base;
     for checkpoint in checkpoints {
-        let times = link_range(&gateway.api, &control, linked..checkpoint).await;
+        let times = link_range(&gateway.api, &control, linked..checkpoint, data.path()).await;
         linked = checkpoint;
         let sample = Sample::take(pid, port, linked).await;
         print_row(&sample, &base, &previous, &times);
@@ -199,7 +199,7 @@ fn percentiles(times: &[Duration]) -> (String, String) {
 }
 
 /// Links sessions `range` (a few at a time); returns each one's scan -> connected time.
-async fn link_range(api: &Api, control: &Api, range: std::ops::Range<usize>) -> Vec<Duration> {
+async fn link_range(api: &Api, control: &Api, range: std::ops::Range<usize>, data: &Path) -> Vec<Duration> {
     futures_util::stream::iter(range)
         .map(|i| async move {
             let id = format!("scale-{i:05}");
@@ -210,7 +210,14 @@ async fn link_range(api: &Api, control: &Api, range: std::ops::Range<usize>) -> 
             let (status, body) =
                 control.post("/control/scan", json!({ "qr": view["qr"], "phone": format!("1555{i:07}") })).await;
             assert_eq!(status, 200, "scan {id}: {body}");
-            api.wait_state(&id, "connected").await;
+            let connected = std::panic::AssertUnwindSafe(api.wait_state(&id, "connected"));
+            if futures_util::FutureExt::catch_unwind(connected).await.is_err() {
+                // The data directory goes with the benchmark: what the gateway said of the
+                // session is the only trace of why.
+                let log = std::fs::read_to_string(data.join("gateway.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+                panic!("{id} did not connect; the gateway's log of it:\n{}", lines.join("\n"));
+            }
             started.elapsed()
         })
         .buffer_unordered(LINKING_AT_ONCE)

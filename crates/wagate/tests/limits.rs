@@ -261,6 +261,51 @@ async fn four_hundred_linked_sessions_fit_under_a_shells_limit() {
     sim.stop().await;
 }
 
+/// Accounts with history and app state download them on linking; the media connections
+/// must not outlive those downloads by much, or each session would hold two or three idle
+/// sockets beside its WebSocket and the open-files budget (1.25 a session) would not hold.
+/// (The media client kept them 90 s; this waits 30 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_connections_do_not_outlive_the_downloads_of_a_link() {
+    const SESSIONS: usize = 4;
+    let sim = start_sim().await;
+    let control = Api::sim(&sim);
+    let profile = json!({ "preset": "small-business", "contacts": 20, "groups": 2, "group_size": 5, "history": 40, "trickle_per_minute": 0 });
+    let (status, body) = control.post("/control/account-profile", profile).await;
+    assert_eq!(status, 200, "{body}");
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let gateway = common::GatewayProcess::spawn(&sim, data.path(), port);
+    gateway.ready().await;
+    let pid = gateway.child.id();
+    let before = OpenFiles::of(pid, port).sockets;
+    for i in 0..SESSIONS {
+        common::link(&gateway.api, &control, &format!("M{i}"), &format!("1555600{i:04}")).await;
+    }
+    control
+        .wait_for("/control/stats", "every account's history and app state downloaded", |s| {
+            s["profile"]["history_blobs_served"].as_u64() >= Some(2 * SESSIONS as u64)
+                && s["profile"]["app_state_blobs_served"].as_u64() >= Some(SESSIONS as u64)
+        })
+        .await;
+    // Once idle, a session holds one socket: its WebSocket.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let now = OpenFiles::of(pid, port);
+        let added = now.sockets.saturating_sub(before);
+        if added <= SESSIONS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{SESSIONS} sessions still hold {added} sockets {:?} after their downloads: {now:?}",
+            common::WAIT
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sim.stop().await;
+}
+
 /// Measures what a linked, idle session costs in open files: links `WAGATE_FD_SESSIONS`
 /// sessions (50) on a child-process gateway and counts its descriptors before and after.
 /// Slow, so run on demand:

@@ -18,6 +18,8 @@ use super::EngineError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A whole buffered exchange (uploads, the version check).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a media connection stays open for reuse once idle.
+const MEDIA_IDLE_KEPT: Duration = Duration::from_secs(5);
 /// A streamed download fails when no byte came for this long; its total time is bounded by
 /// whoever waits for it.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +68,12 @@ impl MediaHttp {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .tcp_nodelay(true)
+            // Each session has a client of its own (its proxy), and a client keeps a used
+            // connection for reuse: 90 s by default, so linking many accounts at once (each
+            // downloads its history and app state) held two or three idle sockets per session,
+            // past what the open-files budget gives a session. A few seconds still serve a
+            // burst of downloads (history chunks, an album) with one connection.
+            .pool_idle_timeout(MEDIA_IDLE_KEPT)
             // A redirect could lead anywhere; WhatsApp's CDN does not send them.
             .redirect(reqwest::redirect::Policy::none())
             .danger_accept_invalid_certs(hosts == MediaHosts::Any);

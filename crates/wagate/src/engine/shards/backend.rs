@@ -25,6 +25,7 @@ use whatsapp_rust_sqlite_storage::SharedSqlite;
 use super::Shard;
 
 /// The storage of one device in a shard, given to the client library as its backend.
+#[derive(Clone)]
 pub struct ShardDevice {
     pub(super) shard: Arc<Shard>,
     pub(super) inner: SqliteStore,
@@ -344,8 +345,17 @@ impl MsgSecretStore for ShardDevice {
 
 #[async_trait]
 impl DeviceStore for ShardDevice {
+    /// Runs to its end in a task of its own, even when the caller is dropped. The library
+    /// clears its "credentials changed" flag before it calls this, and drops the call when
+    /// the client is torn down, as it is by the 515 right after a pairing. A save dropped
+    /// while waiting for the shard's turn (another session's history being written) was
+    /// lost with nobody to retry it, and the next client, finding no credentials, showed a
+    /// QR code again. The turn is handed out in order, so the save still comes before the
+    /// next client's open of the same session.
     async fn save(&self, device: &wacore::store::Device) -> Result<()> {
-        in_turn!(self, DeviceStore::save(device))
+        let (this, device) = (self.clone(), device.clone());
+        let saving = tokio::spawn(async move { in_turn!(this, DeviceStore::save(&device)) });
+        saving.await.map_err(|e| wacore::store::error::StoreError::Database(Box::new(e)))?
     }
     async fn load(&self) -> Result<Option<wacore::store::Device>> {
         in_turn!(self, DeviceStore::load())

@@ -282,3 +282,42 @@ async fn a_call_cut_short_keeps_the_turn_until_its_statements_end() {
     }
     assert!(a.load().await.unwrap().is_some());
 }
+
+/// The library clears its "credentials changed" flag before it saves them, and drops the
+/// save when the client is torn down (the 515 right after a pairing). A save still waiting
+/// for the shard's turn then (another session's history being written) was lost, and the
+/// next client, finding no credentials, showed a QR code again. A save that has started
+/// waiting must land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_save_dropped_while_it_waits_for_the_turn_still_lands() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let ids = ids_in_one_shard(2);
+    let (busy, paired) = (EngineStore::new(&dir, &ids[0]), EngineStore::new(&dir, &ids[1]));
+    let other = open_device(&busy, true).await.unwrap().unwrap();
+    let device = std::sync::Arc::new(open_device(&paired, true).await.unwrap().unwrap());
+    device.create().await.unwrap();
+    let mut credentials = device.load().await.unwrap().expect("a device row");
+    credentials.pn = Some("15551230012:1@s.whatsapp.net".parse().unwrap());
+
+    // Another session holds the shard; the save waits for it, and is dropped meanwhile.
+    let held = other.shard.turn("a long write of another session").await;
+    let (waiting_tx, waiting) = tokio::sync::oneshot::channel();
+    let save = {
+        let device = device.clone();
+        tokio::spawn(async move {
+            let _ = waiting_tx.send(());
+            device.save(&credentials).await
+        })
+    };
+    waiting.await.unwrap();
+    save.abort();
+    assert!(save.await.unwrap_err().is_cancelled());
+    drop(held);
+    drop((other, device));
+
+    // The next client of the session finds the credentials.
+    let reopened = open_device(&paired, false).await.unwrap().expect("the session's device");
+    let loaded = reopened.load().await.unwrap().expect("its credentials");
+    assert_eq!(loaded.pn.map(|j| j.to_string()).as_deref(), Some("15551230012:1@s.whatsapp.net"));
+}
