@@ -1,7 +1,8 @@
 //! Messages this gateway sent: their latest delivery state (which only moves forward) and
 //! the idempotency keys that stop a retried API call from sending twice.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::Db;
+use crate::args;
 use serde::Serialize;
 
 use super::{Store, StoreError};
@@ -43,27 +44,28 @@ const RANK_OF_STATUS: &str = "CASE status WHEN 'queued' THEN 0 WHEN 'failed' THE
 /// Moves a sent message's state forward (never back) inside the caller's transaction;
 /// true when it moved.
 pub fn advance_status(
-    db: &Connection,
+    db: &dyn Db,
     session: &str,
     id: &str,
     status: DeliveryState,
     now_ms: u64,
 ) -> Result<bool, StoreError> {
-    let moved = db
-        .prepare_cached(&format!(
+    let moved = db.execute(
+        &format!(
             "UPDATE sent_messages SET status = ?3, updated_ms = ?4 WHERE session = ?1 AND id = ?2 AND {RANK_OF_STATUS} < ?5"
-        ))?
-        .execute(params![session, id, status.as_str(), now_ms as i64, rank(status)])?;
+        ),
+        args![session, id, status.as_str(), now_ms as i64, rank(status)],
+    )?;
     Ok(moved == 1)
 }
 
 /// Records a message WhatsApp acknowledged, inside the caller's transaction.
-pub fn record_sent(db: &Connection, session: &str, id: &str, chat: &str, now_ms: u64) -> Result<(), StoreError> {
-    db.prepare_cached(
+pub fn record_sent(db: &dyn Db, session: &str, id: &str, chat: &str, now_ms: u64) -> Result<(), StoreError> {
+    db.execute(
         "INSERT INTO sent_messages (session, id, chat, status, created_ms, updated_ms) VALUES (?1, ?2, ?3, 'sent', ?4, ?4)
          ON CONFLICT DO NOTHING",
-    )?
-    .execute(params![session, id, chat, now_ms as i64])?;
+        args![session, id, chat, now_ms as i64],
+    )?;
     Ok(())
 }
 
@@ -84,16 +86,16 @@ impl Store {
             let inserted = db.execute(
                 "INSERT INTO idempotency_keys (session, key, message_id, run, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT DO NOTHING",
-                params![session, key, message_id, run, now_ms as i64],
+                args![session, key, message_id, run, now_ms as i64],
             )?;
             if inserted == 1 {
                 return Ok(KeyClaim::Claimed);
             }
-            let (claimed_id, claimed_by): (Option<String>, Option<String>) = db.query_row(
+            let row = db.query_one(
                 "SELECT message_id, run FROM idempotency_keys WHERE session = ?1 AND key = ?2",
-                params![session, key],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                args![session, key],
             )?;
+            let (claimed_id, claimed_by): (Option<String>, Option<String>) = (row.get(0)?, row.get(1)?);
             if let Some(id) = &claimed_id {
                 if let Some(message) = sent_message(db, &session, id)? {
                     return Ok(KeyClaim::Sent(message));
@@ -108,7 +110,7 @@ impl Store {
             let message_id = claimed_id.unwrap_or(message_id);
             db.execute(
                 "UPDATE idempotency_keys SET message_id = ?3, run = ?4 WHERE session = ?1 AND key = ?2",
-                params![session, key, message_id, run],
+                args![session, key, message_id, run],
             )?;
             Ok(KeyClaim::Orphaned { message_id })
         })
@@ -122,7 +124,7 @@ impl Store {
             db.execute(
                 "DELETE FROM idempotency_keys WHERE session = ?1 AND key = ?2
                  AND NOT EXISTS (SELECT 1 FROM sent_messages s WHERE s.session = ?1 AND s.id = idempotency_keys.message_id)",
-                params![session, key],
+                args![session, key],
             )?;
             Ok(())
         })
@@ -134,24 +136,28 @@ impl Store {
     /// A request repeated with a key older than that sends again.
     pub fn prune_sent(&self, before_ms: u64) -> Result<(usize, usize), StoreError> {
         self.write_blocking(move |db| {
-            let keys = db.execute(PRUNE_KEYS, params![before_ms as i64])?;
-            let messages = db.execute(PRUNE_SENT, params![before_ms as i64])?;
+            let keys = db.execute(PRUNE_KEYS, args![before_ms as i64])?;
+            let messages = db.execute(PRUNE_SENT, args![before_ms as i64])?;
             Ok((keys, messages))
         })
     }
 
     pub fn sent_message(&self, session: &str, id: &str) -> Result<Option<SentMessage>, StoreError> {
-        sent_message(&self.db(), session, id)
+        let (session, id) = (session.to_string(), id.to_string());
+        self.read(move |db| sent_message(db, &session, &id))
     }
 }
 
-fn sent_message(db: &Connection, session: &str, id: &str) -> Result<Option<SentMessage>, StoreError> {
-    let row = db
-            .prepare_cached(
-                "SELECT id, session, chat, status, created_ms, updated_ms FROM sent_messages WHERE session = ?1 AND id = ?2",
-            )?
-            .query_row(params![session, id], |row| <(String, String, String, String, i64, i64)>::try_from(row))
-            .optional()?;
+fn sent_message(db: &dyn Db, session: &str, id: &str) -> Result<Option<SentMessage>, StoreError> {
+    let row = db.query_opt(
+        "SELECT id, session, chat, status, created_ms, updated_ms FROM sent_messages WHERE session = ?1 AND id = ?2",
+        args![session, id],
+    )?;
+    let row = row
+        .map(|row| -> Result<(String, String, String, String, i64, i64), StoreError> {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+        })
+        .transpose()?;
     row.map(|(id, session, chat, status, created, updated)| {
         let status = DeliveryState::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status '{status}'")))?;
         Ok(SentMessage {
@@ -181,12 +187,12 @@ mod tests {
     fn pruning_finds_old_rows_by_index() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let db = store.db();
+        let db = store.sqlite().expect("a SQLite store");
         for (statement, index) in [(PRUNE_KEYS, "idempotency_keys_age"), (PRUNE_SENT, "sent_messages_age")] {
             let plan: Vec<String> = db
                 .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
                 .unwrap()
-                .query_map(params![0], |row| row.get::<_, String>(3))
+                .query_map([0], |row| row.get::<_, String>(3))
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
@@ -196,8 +202,13 @@ mod tests {
 
     #[tokio::test]
     async fn states_only_move_forward_and_keys_send_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        for test in crate::store::testing::both().await {
+            eprintln!("on {}", test.name);
+            states_only_move_forward_and_keys_send_once_on(test.store()).await;
+        }
+    }
+
+    async fn states_only_move_forward_and_keys_send_once_on(store: &Store) {
         assert_eq!(store.claim_idempotency_key("s", "k1", "m1", "run1", 1).await.unwrap(), KeyClaim::Claimed);
         assert_eq!(
             store.claim_idempotency_key("s", "k1", "m2", "run1", 2).await.unwrap(),

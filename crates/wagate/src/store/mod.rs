@@ -6,20 +6,24 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::args;
 use crate::engine::{EngineStore, Me};
 use crate::session::state::LastState;
 use crate::session::validate_id;
+use sql::{Db, Row, ToValue, Value};
 
 pub mod lock;
 mod messages;
 mod outbox;
 mod pending_upserts;
+pub(crate) mod postgres;
 pub mod private;
 mod queue;
 mod received;
+pub mod sql;
 mod writer;
 pub use messages::{advance_status, record_sent, KeyClaim, SentMessage};
 pub use outbox::{insert_event, Delivery, DeliveryStatus, NewEvent, OutboxEvent, HELD};
@@ -33,6 +37,10 @@ pub enum StoreError {
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("{0}")]
+    Database(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("there is no wagate database at {0}")]
@@ -205,8 +213,8 @@ const SESSION_COLUMNS: &str = "id, webhook, created_at, me, link_confirmed, prox
 
 pub struct Store {
     data_dir: PathBuf,
-    /// Reads, and the rare writes of the session registry.
-    db: Mutex<Connection>,
+    /// Where reads go.
+    reader: Reader,
     /// The hot writes, group-committed on their own thread (`None`: opened read-only).
     writer: Option<writer::Writer>,
     /// Each session's own webhook, read for every event; kept current by the setters.
@@ -223,7 +231,15 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(db)
 }
 
+/// How the store reads: on the caller's thread from SQLite, or through the threads that
+/// hold PostgreSQL connections.
+enum Reader {
+    Sqlite(Mutex<Connection>),
+    Postgres(postgres::Readers),
+}
+
 impl Store {
+    /// Opens (creating and migrating) the SQLite database of the data directory.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let create = |source| StoreError::CreateDir { path: data_dir.to_path_buf(), source };
         private::create_dir(data_dir).map_err(create)?;
@@ -236,10 +252,36 @@ impl Store {
         let writer = writer::Writer::spawn(open_connection(&path)?);
         Ok(Self {
             data_dir: data_dir.to_path_buf(),
-            db: Mutex::new(db),
+            reader: Reader::Sqlite(Mutex::new(db)),
             writer: Some(writer),
             webhooks: Default::default(),
         })
+    }
+
+    /// Opens (migrating) wagate's tables in the PostgreSQL database at `url`; the data
+    /// directory keeps only this node's files (downloads, the lock, logs).
+    pub fn open_postgres(data_dir: &Path, url: &str) -> Result<Self, StoreError> {
+        let create = |source| StoreError::CreateDir { path: data_dir.to_path_buf(), source };
+        private::create_dir(data_dir).map_err(create)?;
+        let config = postgres::config(url)?;
+        // The blocking client runs a runtime of its own: never on an async worker's thread.
+        let migrating = config.clone();
+        std::thread::spawn(move || postgres::migrate(&migrating))
+            .join()
+            .map_err(|_| StoreError::Database("the migration of the database panicked".into()))??;
+        let writer_config = config.clone();
+        let writer = writer::Writer::spawn_postgres(move || postgres::connect(&writer_config));
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            reader: Reader::Postgres(postgres::Readers::spawn(config)),
+            writer: Some(writer),
+            webhooks: Default::default(),
+        })
+    }
+
+    /// Whether this store is PostgreSQL's (shared by several nodes).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.reader, Reader::Postgres(_))
     }
 
     /// Opens an existing registry for reading only (the operator commands): creates
@@ -259,15 +301,36 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(newer_schema(found));
         }
-        Ok(Self { data_dir: data_dir.to_path_buf(), db: Mutex::new(db), writer: None, webhooks: Default::default() })
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            reader: Reader::Sqlite(Mutex::new(db)),
+            writer: None,
+            webhooks: Default::default(),
+        })
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `work` on a reading connection and returns its answer.
+    fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        match &self.reader {
+            Reader::Sqlite(db) => work(&*db.lock().unwrap_or_else(|p| p.into_inner())),
+            Reader::Postgres(readers) => readers.read(work),
+        }
+    }
+
+    /// The SQLite connection of reads (the checks that only SQLite has); `None` on PostgreSQL.
+    fn sqlite(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        match &self.reader {
+            Reader::Sqlite(db) => Some(db.lock().unwrap_or_else(|p| p.into_inner())),
+            Reader::Postgres(_) => None,
+        }
     }
 
     fn writer(&self) -> Result<&writer::Writer, StoreError> {
@@ -278,7 +341,7 @@ impl Store {
     pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&dyn Db) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer()?.write(work).await
     }
@@ -287,15 +350,18 @@ impl Store {
     pub fn write_blocking<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&dyn Db) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer()?.write_blocking(work)
     }
 
     /// Runs one statement through the writer (a rare write from synchronous code);
     /// returns how many rows it changed.
-    fn execute(&self, sql: &'static str, values: Vec<rusqlite::types::Value>) -> Result<usize, StoreError> {
-        self.write_blocking(move |db| Ok(db.execute(sql, rusqlite::params_from_iter(values))?))
+    fn execute(&self, sql: &'static str, values: Vec<Value>) -> Result<usize, StoreError> {
+        self.write_blocking(move |db| {
+            let params: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
+            db.execute(sql, &params)
+        })
     }
 
     /// The session's own webhook (`None` when it has none or is unknown), from memory
@@ -330,7 +396,7 @@ impl Store {
         let webhook_json = webhook.map(|w| serde_json::to_string(&StoredWebhook::from(w)).expect("webhook serializes"));
         let inserted = self.execute(
             "INSERT INTO sessions (id, webhook, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
-            vec![id.to_string().into(), webhook_json.into(), now.into()],
+            vec![id.to_value(), webhook_json.to_value(), now.to_value()],
         )?;
         self.forget_webhook(id);
         let record = self.session(id)?.ok_or_else(|| StoreError::Corrupt(format!("session {id} vanished")))?;
@@ -342,64 +408,62 @@ impl Store {
         if validate_id(id).is_err() {
             return Ok(None);
         }
-        self.db()
-            .query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), params![id], row_to_record)
-            .optional()?
-            .transpose()
+        let id = id.to_string();
+        self.read(move |db| {
+            db.query_opt(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), args![id])?
+                .map(|row| row_to_record(&row))
+                .transpose()
+        })
     }
 
     /// Every session of the registry. A row whose id is not a valid session id (the file
     /// was edited, or comes from elsewhere) is skipped with a warning: ids name files.
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        let db = self.db();
-        let mut statement = db.prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"))?;
-        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row_to_record(row)?)))?;
+        let rows = self
+            .read(|db| db.query(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"), args![]))?;
         let mut records = Vec::new();
         for row in rows {
-            let (id, record) = row?;
+            let id: String = row.get(0)?;
             if let Err(e) = validate_id(&id) {
-                tracing::warn!("skipping the session {id:?} of {DB_FILE}: {e}");
+                tracing::warn!("skipping the stored session {id:?}: {e}");
                 continue;
             }
-            records.push(record?);
+            records.push(row_to_record(&row)?);
         }
         Ok(records)
     }
 
     pub fn set_me(&self, id: &str, me: Option<&Me>) -> Result<(), StoreError> {
         let json = me.map(|m| serde_json::to_string(m).expect("me serializes"));
-        self.execute("UPDATE sessions SET me = ?2 WHERE id = ?1", vec![id.to_string().into(), json.into()])?;
+        self.execute("UPDATE sessions SET me = ?2 WHERE id = ?1", vec![id.to_value(), json.to_value()])?;
         Ok(())
     }
 
     /// Replaces (or with `None` removes) a session's webhook; false for an unknown session.
     pub fn set_webhook(&self, id: &str, webhook: Option<&WebhookConfig>) -> Result<bool, StoreError> {
         let json = webhook.map(|w| serde_json::to_string(&StoredWebhook::from(w)).expect("webhook serializes"));
-        let changed = self
-            .execute("UPDATE sessions SET webhook = ?2 WHERE id = ?1", vec![id.to_string().into(), json.into()])?
-            == 1;
+        let changed =
+            self.execute("UPDATE sessions SET webhook = ?2 WHERE id = ?1", vec![id.to_value(), json.to_value()])? == 1;
         self.forget_webhook(id);
         Ok(changed)
     }
 
     /// Sets (or with `None` removes) the session's proxy; false for an unknown session.
     pub fn set_proxy(&self, id: &str, proxy: Option<&str>) -> Result<bool, StoreError> {
-        let proxy = proxy.map(str::to_string);
-        Ok(self.execute("UPDATE sessions SET proxy = ?2 WHERE id = ?1", vec![id.to_string().into(), proxy.into()])?
-            == 1)
+        Ok(self.execute("UPDATE sessions SET proxy = ?2 WHERE id = ?1", vec![id.to_value(), proxy.to_value()])? == 1)
     }
 
     pub fn set_link_confirmed(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
         self.execute(
             "UPDATE sessions SET link_confirmed = ?2 WHERE id = ?1",
-            vec![id.to_string().into(), confirmed.into()],
+            vec![id.to_value(), confirmed.to_value()],
         )?;
         Ok(())
     }
 
     pub fn set_last_state(&self, id: &str, state: &LastState) -> Result<(), StoreError> {
         let json = serde_json::to_string(state).expect("states serialize");
-        self.execute("UPDATE sessions SET last_state = ?2 WHERE id = ?1", vec![id.to_string().into(), json.into()])?;
+        self.execute("UPDATE sessions SET last_state = ?2 WHERE id = ?1", vec![id.to_value(), json.to_value()])?;
         Ok(())
     }
 
@@ -417,25 +481,32 @@ impl Store {
                     "idempotency_keys",
                     "sent_messages",
                 ] {
-                    db.execute(&format!("DELETE FROM {table} WHERE session = ?1"), params![id])?;
+                    db.execute(&format!("DELETE FROM {table} WHERE session = ?1"), args![id])?;
                 }
                 // Events still to deliver (the logout among them) go out; the history goes.
-                db.execute("DELETE FROM webhook_events WHERE session = ?1 AND status != 'pending'", params![id])?;
-                Ok(db.execute("DELETE FROM sessions WHERE id = ?1", params![id])? == 1)
+                db.execute("DELETE FROM webhook_events WHERE session = ?1 AND status != 'pending'", args![id])?;
+                Ok(db.execute("DELETE FROM sessions WHERE id = ?1", args![id])? == 1)
             }
         })?;
         self.forget_webhook(&id);
         Ok(deleted)
     }
 
-    /// Checks the database file itself (for `doctor` and `/health`).
+    /// Checks the database file itself (for `doctor` and `/health`); on PostgreSQL, that
+    /// the server answers.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
-        Ok(self.db().query_row("PRAGMA quick_check", [], |row| row.get(0))?)
+        match self.sqlite() {
+            Some(db) => Ok(db.query_row("PRAGMA quick_check", [], |row| row.get(0))?),
+            None => self.read(|db| db.query_one("SELECT 'ok'", args![])?.get(0)),
+        }
     }
 
     /// The thorough check (`PRAGMA integrity_check`): "ok", or the problems found.
     pub fn full_integrity_check(&self) -> Result<String, StoreError> {
-        integrity_check(&self.db())
+        match self.sqlite() {
+            Some(db) => integrity_check(&db),
+            None => self.integrity_check(),
+        }
     }
 }
 
@@ -485,7 +556,7 @@ impl From<&WebhookConfig> for StoredWebhook {
 
 type RowResult = Result<SessionRecord, StoreError>;
 
-fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
+fn row_to_record(row: &Row) -> RowResult {
     let id: String = row.get(0)?;
     let webhook: Option<String> = row.get(1)?;
     let created_at: String = row.get(2)?;
@@ -493,7 +564,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
     let link_confirmed: bool = row.get(4)?;
     let proxy: Option<String> = row.get(5)?;
     let last_state: Option<String> = row.get(6)?;
-    Ok((|| {
+    {
         let webhook = webhook
             .map(|json| serde_json::from_str::<StoredWebhook>(&json))
             .transpose()
@@ -512,7 +583,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
         // An unreadable last state only costs the display of it.
         let last_state = last_state.and_then(|json| serde_json::from_str(&json).ok());
         Ok(SessionRecord { id: id.clone(), webhook, created_at, me, link_confirmed, proxy, last_state })
-    })())
+    }
 }
 
 fn migrate(db: &mut Connection) -> Result<(), StoreError> {
@@ -527,6 +598,49 @@ fn migrate(db: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// Stores on both databases for the tests of the store's code, which must behave alike.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Store;
+    use crate::pg_testing::TestDatabase;
+
+    /// A store to test, which can be opened again (as after a restart).
+    pub(crate) struct TestStore {
+        pub name: &'static str,
+        store: Option<Store>,
+        dir: tempfile::TempDir,
+        database: Option<TestDatabase>,
+    }
+
+    impl TestStore {
+        pub(crate) fn store(&self) -> &Store {
+            self.store.as_ref().expect("the store is open")
+        }
+
+        /// Closes the store and opens the same database anew (as after a restart).
+        pub(crate) fn reopen(&mut self) {
+            self.store = None;
+            self.store = Some(match &self.database {
+                None => Store::open(self.dir.path()).unwrap(),
+                Some(database) => Store::open_postgres(self.dir.path(), &database.url()).unwrap(),
+            });
+        }
+    }
+
+    /// A fresh store on SQLite and one on PostgreSQL.
+    pub(crate) async fn both() -> Vec<TestStore> {
+        let sqlite_dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::open(sqlite_dir.path()).unwrap();
+        let database = TestDatabase::create().await;
+        let pg_dir = tempfile::tempdir().unwrap();
+        let postgres = Store::open_postgres(pg_dir.path(), &database.url()).unwrap();
+        vec![
+            TestStore { name: "sqlite", store: Some(sqlite), dir: sqlite_dir, database: None },
+            TestStore { name: "postgres", store: Some(postgres), dir: pg_dir, database: Some(database) },
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -580,6 +694,36 @@ mod tests {
         assert_eq!(store.integrity_check().unwrap(), "ok");
     }
 
+    #[tokio::test]
+    async fn the_registry_is_the_same_on_both_databases() {
+        for mut test in testing::both().await {
+            let hook = WebhookConfig {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: Some("s3cret".into()),
+                events: None,
+                token: None,
+                format: WebhookFormat::Native,
+            };
+            let store = test.store();
+            assert!(store.create_session("WA-B", Some(&hook)).unwrap().1, "{}", test.name);
+            assert!(store.create_session("WA-A", None).unwrap().1);
+            assert!(!store.create_session("WA-A", Some(&hook)).unwrap().1, "{}: created once", test.name);
+            let me = Me { jid: Some("1555:1@s.whatsapp.net".into()), ..Default::default() };
+            store.set_me("WA-A", Some(&me)).unwrap();
+            store.set_link_confirmed("WA-A", true).unwrap();
+            assert!(store.set_proxy("WA-A", Some("socks5://127.0.0.1:1")).unwrap());
+            assert!(!store.set_proxy("WA-none", None).unwrap(), "{}: unknown session", test.name);
+            assert_eq!(store.session_webhook("WA-B").unwrap(), Some(hook.clone()));
+            let a = store.session("WA-A").unwrap().unwrap();
+            assert_eq!((a.me, a.link_confirmed, a.proxy.as_deref()), (Some(me), true, Some("socks5://127.0.0.1:1")));
+            assert_eq!(store.integrity_check().unwrap(), "ok");
+            assert!(store.delete_session("WA-B").unwrap());
+            test.reopen();
+            let ids: Vec<String> = test.store().sessions().unwrap().into_iter().map(|r| r.id).collect();
+            assert_eq!(ids, ["WA-A"], "{}: what was written survives reopening", test.name);
+        }
+    }
+
     #[test]
     fn stored_ids_that_are_not_valid_are_never_used() {
         let dir = tempfile::tempdir().unwrap();
@@ -588,7 +732,7 @@ mod tests {
         store
             .write_blocking(|db| {
                 for id in ["../../x", "/etc/x", ""] {
-                    db.execute("INSERT INTO sessions (id, created_at) VALUES (?1, 'then')", params![id])?;
+                    db.execute("INSERT INTO sessions (id, created_at) VALUES (?1, 'then')", args![id])?;
                 }
                 Ok(())
             })
@@ -607,10 +751,15 @@ mod tests {
 
     #[tokio::test]
     async fn old_keys_sent_messages_and_dead_events_are_pruned() {
+        for test in testing::both().await {
+            eprintln!("on {}", test.name);
+            old_keys_sent_messages_and_dead_events_are_pruned_on(test.store()).await;
+        }
+    }
+
+    async fn old_keys_sent_messages_and_dead_events_are_pruned_on(store: &Store) {
         use crate::engine::{Content, Outgoing};
         const DAY: u64 = 24 * 3600 * 1000;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
         let now = 100 * DAY;
         let (old, recent) = (now - 31 * DAY, now - DAY);
         let chat = "1555@s.whatsapp.net";

@@ -2,7 +2,8 @@
 //! state. Rows are written before any attempt and survive crashes; an attempt in flight at
 //! a crash is simply made again (same event id).
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{Db, Row};
+use crate::args;
 use serde::Serialize;
 
 use super::{Store, StoreError};
@@ -84,13 +85,14 @@ pub struct NewEvent {
 pub const HELD: i64 = i64::MAX;
 
 /// Adds an event inside the caller's transaction; returns its place in the outbox.
-pub fn insert_event(db: &Connection, event: &NewEvent) -> Result<i64, StoreError> {
+pub fn insert_event(db: &dyn Db, event: &NewEvent) -> Result<i64, StoreError> {
     let next = if event.held { HELD } else { event.created_ms as i64 };
-    db.prepare_cached(
-        "INSERT INTO webhook_events (id, session, event, body, created_ms, next_attempt_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    db.query_one(
+        "INSERT INTO webhook_events (id, session, event, body, created_ms, next_attempt_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         RETURNING seq",
+        args![event.id, event.session, event.event, event.body, event.created_ms as i64, next],
     )?
-    .execute(params![event.id, event.session, event.event, event.body, event.created_ms as i64, next])?;
-    Ok(db.last_insert_rowid())
+    .get(0)
 }
 
 impl Store {
@@ -101,42 +103,44 @@ impl Store {
 
     /// The session's pending events after `after_seq`, oldest first, at most `limit`.
     pub fn next_pending(&self, session: &str, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
-        let db = self.db();
-        let mut statement = db.prepare_cached(
-            "SELECT seq, id, session, event, body, created_ms, attempts, next_attempt_ms FROM webhook_events
+        let session = session.to_string();
+        self.read(move |db| {
+            db.query_map(
+                "SELECT seq, id, session, event, body, created_ms, attempts, next_attempt_ms FROM webhook_events
              WHERE status = 'pending' AND session = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = statement.query_map(params![session, after_seq, limit], |row| {
-            Ok(OutboxEvent {
-                seq: row.get(0)?,
-                id: row.get(1)?,
-                session: row.get(2)?,
-                event: row.get(3)?,
-                body: row.get(4)?,
-                created_ms: to_u64(row.get(5)?),
-                attempts: row.get(6)?,
-                next_attempt_ms: to_u64(row.get(7)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+                args![session, after_seq, limit],
+                |row| {
+                    Ok(OutboxEvent {
+                        seq: row.get(0)?,
+                        id: row.get(1)?,
+                        session: row.get(2)?,
+                        event: row.get(3)?,
+                        body: row.get(4)?,
+                        created_ms: to_u64(row.get(5)?),
+                        attempts: row.get(6)?,
+                        next_attempt_ms: to_u64(row.get(7)?),
+                    })
+                },
+            )
+        })
     }
 
     /// Every session that has events to deliver.
     pub fn sessions_with_pending(&self) -> Result<Vec<String>, StoreError> {
-        let db = self.db();
-        let mut statement =
-            db.prepare_cached("SELECT DISTINCT session FROM webhook_events WHERE status = 'pending'")?;
-        let rows = statement.query_map([], |row| row.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query_map("SELECT DISTINCT session FROM webhook_events WHERE status = 'pending'", args![], |row| {
+                row.get(0)
+            })
+        })
     }
 
     /// Lets held events go (at start-up: whatever held them died with the last run).
     pub fn release_held(&self, now_ms: u64) -> Result<usize, StoreError> {
         self.write_blocking(move |db| {
-            Ok(db.execute(
+            db.execute(
                 "UPDATE webhook_events SET next_attempt_ms = ?2 WHERE status = 'pending' AND next_attempt_ms = ?1",
-                params![HELD, now_ms as i64],
-            )?)
+                args![HELD, now_ms as i64],
+            )
         })
     }
 
@@ -146,7 +150,7 @@ impl Store {
         self.write(move |db| {
             db.execute(
                 "UPDATE webhook_events SET body = ?2, next_attempt_ms = ?3 WHERE id = ?1 AND next_attempt_ms = ?4",
-                params![id, body, now_ms as i64, HELD],
+                args![id, body, now_ms as i64, HELD],
             )?;
             Ok(())
         })
@@ -158,11 +162,11 @@ impl Store {
     pub fn mark_delivered_soon(&self, seq: i64, status: u16, now_ms: u64) {
         let Ok(writer) = self.writer() else { return };
         writer.submit_logged(move |db| {
-            db.prepare_cached(
+            db.execute(
                 "UPDATE webhook_events SET status = 'delivered', attempts = attempts + 1, last_status = ?2, last_error = NULL,
                  finished_ms = ?3 WHERE seq = ?1",
-            )?
-            .execute(params![seq, status, now_ms as i64])?;
+                args![seq, status, now_ms as i64],
+            )?;
             Ok(())
         });
     }
@@ -184,7 +188,7 @@ impl Store {
             db.execute(
                 "UPDATE webhook_events SET attempts = attempts + 1, last_status = ?2, last_error = ?3, next_attempt_ms = ?4
                  WHERE seq = ?1",
-                params![seq, status, error, next_attempt_ms as i64],
+                args![seq, status, error, next_attempt_ms as i64],
             )?;
             Ok(())
         })
@@ -197,7 +201,7 @@ impl Store {
             db.execute(
                 "UPDATE webhook_events SET status = 'dead', attempts = attempts + 1, last_status = ?2, last_error = ?3,
                  finished_ms = ?4 WHERE seq = ?1",
-                params![seq, status, error, now_ms as i64],
+                args![seq, status, error, now_ms as i64],
             )?;
             Ok(())
         })
@@ -209,19 +213,15 @@ impl Store {
     pub async fn retry_event(&self, id: &str, now_ms: u64) -> Result<Option<(DeliveryStatus, String)>, StoreError> {
         let id = id.to_string();
         self.write(move |db| {
-            let found: Option<(String, String)> = db
-                .query_row("SELECT status, session FROM webhook_events WHERE id = ?1", params![id], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()?;
-            let Some((status, session)) = found else {
+            let Some(row) = db.query_opt("SELECT status, session FROM webhook_events WHERE id = ?1", args![id])? else {
                 return Ok(None);
             };
+            let (status, session): (String, String) = (row.get(0)?, row.get(1)?);
             let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Dead);
             if status != DeliveryStatus::Delivered {
                 db.execute(
                     "UPDATE webhook_events SET status = 'pending', next_attempt_ms = ?2, finished_ms = NULL WHERE id = ?1",
-                    params![id, now_ms as i64],
+                    args![id, now_ms as i64],
                 )?;
             }
             Ok(Some((status, session)))
@@ -235,35 +235,39 @@ impl Store {
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let db = self.db();
-        let mut statement = db.prepare_cached(
-            "SELECT id, session, event, status, attempts, last_status, last_error, created_ms, next_attempt_ms, finished_ms
-             FROM webhook_events WHERE (?1 IS NULL OR session = ?1) AND (?2 IS NULL OR status = ?2)
+        let session = session.map(str::to_string);
+        self.read(move |db| {
+            db.query_map(
+                "SELECT id, session, event, status, attempts, last_status, last_error, created_ms, next_attempt_ms, finished_ms
+             FROM webhook_events WHERE (CAST(?1 AS TEXT) IS NULL OR session = ?1) AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)
              ORDER BY seq DESC LIMIT ?3",
-        )?;
-        let rows = statement.query_map(params![session, status.map(DeliveryStatus::as_str), limit], delivery_of)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+                args![session, status.map(DeliveryStatus::as_str), limit],
+                delivery_of,
+            )
+        })
     }
 
     pub fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
-        Ok(self
-            .db()
-            .query_row(
+        let id = id.to_string();
+        self.read(move |db| {
+            db.query_opt(
                 "SELECT id, session, event, status, attempts, last_status, last_error, created_ms, next_attempt_ms, finished_ms
                  FROM webhook_events WHERE id = ?1",
-                params![id],
-                delivery_of,
-            )
-            .optional()?)
+                args![id],
+            )?
+            .as_ref()
+            .map(delivery_of)
+            .transpose()
+        })
     }
 
     /// Deletes delivered events finished before `before_ms`; returns how many.
     pub fn prune_delivered(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.write_blocking(move |db| {
-            Ok(db.execute(
+            db.execute(
                 "DELETE FROM webhook_events WHERE status = 'delivered' AND finished_ms < ?1",
-                params![before_ms as i64],
-            )?)
+                args![before_ms as i64],
+            )
         })
     }
 
@@ -271,23 +275,19 @@ impl Store {
     /// Pending events are never pruned.
     pub fn prune_dead(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.write_blocking(move |db| {
-            Ok(db.execute(
-                "DELETE FROM webhook_events WHERE status = 'dead' AND finished_ms < ?1",
-                params![before_ms as i64],
-            )?)
+            db.execute("DELETE FROM webhook_events WHERE status = 'dead' AND finished_ms < ?1", args![before_ms as i64])
         })
     }
 
     /// Pending events, for the outbox-depth figure.
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        let count: i64 =
-            self.db()
-                .query_row("SELECT COUNT(*) FROM webhook_events WHERE status = 'pending'", [], |row| row.get(0))?;
+        let count: i64 = self
+            .read(|db| db.query_one("SELECT COUNT(*) FROM webhook_events WHERE status = 'pending'", args![])?.get(0))?;
         Ok(to_u64(count))
     }
 }
 
-fn delivery_of(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+fn delivery_of(row: &Row) -> Result<Delivery, StoreError> {
     let status: String = row.get(3)?;
     let pending = status == "pending";
     Ok(Delivery {
@@ -300,7 +300,7 @@ fn delivery_of(row: &Row<'_>) -> rusqlite::Result<Delivery> {
         last_error: row.get(6)?,
         created_ms: to_u64(row.get(7)?),
         next_attempt_ms: if pending { Some(to_u64(row.get(8)?)) } else { None },
-        finished_ms: row.get::<_, Option<i64>>(9)?.map(to_u64),
+        finished_ms: row.get::<Option<i64>>(9)?.map(to_u64),
     })
 }
 
@@ -321,8 +321,13 @@ mod tests {
 
     #[tokio::test]
     async fn each_session_reads_its_own_queue_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        for test in crate::store::testing::both().await {
+            eprintln!("on {}", test.name);
+            each_session_reads_its_own_queue_in_order_on(test.store()).await;
+        }
+    }
+
+    async fn each_session_reads_its_own_queue_in_order_on(store: &Store) {
         let events = [("e1", "a"), ("e2", "b"), ("e3", "a"), ("e4", "b")].map(|(id, s)| event(id, s, false));
         store.enqueue_events(events.to_vec()).await.unwrap();
         let mut sessions = store.sessions_with_pending().unwrap();
@@ -357,8 +362,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_event_waits_until_released_with_its_final_body() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        for test in crate::store::testing::both().await {
+            a_held_event_waits_until_released_with_its_final_body_on(test.store()).await;
+        }
+    }
+
+    async fn a_held_event_waits_until_released_with_its_final_body_on(store: &Store) {
         store.enqueue_events(vec![event("h1", "g", true), event("h2", "g", false)]).await.unwrap();
         assert_eq!(store.next_pending("g", 0, 1).unwrap()[0].next_attempt_ms, HELD as u64);
         store.release_event("h1", "{\"subject\":\"Team\"}".into(), 2000).await.unwrap();

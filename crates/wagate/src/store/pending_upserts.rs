@@ -3,7 +3,8 @@
 //! arrives until its event is in the outbox, so a crash during a download loses nothing:
 //! the next run downloads again and records the event then.
 
-use rusqlite::{params, Connection};
+use super::sql::Db;
+use crate::args;
 
 use super::{Store, StoreError};
 use crate::engine::MediaRef;
@@ -19,34 +20,38 @@ pub struct PendingUpsert {
 /// Keeps an event that waits for its file, inside the caller's transaction; returns its
 /// place in the list.
 pub fn add_pending_upsert(
-    db: &Connection,
+    db: &dyn Db,
     session: &str,
     data: &serde_json::Value,
     media: Option<&MediaRef>,
 ) -> Result<i64, StoreError> {
     let media = media.map(|m| serde_json::to_string(m).expect("media references serialize"));
-    db.prepare_cached("INSERT INTO pending_upserts (session, data, media) VALUES (?1, ?2, ?3)")?.execute(params![
-        session,
-        data.to_string(),
-        media
-    ])?;
-    Ok(db.last_insert_rowid())
+    db.query_one(
+        "INSERT INTO pending_upserts (session, data, media) VALUES (?1, ?2, ?3) RETURNING seq",
+        args![session, data.to_string(), media],
+    )?
+    .get(0)
 }
 
 /// Removes a waiting event (its event is in the outbox now), inside the caller's transaction.
-pub fn remove_pending_upsert(db: &Connection, seq: i64) -> Result<(), StoreError> {
-    db.execute("DELETE FROM pending_upserts WHERE seq = ?1", params![seq])?;
+pub fn remove_pending_upsert(db: &dyn Db, seq: i64) -> Result<(), StoreError> {
+    db.execute("DELETE FROM pending_upserts WHERE seq = ?1", args![seq])?;
     Ok(())
 }
 
 impl Store {
     /// The session's waiting events, oldest first.
     pub fn pending_upserts(&self, session: &str) -> Result<Vec<PendingUpsert>, StoreError> {
-        let db = self.db();
-        let mut query = db.prepare("SELECT seq, data, media FROM pending_upserts WHERE session = ?1 ORDER BY seq")?;
-        let rows = query
-            .query_map(params![session], |row| <(i64, String, Option<String>)>::try_from(row))?
-            .collect::<Result<Vec<_>, _>>()?;
+        let session = session.to_string();
+        let rows = self.read(move |db| {
+            db.query_map(
+                "SELECT seq, data, media FROM pending_upserts WHERE session = ?1 ORDER BY seq",
+                args![session],
+                |row| -> Result<(i64, String, Option<String>), StoreError> {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                },
+            )
+        })?;
         rows.into_iter()
             .map(|(seq, data, media)| {
                 let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("pending event {seq}: {e}"));
