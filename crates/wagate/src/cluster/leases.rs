@@ -1,0 +1,251 @@
+//! The lease and node rows in PostgreSQL: who owns which session, at which fencing
+//! generation, until when. Every time is the database's clock (`now()`), so nodes whose
+//! clocks disagree still agree on who holds what.
+//!
+//! A lease is taken only when it has no row or its row has lapsed, and taking it moves its
+//! generation on: a write of the former holder (fenced at the old generation, see
+//! `engine::postgres::Fence`) fails from then on.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+/// The tables of the cluster (run by the store's migrations, `store::postgres`).
+pub const SCHEMA: &str = "CREATE TABLE wagate_nodes (
+        id TEXT PRIMARY KEY,
+        advertise_url TEXT NOT NULL,
+        max_sessions BIGINT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        draining BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE TABLE IF NOT EXISTS wagate_leases (
+        session TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS wagate_leases_owner ON wagate_leases (owner);";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("no connection to the database: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("the database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub generation: i64,
+}
+
+/// A node as the others see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeRow {
+    pub id: String,
+    pub advertise_url: String,
+    /// Sessions this node takes at most (0: no limit).
+    pub max_sessions: i64,
+    /// Leases it holds now.
+    pub sessions: i64,
+    /// Its heartbeat is recent (within one lease time).
+    pub alive: bool,
+    /// It is handing its sessions over (stopping).
+    pub draining: bool,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_s: f64,
+}
+
+/// Who holds a session's lease now (a lapsed lease has no owner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub advertise_url: String,
+}
+
+fn seconds(ttl: Duration) -> f64 {
+    ttl.as_secs_f64()
+}
+
+/// Records this node (again) as alive, not draining.
+pub async fn join(pool: &Pool, node: &str, advertise_url: &str, max_sessions: i64) -> Result<(), LeaseError> {
+    pool.get()
+        .await?
+        .execute(
+            "INSERT INTO wagate_nodes (id, advertise_url, max_sessions) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET advertise_url = excluded.advertise_url, max_sessions = excluded.max_sessions,
+             started_at = now(), heartbeat_at = now(), draining = false",
+            &[&node, &advertise_url, &max_sessions],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Renews the node's heartbeat and the leases of `sessions` it still holds; returns those
+/// (a lease missing from the answer was lost: it lapsed, or another node has it).
+pub async fn renew(
+    pool: &Pool,
+    node: &str,
+    sessions: &[String],
+    ttl: Duration,
+) -> Result<Vec<(String, i64)>, LeaseError> {
+    let client = pool.get().await?;
+    client.execute("UPDATE wagate_nodes SET heartbeat_at = now() WHERE id = $1", &[&node]).await?;
+    let rows = client
+        .query(
+            "UPDATE wagate_leases SET expires_at = now() + make_interval(secs => $3)
+             WHERE owner = $1 AND session = ANY($2) AND expires_at > now()
+             RETURNING session, generation",
+            &[&node, &sessions, &seconds(ttl)],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Takes the lease of `session` if it is free or has lapsed (or is this node's already);
+/// returns the new generation, `None` when another node holds it.
+pub async fn claim(pool: &Pool, node: &str, session: &str, ttl: Duration) -> Result<Option<i64>, LeaseError> {
+    let row = pool
+        .get()
+        .await?
+        .query_opt(
+            "INSERT INTO wagate_leases (session, owner, generation, expires_at)
+             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+             ON CONFLICT (session) DO UPDATE SET owner = excluded.owner, generation = wagate_leases.generation + 1,
+             expires_at = excluded.expires_at
+             WHERE wagate_leases.expires_at <= now()
+             RETURNING generation",
+            &[&session, &node, &seconds(ttl)],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Sessions of the registry without a live lease, oldest first, at most `limit`.
+pub async fn unowned(pool: &Pool, limit: i64) -> Result<Vec<String>, LeaseError> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT s.id FROM sessions s LEFT JOIN wagate_leases l ON l.session = s.id
+             WHERE l.session IS NULL OR l.expires_at <= now() ORDER BY s.created_at, s.id LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// How many sessions this node should hold: an even share among the live nodes that are
+/// not draining, within its own maximum.
+pub async fn fair_share(pool: &Pool, node: &str, max_sessions: i64, ttl: Duration) -> Result<i64, LeaseError> {
+    let row = pool
+        .get()
+        .await?
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM sessions),
+                    (SELECT COUNT(*) FROM wagate_nodes WHERE NOT draining
+                     AND heartbeat_at > now() - make_interval(secs => $2)),
+                    (SELECT draining FROM wagate_nodes WHERE id = $1)",
+            &[&node, &seconds(ttl)],
+        )
+        .await?;
+    let (total, live, draining): (i64, i64, Option<bool>) = (row.get(0), row.get(1), row.get(2));
+    if draining.unwrap_or(false) {
+        return Ok(0);
+    }
+    let share = (total + live.max(1) - 1) / live.max(1);
+    Ok(if max_sessions > 0 { share.min(max_sessions) } else { share })
+}
+
+/// Lets go of the leases of `sessions` at once (their connections are closed), so that
+/// another node takes them over without waiting for them to lapse.
+pub async fn release(pool: &Pool, node: &str, sessions: &[String]) -> Result<u64, LeaseError> {
+    Ok(pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE wagate_leases SET expires_at = now() WHERE owner = $1 AND session = ANY($2)",
+            &[&node, &sessions],
+        )
+        .await?)
+}
+
+/// Marks the node as draining (it takes nothing more) or gone.
+pub async fn set_draining(pool: &Pool, node: &str, draining: bool) -> Result<(), LeaseError> {
+    pool.get().await?.execute("UPDATE wagate_nodes SET draining = $2 WHERE id = $1", &[&node, &draining]).await?;
+    Ok(())
+}
+
+/// Who holds the lease of `session` now.
+pub async fn owner(pool: &Pool, session: &str) -> Result<Option<Owner>, LeaseError> {
+    let row = pool
+        .get()
+        .await?
+        .query_opt(
+            "SELECT l.owner, n.advertise_url FROM wagate_leases l JOIN wagate_nodes n ON n.id = l.owner
+             WHERE l.session = $1 AND l.expires_at > now()",
+            &[&session],
+        )
+        .await?;
+    Ok(row.map(|row| Owner { node: row.get(0), advertise_url: row.get(1) }))
+}
+
+/// The owners of every session with a live lease.
+pub async fn owners(pool: &Pool) -> Result<Vec<(String, String)>, LeaseError> {
+    let rows = pool
+        .get()
+        .await?
+        .query("SELECT session, owner FROM wagate_leases WHERE expires_at > now() ORDER BY session", &[])
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Every node that has joined, with its leases.
+pub async fn nodes(pool: &Pool, ttl: Duration) -> Result<Vec<NodeRow>, LeaseError> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT n.id, n.advertise_url, n.max_sessions,
+                    (SELECT COUNT(*) FROM wagate_leases l WHERE l.owner = n.id AND l.expires_at > now()),
+                    n.heartbeat_at > now() - make_interval(secs => $1), n.draining,
+                    EXTRACT(EPOCH FROM now() - n.heartbeat_at)::float8
+             FROM wagate_nodes n ORDER BY n.id",
+            &[&seconds(ttl)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| NodeRow {
+            id: row.get(0),
+            advertise_url: row.get(1),
+            max_sessions: row.get(2),
+            sessions: row.get(3),
+            alive: row.get(4),
+            draining: row.get(5),
+            heartbeat_age_s: row.get(6),
+        })
+        .collect())
+}
+
+/// The live node, other than `except`, with the most free room (for placing a new session
+/// or a moved one); `None` when there is none.
+pub async fn roomiest(pool: &Pool, except: Option<&str>, ttl: Duration) -> Result<Option<NodeRow>, LeaseError> {
+    let mut nodes = nodes(pool, ttl).await?;
+    nodes.retain(|n| n.alive && !n.draining && Some(n.id.as_str()) != except);
+    let room = |n: &NodeRow| if n.max_sessions > 0 { n.max_sessions - n.sessions } else { i64::MAX - n.sessions };
+    nodes.retain(|n| room(n) > 0);
+    Ok(nodes.into_iter().max_by_key(|n| (room(n), std::cmp::Reverse(n.id.clone()))))
+}
+
+/// The largest difference between this node's clock and the database's, in seconds.
+pub async fn clock_skew(pool: &Pool) -> Result<f64, LeaseError> {
+    let before = chrono::Utc::now();
+    let row = pool.get().await?.query_one("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8", &[]).await?;
+    let after = chrono::Utc::now();
+    let database: f64 = row.get(0);
+    let local = (before.timestamp_micros() + after.timestamp_micros()) as f64 / 2e6;
+    Ok(database - local)
+}
