@@ -10,6 +10,8 @@ pub mod http;
 pub mod metrics;
 pub mod open_files;
 mod percent;
+#[cfg(test)]
+pub(crate) mod pg_testing;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod server;
