@@ -707,3 +707,28 @@ async fn errors_name_what_went_wrong() {
         PgEngine::connect("postgres://postgres@127.0.0.1:1/none?connect_timeout=2", 1).await.err().expect("no server");
     assert!(matches!(err, PgEngineError::Pool(_)), "{err:?}");
 }
+
+/// A client of the library over the store: it creates the device's credentials through it
+/// on the first build and reads the same ones back on the next (no connection is made).
+#[tokio::test]
+async fn the_client_library_builds_its_client_over_it() {
+    use whatsapp_rust::prelude::Bot;
+
+    let (_database, engine) = engine().await;
+    let device = open(&engine, "WA-bot").await;
+    let _as_the_library_holds_it: Arc<dyn wacore::store::traits::Backend> = Arc::new(device.clone());
+    let build = |device: PgDevice| async move {
+        let dial_error = Arc::new(std::sync::Mutex::new(None));
+        let transport = crate::engine::transport::Dialer::new(Some("ws://127.0.0.1:1/ws"), None, dial_error);
+        let http = crate::engine::media_http::MediaHttp::new(None, crate::engine::media_http::MediaHosts::Any).unwrap();
+        Bot::builder().with_backend(device).with_transport_factory(transport).with_http_client(http).build().await
+    };
+    let first = build(device.clone()).await.expect("a client");
+    let created = device.load().await.unwrap().expect("the library created the credentials");
+    first.client().persistence_manager().flush().await.unwrap();
+    drop(first);
+    let second = build(device.clone()).await.expect("a client");
+    let loaded = second.client().persistence_manager().get_device_snapshot();
+    assert_eq!(loaded.registration_id, created.registration_id, "the same credentials");
+    assert_eq!(loaded.identity_key.public_key.public_key_bytes(), created.identity_key.public_key.public_key_bytes());
+}
