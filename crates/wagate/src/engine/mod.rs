@@ -9,6 +9,7 @@ pub use normalize::non_device;
 mod presence;
 pub mod scratch;
 pub use presence::{ContactInfo, PresenceKind, PresenceUpdate};
+pub mod postgres;
 pub mod probe;
 pub mod proxy;
 pub mod shards;
