@@ -227,6 +227,7 @@ impl Conn {
                     let previous = inner.conn_of(addr).map(|(id, _)| id);
                     if let Some(previous) = previous {
                         // The same credentials connected again: the older socket loses.
+                        inner.stats.totals.simultaneous_logins += 1;
                         inner.command(previous, ConnCommand::Close(Some(stream_error_conflict("replaced"))));
                     }
                     if let Some(live) = inner.conns.get_mut(&self.id) {

@@ -99,6 +99,9 @@ pub struct Totals {
     pub pairings: u64,
     pub logins: u64,
     pub login_failures: u64,
+    /// Logins of a device while another socket of it was live (the older one was closed with
+    /// a `replaced` conflict): two clients fighting over one account.
+    pub simultaneous_logins: u64,
     /// Relayed `<message>` stanzas, summed over devices (see [`DeviceStats`]).
     pub delivered: u64,
     pub acked: u64,

@@ -22,6 +22,21 @@ pub struct Config {
     pub proxy: Option<String>,
     /// Connections, header time and event streams the HTTP server allows.
     pub limits: crate::http::Limits,
+    /// PostgreSQL instead of the data directory's SQLite: several nodes share the sessions.
+    pub database: Option<DatabaseSettings>,
+}
+
+/// A node of several on one PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// This node's name among the others (default: host name and port).
+    pub node_id: Option<String>,
+    /// Where the other nodes reach this one (default: `http://` and the listening address).
+    pub advertise_url: Option<String>,
+    /// How long a session's lease lasts without renewal.
+    pub lease_ttl: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! (the APIs), `cli` (the commands).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{check_wa_url, Config};
 use crate::engine::proxy::Proxy;
 use crate::engine::scratch::Scratch;
@@ -65,8 +66,13 @@ impl Gateway {
             None => DataDirLock::acquire(&config.data_dir)?,
         };
         let started_at = chrono::Utc::now();
-        let store = Store::open(&config.data_dir)
-            .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+        let store = match &config.database {
+            Some(database) => Store::connect_postgres(&config.data_dir, &database.url, ENGINE_CONNECTIONS)
+                .await
+                .context("opening the PostgreSQL database (--database)")?,
+            None => Store::open(&config.data_dir)
+                .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
+        };
         let proxy = config.proxy.as_deref().map(Proxy::parse).transpose().context("--proxy / WAGATE_PROXY")?;
         if let Some(proxy) = &proxy {
             tracing::info!("WhatsApp traffic goes through the proxy {proxy}");
@@ -108,6 +114,12 @@ impl Gateway {
             sessions.public_url = format!("http://{host}");
         }
         let manager = SessionManager::new(engine, outbox, sessions);
+        if let Some(database) = &config.database {
+            let cluster = Cluster::join(cluster_config(database, addr, config.sessions.max_sessions))
+                .await
+                .context("joining the other nodes on the database")?;
+            manager.join_cluster(cluster);
+        }
         let restored = manager.restore().context("restoring the sessions of the data directory")?;
         let state = Arc::new(AppState {
             manager: manager.clone(),
@@ -127,6 +139,11 @@ impl Gateway {
 
     /// Closes every WhatsApp connection cleanly, then stops serving.
     pub async fn stop(mut self) {
+        // On a cluster the sessions are handed over first, so the other nodes take them at
+        // once instead of waiting for the leases to lapse.
+        if let Some(cluster) = self.manager.cluster() {
+            cluster.drain().await;
+        }
         self.manager.shutdown().await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -136,6 +153,34 @@ impl Gateway {
         }
         self.dispatcher.stop().await;
     }
+}
+
+/// Connections the engine's store may open to PostgreSQL (shared by all sessions).
+const ENGINE_CONNECTIONS: usize = 16;
+
+/// How this node joins the others: its name and URL default to the host name and the
+/// listening address.
+fn cluster_config(database: &crate::config::DatabaseSettings, addr: SocketAddr, max_sessions: usize) -> ClusterConfig {
+    let reachable = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    ClusterConfig {
+        database_url: database.url.clone(),
+        node_id: database.node_id.clone().unwrap_or_else(|| format!("{}:{}", host_name(), addr.port())),
+        advertise_url: database.advertise_url.clone().unwrap_or_else(|| format!("http://{reachable}")),
+        lease_ttl: database.lease_ttl,
+        max_sessions,
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "wagate".into())
 }
 
 /// Raises the open-files limit and fits the API's connections and the sessions into it.

@@ -70,6 +70,7 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
         let sandbox =
             Sandbox::start(&args.data_dir.join(CONTACT_DIR)).await.context("starting the simulator and its contact")?;
         let config = Config {
+            database: None,
             listen: args.listen,
             data_dir: args.data_dir.clone(),
             wa_url: Some(sandbox.endpoints.ws_url.clone()),

@@ -52,6 +52,21 @@ pub struct ServeArgs {
     /// `socks5://[user:pass@]host:port`. Without it HTTPS_PROXY / ALL_PROXY / NO_PROXY apply.
     #[arg(long, env = "WAGATE_PROXY", hide_env_values = true)]
     proxy: Option<String>,
+    /// PostgreSQL instead of the data directory's SQLite (`postgres://user@host:port/db`):
+    /// several wagate nodes on one database share the sessions, with failover. The data
+    /// directory then keeps only this node's files (downloads, logs, the lock).
+    #[arg(long, env = "WAGATE_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
+    /// This node's name among the others on the database (default: host name and port).
+    #[arg(long, env = "WAGATE_NODE_ID", requires = "database")]
+    node_id: Option<String>,
+    /// The URL the other nodes reach this one's API at (default: http:// and --listen).
+    #[arg(long, env = "WAGATE_ADVERTISE_URL", requires = "database")]
+    advertise_url: Option<String>,
+    /// Seconds a session's lease lasts without renewal: a dead node's sessions are taken
+    /// over within about twice this.
+    #[arg(long, env = "WAGATE_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
+    lease_ttl: u64,
     /// At most this many sessions; creating one more answers 503. 0: no limit.
     #[arg(long, env = "WAGATE_MAX_SESSIONS", default_value_t = 0)]
     max_sessions: usize,
@@ -141,6 +156,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_event_streams: args.max_event_streams as usize,
             ..crate::http::Limits::default()
         },
+        database: args.database.filter(|url| !url.is_empty()).map(|url| crate::config::DatabaseSettings {
+            url,
+            node_id: args.node_id.filter(|n| !n.is_empty()),
+            advertise_url: args.advertise_url.map(|u| u.trim_end_matches('/').to_string()).filter(|u| !u.is_empty()),
+            lease_ttl: Duration::from_secs(args.lease_ttl),
+        }),
         webhooks: WebhookSettings {
             default: default_webhook,
             timeout: Duration::from_secs(args.webhook_timeout),

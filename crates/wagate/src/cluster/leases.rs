@@ -31,14 +31,16 @@ pub const SCHEMA: &str = "CREATE TABLE wagate_nodes (
 pub enum LeaseError {
     #[error("no connection to the database: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("the database: {0}")]
+    #[error("the database: {}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
 }
 
-/// A lease this node holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Held {
-    pub generation: i64,
+/// What the server said, when it said something (the driver's own text is "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// A node as the others see it.
@@ -170,6 +172,12 @@ pub async fn release(pool: &Pool, node: &str, sessions: &[String]) -> Result<u64
             &[&node, &sessions],
         )
         .await?)
+}
+
+/// Removes a deleted session's lease.
+pub async fn forget(pool: &Pool, session: &str) -> Result<(), LeaseError> {
+    pool.get().await?.execute("DELETE FROM wagate_leases WHERE session = $1", &[&session]).await?;
+    Ok(())
 }
 
 /// Marks the node as draining (it takes nothing more) or gone.

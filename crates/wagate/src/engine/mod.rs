@@ -13,7 +13,8 @@ pub mod postgres;
 pub mod probe;
 pub mod proxy;
 pub mod shards;
-pub use shards::EngineStore;
+mod store;
+pub use store::{EngineStore, PgStore};
 mod transport;
 pub use transport::WHATSAPP_WS_URL;
 mod whatsapp;
@@ -230,6 +231,8 @@ pub enum EngineError {
     Store(String),
     #[error("the session's credential store: {0}")]
     Shard(#[from] shards::ShardError),
+    #[error("the session's credential store: {0}")]
+    Postgres(#[from] postgres::PgEngineError),
     #[error("the WhatsApp client could not be built: {0}")]
     Build(String),
     #[error("pairing code refused: {0}")]

@@ -296,12 +296,7 @@ impl Engine for WhatsAppEngine {
         inbound: Arc<dyn InboundSink>,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Box<dyn Connection>, EngineError> {
-        let backend = super::shards::open_device(store, true)
-            .await?
-            .ok_or_else(|| EngineError::Store("the session's device could not be created".into()))?;
-        // Read once before the library does, so that keys that cannot be decoded are reported
-        // as this session's (the library would only say that a client could not be built).
-        backend.credentials().await?;
+        let backend = store.backend().await?;
         let dial_error = Arc::new(Mutex::new(None));
         let proxy = self.proxy_for(proxy)?;
         // Media goes the same way as the WebSocket. Only the simulator's media host has a
@@ -322,7 +317,7 @@ impl Engine for WhatsAppEngine {
             committed: committed.clone(),
         });
         let mut builder = Bot::builder()
-            .with_backend(backend)
+            .with_backend_arc(backend)
             .with_inbound_durability_hook(DurableInbound { sink: inbound, committed })
             .with_transport_factory(transport)
             .with_http_client(media_http)
@@ -360,7 +355,7 @@ impl Engine for WhatsAppEngine {
     }
 
     async fn linked_identity(&self, store: &EngineStore) -> Result<Option<Me>, EngineError> {
-        let device = super::shards::load_device(store).await?;
+        let device = store.credentials().await?;
         Ok(device.and_then(|d| {
             let jid = d.pn.as_ref()?.to_string();
             Some(Me {
@@ -373,7 +368,7 @@ impl Engine for WhatsAppEngine {
     }
 
     async fn wipe(&self, store: &EngineStore) -> Result<(), EngineError> {
-        Ok(super::shards::wipe(store).await?)
+        store.wipe().await
     }
 }
 

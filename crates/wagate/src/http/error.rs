@@ -57,9 +57,11 @@ impl From<SessionError> for ApiError {
                 StatusCode::CONFLICT
             }
             SessionError::PairCode(_) => StatusCode::BAD_GATEWAY,
-            SessionError::Unavailable | SessionError::TooManySessions(_) | SessionError::OutOfFiles { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            SessionError::Unavailable
+            | SessionError::TooManySessions(_)
+            | SessionError::OutOfFiles { .. }
+            | SessionError::NotOwned
+            | SessionError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::NotConnected(_) | SessionError::IdempotencyInProgress | SessionError::QueueFull => {
                 StatusCode::CONFLICT
             }

@@ -106,7 +106,11 @@ pub fn documented_router(state: Arc<AppState>) -> (Router, Arc<String>) {
     let api = v1::routes().merge(compat::routes()).routes(routes!(metrics));
     #[cfg(feature = "sandbox")]
     let api = if state.sandbox.is_some() { api.merge(sandbox::routes()) } else { api };
-    let guarded = api.layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+    // Behind the key check: a request is admitted here before it is sent on to the node that
+    // runs its session.
+    let guarded = api
+        .layer(middleware::from_fn_with_state(state.clone(), crate::cluster::forward::forward_if_elsewhere))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     let guarded_paths: Vec<String> = guarded.get_openapi().paths.paths.keys().cloned().collect();
     let (router, document) = OpenApiRouter::new()
         .merge(guarded)

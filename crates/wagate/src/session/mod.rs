@@ -85,6 +85,10 @@ impl SessionConfig {
 pub enum SessionError {
     #[error("session not found")]
     NotFound,
+    #[error("another node of the cluster runs this session")]
+    NotOwned,
+    #[error("the cluster's database: {0}")]
+    Cluster(String),
     #[error("invalid session id: {0}")]
     InvalidId(&'static str),
     #[error("the session is already linked and connected")]
@@ -183,6 +187,9 @@ pub struct SessionManager {
     /// Held while a session is counted and added, so that concurrent creates never pass
     /// `max_sessions` together.
     registering: Mutex<()>,
+    /// Set when several nodes share a PostgreSQL database: a session runs here only while
+    /// this node holds its lease.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// How long an API call waits for a supervisor's answer.
@@ -200,7 +207,73 @@ impl SessionManager {
             stopping: AtomicBool::new(false),
             keyed_sends: Mutex::default(),
             registering: Mutex::default(),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes this node one of several (before `restore`): sessions run here only under a
+    /// lease, which the cluster's heartbeat takes and renews.
+    pub fn join_cluster(self: &Arc<Self>, cluster: Arc<crate::cluster::Cluster>) {
+        let weak = Arc::downgrade(self);
+        self.outbox.deliver_only(Arc::new(move |session: &str| weak.upgrade().is_some_and(|m| m.runs(session))));
+        let _ = self.cluster.set(cluster.clone());
+        cluster.start(self);
+    }
+
+    /// Whether this node runs the session (holds its lease, on a cluster).
+    pub fn runs(&self, session: &str) -> bool {
+        match self.cluster.get() {
+            Some(cluster) => cluster.generation(session).is_some(),
+            None => true,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// The session's engine store, fenced by its lease on a cluster (refused without one).
+    fn engine_store_for(&self, id: &str) -> Result<crate::engine::EngineStore, SessionError> {
+        let store = self.store.engine_store(id)?;
+        match self.cluster.get() {
+            None => Ok(store),
+            Some(cluster) => match cluster.generation(id) {
+                Some(generation) => Ok(store.fenced(generation)),
+                None => Err(SessionError::NotOwned),
+            },
+        }
+    }
+
+    /// Runs a session whose lease this node has just taken (a take-over, a move): starts
+    /// it at once if it was linked.
+    pub async fn adopt(&self, id: &str, generation: i64) -> Result<(), SessionError> {
+        let record = self.store.session(id)?.ok_or(SessionError::NotFound)?;
+        debug_assert_eq!(self.cluster.get().and_then(|c| c.generation(id)), Some(generation));
+        let linked = record.me.is_some();
+        self.spawn(id, record.me, record.link_confirmed, false, false)?;
+        // Its events go out from here now, from the oldest not yet delivered.
+        self.outbox.wake_from_start(id);
+        if linked {
+            self.command(id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the session here without recording anything: another node runs it now.
+    pub async fn release(&self, id: &str) {
+        let Some(handle) = self.sessions().remove(id) else { return };
+        let (reply, done) = oneshot::channel();
+        if handle.spawned.mailbox.send(Command::Release { reply }).await.is_ok()
+            && tokio::time::timeout(COMMAND_TIMEOUT, done).await.is_err()
+        {
+            warn!(session = %id, "the session did not close in time while handing it over");
+        }
+    }
+
+    /// [`SessionManager::release`] of many, many at a time.
+    pub async fn release_all(&self, ids: &[String]) {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ids).for_each_concurrent(SHUTDOWN_CONCURRENCY, |id| self.release(id)).await;
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -219,6 +292,10 @@ impl SessionManager {
     /// all of them; the linked ones then reconnect without a QR code, paced in the
     /// background (see [`SessionManager::reconnect_paced`]). Returns how many were linked.
     pub fn restore(self: &Arc<Self>) -> Result<usize, SessionError> {
+        if self.cluster.get().is_some() {
+            // The cluster's heartbeat takes this node's share of the sessions.
+            return Ok(0);
+        }
         let mut linked = Vec::new();
         let mut unknown = Vec::new();
         for record in self.store.sessions()? {
@@ -313,7 +390,7 @@ impl SessionManager {
         waiting_turn: bool,
         replace: bool,
     ) -> Result<(), SessionError> {
-        let engine_store = self.store.engine_store(id)?;
+        let engine_store = self.engine_store_for(id)?;
         // Checked and inserted under one lock: two concurrent creates never start two.
         let mut sessions = self.sessions();
         let lasting = match sessions.get(id) {
@@ -366,7 +443,27 @@ impl SessionManager {
         webhook: Option<&WebhookConfig>,
         proxy: Option<&str>,
     ) -> Result<(SessionView, bool), SessionError> {
-        let (record, created) = self.register(id, webhook)?;
+        // On a cluster the lease comes first: a session in the registry without one would be
+        // taken by whichever node looks first.
+        let claimed = match self.cluster.get() {
+            Some(cluster) if !self.sessions().contains_key(id) => {
+                validate_id(id)?;
+                match cluster.claim(id).await.map_err(|e| SessionError::Cluster(e.to_string()))? {
+                    Some(_) => true,
+                    None => return Err(SessionError::NotOwned),
+                }
+            }
+            _ => false,
+        };
+        let (record, created) = match self.register(id, webhook) {
+            Ok(registered) => registered,
+            Err(e) => {
+                if let (true, Some(cluster)) = (claimed, self.cluster.get()) {
+                    let _ = cluster.hand_over(id).await;
+                }
+                return Err(e);
+            }
+        };
         if created && proxy.is_some() {
             // Before the first connection, so that it already uses the proxy.
             self.store.set_proxy(id, proxy)?;
@@ -649,6 +746,11 @@ impl SessionManager {
         self.logout(id).await?;
         self.sessions().remove(id);
         self.store.delete_session(id)?;
+        if let Some(cluster) = self.cluster.get() {
+            if let Err(e) = cluster.forget(id).await {
+                warn!(session = %id, "could not remove the deleted session's lease: {e}");
+            }
+        }
         info!(session = %id, "session deleted");
         Ok(())
     }

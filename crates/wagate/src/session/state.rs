@@ -65,6 +65,7 @@ pub mod reason {
     pub const BAD_SESSION: &str = "bad_session";
     pub const LOGIN_FAILURE: &str = "login_failure";
     pub const STOPPED: &str = "stopped";
+    pub const MOVED: &str = "moved_to_another_node";
     pub const PAIRING_INCOMPLETE: &str = "pairing_incomplete";
 }
 
@@ -175,6 +176,7 @@ pub fn reason_words(why: &str, code: Option<u16>) -> String {
         (reason::BAD_SESSION, _) => "bad session, repeated (500)",
         (reason::LOGIN_FAILURE, _) => "login refused",
         (reason::STOPPED, _) => "stopped by the gateway",
+        (reason::MOVED, _) => "another node of the cluster runs this session now",
         (reason::PAIRING_INCOMPLETE, _) => "unfinished pairing, linking anew",
         (other, _) => return with_code(other, code),
     };

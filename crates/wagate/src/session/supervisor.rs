@@ -42,6 +42,11 @@ pub(super) enum Command {
     Stop {
         reply: oneshot::Sender<SessionView>,
     },
+    /// Another node runs this session from now on: close the socket and end, recording
+    /// nothing (the session's state is the new owner's to tell).
+    Release {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 pub(super) struct Supervisor {
@@ -225,6 +230,12 @@ impl Supervisor {
             let next_attempt = self.next_attempt.map(|(at, _)| at);
             tokio::select! {
                 command = inbox.recv() => match command {
+                    Some(Command::Release { reply }) => {
+                        self.close_connection().await;
+                        info!(session = %self.id, "closed here: another node runs the session now");
+                        let _ = reply.send(());
+                        return;
+                    }
                     Some(command) => self.on_command(command).await,
                     None => break,
                 },
@@ -271,6 +282,7 @@ impl Supervisor {
                 self.logout().await;
                 let _ = reply.send(self.view.clone());
             }
+            Command::Release { .. } => unreachable!("handled by the loop, which ends with it"),
             Command::Stop { reply } => {
                 self.waiting_turn = false;
                 self.close_connection().await;
@@ -367,6 +379,13 @@ impl Supervisor {
             self.qr_cycles += 1;
         }
         self.connection_gone();
+        if close == CloseReason::Replaced && !self.engine_store.holds_lease().await.unwrap_or(true) {
+            // Another node took the session over (this one lost its lease): never fight it
+            // for the socket. The heartbeat closes the session here.
+            warn!(session = %self.id, "replaced by the node that now holds the session's lease; not reconnecting");
+            self.set(StateKind::Stopped, Some(reason::MOVED), None).await;
+            return;
+        }
         self.bad_sessions = if close == (CloseReason::StreamError { code: 500 }) { self.bad_sessions + 1 } else { 0 };
         let decision = policy::decide(&close, situation);
         info!(session = %self.id, ?close, ?decision, "connection ended");

@@ -213,6 +213,8 @@ const SESSION_COLUMNS: &str = "id, webhook, created_at, me, link_confirmed, prox
 
 pub struct Store {
     data_dir: PathBuf,
+    /// The engine's store in PostgreSQL (`None`: the shard files of the data directory).
+    engine: Option<crate::engine::postgres::PgEngine>,
     /// Where reads go.
     reader: Reader,
     /// The hot writes, group-committed on their own thread (`None`: opened read-only).
@@ -255,6 +257,7 @@ impl Store {
             reader: Reader::Sqlite(Mutex::new(db)),
             writer: Some(writer),
             webhooks: Default::default(),
+            engine: None,
         })
     }
 
@@ -276,7 +279,22 @@ impl Store {
             reader: Reader::Postgres(postgres::Readers::spawn(config)),
             writer: Some(writer),
             webhooks: Default::default(),
+            engine: None,
         })
+    }
+
+    /// [`Store::open_postgres`] with the engine's store in the same database (`connections`:
+    /// the most the engine may open).
+    pub async fn connect_postgres(data_dir: &Path, url: &str, connections: usize) -> Result<Self, StoreError> {
+        let (dir, text) = (data_dir.to_path_buf(), url.to_string());
+        let mut store = tokio::task::spawn_blocking(move || Self::open_postgres(&dir, &text))
+            .await
+            .map_err(|e| StoreError::Database(format!("opening the database: {e}")))??;
+        let engine = crate::engine::postgres::PgEngine::connect(url, connections)
+            .await
+            .map_err(|e| StoreError::Database(format!("the engine's tables: {e}")))?;
+        store.engine = Some(engine);
+        Ok(store)
     }
 
     /// Whether this store is PostgreSQL's (shared by several nodes).
@@ -306,6 +324,7 @@ impl Store {
             reader: Reader::Sqlite(Mutex::new(db)),
             writer: None,
             webhooks: Default::default(),
+            engine: None,
         })
     }
 
@@ -383,7 +402,14 @@ impl Store {
     /// valid session id: such an id could name a file outside `engine/`.
     pub fn engine_store(&self, id: &str) -> Result<EngineStore, StoreError> {
         validate_id(id).map_err(|_| StoreError::InvalidSessionId(id.to_string()))?;
-        Ok(EngineStore::new(self.data_dir.join(ENGINE_DIR), id))
+        Ok(match &self.engine {
+            Some(engine) => EngineStore::Postgres(crate::engine::PgStore {
+                engine: engine.clone(),
+                session: id.to_string(),
+                fence: None,
+            }),
+            None => EngineStore::new(self.data_dir.join(ENGINE_DIR), id),
+        })
     }
 
     /// Creates the session unless it exists; returns the stored record and whether it is new.
@@ -744,9 +770,8 @@ mod tests {
         for bad in ["../../x", "/etc/x", "", "a/b", ".."] {
             assert!(matches!(store.engine_store(bad), Err(StoreError::InvalidSessionId(_))), "{bad}");
         }
-        let engine = store.engine_store("WA-Ok").unwrap();
-        assert_eq!(engine.legacy_path(), dir.path().join("engine").join("WA-Ok.db"));
-        assert_eq!(engine.shard_path().parent(), Some(dir.path().join("engine").as_path()));
+        let engine = store.engine_store("WA-Ok").unwrap().shard_path().unwrap();
+        assert_eq!(engine.parent(), Some(dir.path().join("engine").as_path()));
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@ use super::StoreError;
 /// The schema on PostgreSQL, one entry per version; the same tables and columns as the
 /// SQLite `MIGRATIONS` reach, with PostgreSQL's types (every integer BIGINT). A change of
 /// the schema adds an entry to both lists.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sessions (
         id TEXT PRIMARY KEY,
         webhook TEXT,
         created_at TEXT NOT NULL,
@@ -96,7 +97,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
         received_ms BIGINT NOT NULL,
         PRIMARY KEY (session, chat, sender, id)
     );
-    CREATE INDEX inbound_keys_age ON inbound_keys (received_ms);"];
+    CREATE INDEX inbound_keys_age ON inbound_keys (received_ms);",
+    // Several nodes: who runs which session (see `cluster`).
+    crate::cluster::leases::SCHEMA,
+];
 
 /// The advisory lock every wagate migration of a database runs under, so that nodes
 /// starting together migrate one after the other.

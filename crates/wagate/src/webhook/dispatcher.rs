@@ -120,7 +120,7 @@ async fn run(outbox: Outbox, client: reqwest::Client, stopped: watch::Receiver<b
             let store = outbox.store().clone();
             match tokio::task::spawn_blocking(move || store.sessions_with_pending()).await {
                 Ok(Ok(sessions)) => {
-                    for session in sessions {
+                    for session in sessions.into_iter().filter(|s| outbox.delivers(s)) {
                         start_or_nudge(&shared, &mut tasks, session, false);
                     }
                 }
@@ -128,7 +128,7 @@ async fn run(outbox: Outbox, client: reqwest::Client, stopped: watch::Receiver<b
                 Err(e) => error!("cannot read the webhook outbox: {e}"),
             }
         }
-        for (session, from_start) in wake.take() {
+        for (session, from_start) in wake.take().into_iter().filter(|(s, _)| outbox.delivers(s)) {
             start_or_nudge(&shared, &mut tasks, session, from_start);
         }
         while tasks.try_join_next().is_some() {}
@@ -167,7 +167,8 @@ async fn work_session(shared: Shared, session: String, notify: Arc<Notify>) {
     let mut stopped = shared.stopped.clone();
     let mut after_seq = lock(&shared.workers).cursors.get(&session).copied().unwrap_or(0);
     loop {
-        if *stopped.borrow() {
+        // Stopped, or the session went to another node, which delivers from here on.
+        if *stopped.borrow() || !shared.outbox.delivers(&session) {
             break;
         }
         let from_start = lock(&shared.workers).slots.get_mut(&session).is_some_and(|slot| {

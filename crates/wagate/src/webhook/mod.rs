@@ -53,7 +53,13 @@ pub struct Outbox {
     store: Arc<Store>,
     settings: Arc<WebhookSettings>,
     wake: Arc<Wake>,
+    /// On a cluster, which sessions' events this node delivers: those it runs, so that each
+    /// session's events go out from one node, in order (unset: all).
+    owns: Arc<std::sync::OnceLock<Ownership>>,
 }
+
+/// Whether this node runs a session.
+pub type Ownership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Which sessions have new events for the dispatcher (a set, so it stays small however
 /// many events come in before the dispatcher looks).
@@ -85,7 +91,17 @@ impl Wake {
 
 impl Outbox {
     pub fn new(store: Arc<Store>, settings: WebhookSettings) -> Self {
-        Self { store, settings: Arc::new(settings), wake: Arc::default() }
+        Self { store, settings: Arc::new(settings), wake: Arc::default(), owns: Arc::default() }
+    }
+
+    /// Delivers only the events of the sessions `owns` says this node runs.
+    pub fn deliver_only(&self, owns: Ownership) {
+        let _ = self.owns.set(owns);
+    }
+
+    /// Whether this node delivers the session's events.
+    pub fn delivers(&self, session: &str) -> bool {
+        self.owns.get().is_none_or(|owns| owns(session))
     }
 
     pub fn settings(&self) -> &WebhookSettings {

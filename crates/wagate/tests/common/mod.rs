@@ -4,6 +4,7 @@
 
 pub mod footprint;
 pub mod node;
+pub mod postgres;
 pub mod proxies;
 pub mod receiver;
 pub mod sandbox;
@@ -45,6 +46,7 @@ pub fn gateway_config(sim: &Simulator, data_dir: &Path) -> Config {
         webhooks: WebhookSettings::default(),
         proxy: None,
         limits: Default::default(),
+        database: None,
     }
 }
 
@@ -228,5 +230,5 @@ pub fn has_engine_keys(data_dir: &Path, id: &str) -> bool {
 
 /// The engine shard file that holds session `id`'s keys.
 pub fn engine_shard(data_dir: &Path, id: &str) -> PathBuf {
-    wagate::engine::EngineStore::new(data_dir.join("engine"), id).shard_path()
+    wagate::engine::EngineStore::new(data_dir.join("engine"), id).shard_path().expect("a shard of the data directory")
 }

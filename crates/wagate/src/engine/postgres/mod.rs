@@ -151,6 +151,18 @@ impl PgEngine {
         Ok(Some(PgDevice::new(self.pool.clone(), session.to_string(), id, fence)))
     }
 
+    /// Whether the fence's lease is still held at its generation and has not lapsed.
+    pub async fn holds(&self, fence: &Fence) -> Result<bool, PgEngineError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM wagate_leases WHERE session = $1 AND generation = $2 AND expires_at > now()",
+                &[&fence.session, &fence.generation],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// The library's credentials of the session, `None` when it has no device (or its device
     /// was never saved); an error names a session whose credentials cannot be decoded.
     pub async fn load_device(&self, session: &str) -> Result<Option<wacore::store::Device>, PgEngineError> {

@@ -75,12 +75,12 @@ const CREATE_DEVICES_TABLE: &str = "CREATE TABLE IF NOT EXISTS wagate_devices (
 /// Where a session's engine keeps its credentials and Signal state: its device in the shard
 /// of its id, inside the `engine/` folder of the data directory.
 #[derive(Debug, Clone)]
-pub struct EngineStore {
+pub struct ShardStore {
     dir: PathBuf,
     session: String,
 }
 
-impl EngineStore {
+impl ShardStore {
     /// The store of `session` (a valid session id) in the engine folder `dir`.
     pub fn new(dir: impl AsRef<Path>, session: &str) -> Self {
         Self { dir: dir.as_ref().to_path_buf(), session: session.to_string() }
@@ -318,12 +318,12 @@ async fn uncancelled<T: Send + 'static>(
 /// Opens the device of `store`'s session, moving a file of the older layout in first. With
 /// `create`, a session without a device gets a new id; without, it gets `None` (and no file
 /// is created for it).
-pub async fn open_device(store: &EngineStore, create: bool) -> Result<Option<ShardDevice>, ShardError> {
+pub async fn open_device(store: &ShardStore, create: bool) -> Result<Option<ShardDevice>, ShardError> {
     let store = store.clone();
     uncancelled(async move { open_device_now(&store, create).await }).await
 }
 
-async fn open_device_now(store: &EngineStore, create: bool) -> Result<Option<ShardDevice>, ShardError> {
+async fn open_device_now(store: &ShardStore, create: bool) -> Result<Option<ShardDevice>, ShardError> {
     let legacy = store.legacy_path();
     let has_legacy = legacy.exists();
     if !create && !has_legacy && !store.shard_path().exists() {
@@ -370,7 +370,7 @@ fn device_of(conn: &Connection, session: &str) -> rusqlite::Result<Option<i64>> 
 
 /// The library's credentials of the session, `None` when it has no device; an error names a
 /// device whose rows cannot be decoded.
-pub async fn load_device(store: &EngineStore) -> Result<Option<wacore::store::Device>, ShardError> {
+pub async fn load_device(store: &ShardStore) -> Result<Option<wacore::store::Device>, ShardError> {
     match open_device(store, false).await? {
         Some(device) => device.credentials().await,
         None => Ok(None),
@@ -379,12 +379,12 @@ pub async fn load_device(store: &EngineStore) -> Result<Option<wacore::store::De
 
 /// Deletes the session's device: its rows in every table of the shard and its mapping, in one
 /// transaction, and a file of the older layout. Other sessions' rows are not touched.
-pub async fn wipe(store: &EngineStore) -> Result<(), ShardError> {
+pub async fn wipe(store: &ShardStore) -> Result<(), ShardError> {
     let store = store.clone();
     uncancelled(async move { wipe_now(&store).await }).await
 }
 
-async fn wipe_now(store: &EngineStore) -> Result<(), ShardError> {
+async fn wipe_now(store: &ShardStore) -> Result<(), ShardError> {
     legacy::delete_files(&store.legacy_path())?;
     if !store.shard_path().exists() {
         return Ok(());
@@ -528,7 +528,7 @@ pub fn stored_devices(dir: &Path) -> Result<Vec<StoredDevice>, ShardError> {
 /// Whether session `id` has keys in the engine folder `dir`: a device in its shard, or a file
 /// of the older layout.
 pub fn has_keys(dir: &Path, id: &str) -> Result<bool, ShardError> {
-    let store = EngineStore::new(dir, id);
+    let store = ShardStore::new(dir, id);
     if store.legacy_path().exists() {
         return Ok(true);
     }

@@ -43,7 +43,7 @@ async fn assert_signal_state(store: &impl SignalStore, seed: u8) {
 /// A session's file of the older layout, written by the library as the older wagate did.
 async fn write_legacy(dir: &Path, id: &str, phone: &str, seed: u8) -> wacore::store::Device {
     crate::store::private::create_dir(dir).unwrap();
-    let path = EngineStore::new(dir, id).legacy_path();
+    let path = ShardStore::new(dir, id).legacy_path();
     let legacy = SqliteStore::new(path.to_str().unwrap()).await.unwrap();
     let saved = link(&legacy, phone).await;
     add_signal_state(&legacy, seed).await;
@@ -84,7 +84,7 @@ async fn a_file_of_the_older_layout_moves_into_the_shard() {
     let before = write_legacy(&dir, "WA-Old", "15551230001", 3).await;
     assert_eq!(legacy_files(&dir, "WA-Old").first().map(String::as_str), Some("WA-Old.db"));
 
-    let store = EngineStore::new(&dir, "WA-Old");
+    let store = ShardStore::new(&dir, "WA-Old");
     let device = open_device(&store, true).await.unwrap().expect("the moved device");
     let after = device.load().await.unwrap().expect("its credentials");
     assert_eq!(public_identity(&after), public_identity(&before), "the same identity");
@@ -108,13 +108,13 @@ async fn an_old_file_still_there_after_a_committed_copy_is_moved_again() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let before = write_legacy(&dir, "WA-Twice", "15551230002", 5).await;
-    let legacy = EngineStore::new(&dir, "WA-Twice").legacy_path();
+    let legacy = ShardStore::new(&dir, "WA-Twice").legacy_path();
     // Checkpointed into one file, kept aside: what a crash between the commit and the
     // deletion leaves on disk.
     drop(rusqlite::Connection::open(&legacy).unwrap());
     let kept = std::fs::read(&legacy).unwrap();
 
-    let store = EngineStore::new(&dir, "WA-Twice");
+    let store = ShardStore::new(&dir, "WA-Twice");
     let first = open_device(&store, true).await.unwrap().unwrap().device_id();
     std::fs::write(&legacy, kept).unwrap();
 
@@ -136,7 +136,7 @@ async fn wipe_deletes_one_device_and_leaves_its_neighbours() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let ids = ids_in_one_shard(2);
-    let (gone, kept) = (EngineStore::new(&dir, &ids[0]), EngineStore::new(&dir, &ids[1]));
+    let (gone, kept) = (ShardStore::new(&dir, &ids[0]), ShardStore::new(&dir, &ids[1]));
     assert_eq!(gone.shard_path(), kept.shard_path());
     let a = open_device(&gone, true).await.unwrap().unwrap();
     let b = open_device(&kept, true).await.unwrap().unwrap();
@@ -179,7 +179,7 @@ async fn rows_written_after_a_wipe_are_swept_when_the_shard_opens_again() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let ids = ids_in_one_shard(2);
-    let (gone, kept) = (EngineStore::new(&dir, &ids[0]), EngineStore::new(&dir, &ids[1]));
+    let (gone, kept) = (ShardStore::new(&dir, &ids[0]), ShardStore::new(&dir, &ids[1]));
     let late = open_device(&gone, true).await.unwrap().unwrap();
     let neighbour = open_device(&kept, true).await.unwrap().unwrap();
     link(&late, "15551230010").await;
@@ -205,7 +205,7 @@ async fn an_unreadable_device_fails_its_session_only() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let ids = ids_in_one_shard(2);
-    let (broken, fine) = (EngineStore::new(&dir, &ids[0]), EngineStore::new(&dir, &ids[1]));
+    let (broken, fine) = (ShardStore::new(&dir, &ids[0]), ShardStore::new(&dir, &ids[1]));
     let a = open_device(&broken, true).await.unwrap().unwrap();
     let b = open_device(&fine, true).await.unwrap().unwrap();
     link(&a, "15551230005").await;
@@ -240,7 +240,7 @@ async fn devices_of_a_shard_share_its_descriptors() {
     let dir = std::fs::canonicalize(data.path()).unwrap().join("engine");
     let mut open = Vec::new();
     for id in ids_in_one_shard(20) {
-        let device = open_device(&EngineStore::new(&dir, &id), true).await.unwrap().unwrap();
+        let device = open_device(&ShardStore::new(&dir, &id), true).await.unwrap().unwrap();
         link(&device, "15551230007").await;
         open.push(device);
     }
@@ -257,8 +257,8 @@ async fn a_call_cut_short_keeps_the_turn_until_its_statements_end() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let ids = ids_in_one_shard(2);
-    let a = std::sync::Arc::new(open_device(&EngineStore::new(&dir, &ids[0]), true).await.unwrap().unwrap());
-    let b = open_device(&EngineStore::new(&dir, &ids[1]), true).await.unwrap().unwrap();
+    let a = std::sync::Arc::new(open_device(&ShardStore::new(&dir, &ids[0]), true).await.unwrap().unwrap());
+    let b = open_device(&ShardStore::new(&dir, &ids[1]), true).await.unwrap().unwrap();
     link(&*a, "15551230008").await;
     link(&b, "15551230009").await;
     let keys: Vec<(u32, Bytes)> = (0..20_000).map(|id| (id, Bytes::from(vec![7u8; 64]))).collect();
@@ -288,7 +288,7 @@ async fn a_credentials_save_dropped_while_it_waits_for_the_turn_still_lands() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let ids = ids_in_one_shard(2);
-    let (busy, paired) = (EngineStore::new(&dir, &ids[0]), EngineStore::new(&dir, &ids[1]));
+    let (busy, paired) = (ShardStore::new(&dir, &ids[0]), ShardStore::new(&dir, &ids[1]));
     let other = open_device(&busy, true).await.unwrap().unwrap();
     let device = std::sync::Arc::new(open_device(&paired, true).await.unwrap().unwrap());
     device.create().await.unwrap();

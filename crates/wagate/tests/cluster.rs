@@ -1,0 +1,235 @@
+//! Several nodes on one PostgreSQL database: a dead node's sessions come back on the others
+//! without a QR code, a stopping node hands its sessions over at once, no account ever has
+//! two sockets, and every webhook event of a moved session arrives, in order.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::postgres::TestDatabase;
+use common::receiver::Receiver;
+use common::{free_port, start_sim, Api, GatewayProcess};
+use serde_json::json;
+use wagate_sim::Simulator;
+
+/// Generous: nodes are child processes on a shared, noisy machine.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(90);
+
+struct Node {
+    name: String,
+    process: GatewayProcess,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn_node(sim: &Simulator, database: &TestDatabase, name: &str, ttl_secs: u64, webhook: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = ttl_secs.to_string();
+    let url = database.url();
+    let process = GatewayProcess::spawn_with(
+        sim,
+        dir.path(),
+        free_port(),
+        &["--database", &url, "--node-id", name, "--lease-ttl", &ttl, "--webhook-url", webhook],
+    );
+    Node { name: name.to_string(), process, _dir: dir }
+}
+
+/// Which node holds each session's live lease, from the database.
+fn owners(database: &TestDatabase) -> BTreeMap<String, String> {
+    database
+        .query("SELECT session, owner FROM wagate_leases WHERE expires_at > now()")
+        .into_iter()
+        .map(|row| (row[0].clone().unwrap(), row[1].clone().unwrap()))
+        .collect()
+}
+
+/// The phone number session `n` of `prefix` is linked as.
+fn phone_of(prefix: &str, n: usize) -> String {
+    format!("4930{:07}", n + prefix.len() * 1000)
+}
+
+/// Links `count` sessions named `prefix-<n>`, each created through node `n % nodes`.
+async fn link_many(nodes: &[&Api], sim: &Api, prefix: &str, count: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
+    for chunk in ids.chunks(10).enumerate().map(|(c, ids)| (c * 10, ids)) {
+        let (offset, ids) = chunk;
+        let links = ids.iter().enumerate().map(|(i, id)| {
+            let node = nodes[(offset + i) % nodes.len()];
+            let phone = phone_of(prefix, offset + i);
+            async move { common::link(node, sim, id, &phone).await }
+        });
+        futures_util::future::join_all(links).await;
+    }
+    ids
+}
+
+/// Waits until `node` holds the session's lease.
+async fn wait_owner(database: &TestDatabase, session: &str, node: &str, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let owner = owners(database).get(session).cloned();
+        if owner.as_deref() == Some(node) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{session} is still owned by {owner:?}, not {node}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sim_totals(sim: &Api) -> serde_json::Value {
+    sim.get("/control/stats").await.1["totals"].clone()
+}
+
+/// Every event the outbox holds for `session`, in its order (the ids).
+fn outbox_ids(database: &TestDatabase, session: &str) -> Vec<String> {
+    database
+        .query(&format!("SELECT id FROM webhook_events WHERE session = '{session}' ORDER BY seq"))
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect()
+}
+
+/// Checks that the receiver got every event of `sessions`, each first time in the outbox's
+/// order (a redelivery may repeat one: at least once).
+async fn assert_every_event_in_order(receiver: &Receiver, database: &TestDatabase, sessions: &[String]) {
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    loop {
+        let received = receiver.received();
+        let mut missing = Vec::new();
+        for session in sessions {
+            let expected = outbox_ids(database, session);
+            let mut seen = BTreeSet::new();
+            let got: Vec<String> = received
+                .iter()
+                .filter(|r| r.json["session"] == session.as_str())
+                .map(|r| r.id().to_string())
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            if got != expected {
+                missing.push(format!("{session}: expected {expected:?}, got {got:?}"));
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "webhook events missing or out of order:\n{}",
+            missing.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_sessions_come_back_on_the_others_without_a_qr_and_never_twice() {
+    let database = TestDatabase::create();
+    let sim = start_sim().await;
+    let sim_api = Api::sim(&sim);
+    let receiver = Receiver::start().await;
+    let nodes: Vec<Node> =
+        ["node-a", "node-b", "node-c"].iter().map(|name| spawn_node(&sim, &database, name, 3, &receiver.url)).collect();
+    for node in &nodes {
+        node.process.ready().await;
+    }
+    let apis: Vec<&Api> = nodes.iter().map(|n| &n.process.api).collect();
+    let ids = link_many(&apis, &sim_api, "WA-Fail", 60).await;
+
+    let before = owners(&database);
+    assert_eq!(before.len(), 60, "every session has an owner: {before:?}");
+    let per_node: BTreeMap<&str, usize> =
+        nodes.iter().map(|n| (n.name.as_str(), before.values().filter(|owner| **owner == n.name).count())).collect();
+    assert!(per_node.values().all(|count| *count > 0), "spread over the nodes: {per_node:?}");
+    let victims: Vec<String> = before.iter().filter(|(_, owner)| *owner == "node-c").map(|(s, _)| s.clone()).collect();
+    let totals = sim_totals(&sim_api).await;
+    let (pairings, simultaneous) = (totals["pairings"].clone(), totals["simultaneous_logins"].clone());
+    assert_eq!(simultaneous, 0, "no account had two sockets while linking: {totals}");
+
+    let mut nodes = nodes;
+    let killed = nodes.pop().unwrap();
+    killed.process.kill_9();
+
+    // Once its leases lapse, the two others take its sessions and reconnect them.
+    let survivors: Vec<&Api> = nodes.iter().map(|n| &n.process.api).collect();
+    for session in &victims {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        while !matches!(owners(&database).get(session).map(String::as_str), Some("node-a" | "node-b")) {
+            assert!(tokio::time::Instant::now() < deadline, "{session} was not taken over");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        survivors[0]
+            .wait_for_within(
+                &format!("/v1/sessions/{session}"),
+                &format!("{session} to be connected on a live node"),
+                TAKEOVER_WAIT,
+                |v| v["state"] == "connected",
+            )
+            .await;
+    }
+    let after = owners(&database);
+    for session in &victims {
+        assert!(
+            matches!(after.get(session).map(String::as_str), Some("node-a" | "node-b")),
+            "{session} is owned by {:?}",
+            after.get(session)
+        );
+    }
+    assert_eq!(after.len(), 60, "every session still has an owner");
+    // Every session answers through either live node, forwarded to its owner.
+    for id in ids.iter().step_by(7) {
+        for api in &survivors {
+            let (status, view) = api.get(&format!("/v1/sessions/{id}")).await;
+            assert_eq!((status, view["state"].as_str()), (200, Some("connected")), "{id} through {}", api.base);
+        }
+    }
+    let totals = sim_totals(&sim_api).await;
+    assert_eq!(totals["pairings"], pairings, "no session needed a new QR scan: {totals}");
+    assert_eq!(totals["simultaneous_logins"], simultaneous, "never two sockets for one account: {totals}");
+    assert_every_event_in_order(&receiver, &database, &victims).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_hands_its_sessions_over_long_before_its_leases_could_lapse() {
+    let database = TestDatabase::create();
+    let sim = start_sim().await;
+    let sim_api = Api::sim(&sim);
+    let receiver = Receiver::start().await;
+    // Two minutes: a take-over that waited for the leases to lapse would time out below.
+    let a = spawn_node(&sim, &database, "node-a", 120, &receiver.url);
+    let b = spawn_node(&sim, &database, "node-b", 120, &receiver.url);
+    a.process.ready().await;
+    b.process.ready().await;
+    link_many(&[&a.process.api, &b.process.api], &sim_api, "WA-Drain", 10).await;
+    let moving: Vec<String> =
+        owners(&database).into_iter().filter(|(_, owner)| owner == "node-b").map(|(s, _)| s).collect();
+    assert!(!moving.is_empty(), "node-b runs some sessions");
+    let simultaneous = sim_totals(&sim_api).await["simultaneous_logins"].clone();
+
+    let pid = b.process.child.id() as i32;
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    for session in &moving {
+        wait_owner(&database, session, "node-a", Duration::from_secs(60)).await;
+        a.process
+            .api
+            .wait_for_within(
+                &format!("/v1/sessions/{session}"),
+                &format!("{session} on node-a"),
+                Duration::from_secs(60),
+                |v| v["state"] == "connected",
+            )
+            .await;
+        assert_eq!(owners(&database).get(session).map(String::as_str), Some("node-a"));
+    }
+    assert_eq!(sim_totals(&sim_api).await["simultaneous_logins"], simultaneous, "never two sockets for one account");
+    assert_every_event_in_order(&receiver, &database, &moving).await;
+    // The session keeps working on its new node: a message to another linked account goes out.
+    let to = phone_of("WA-Drain", if moving[0] == "WA-Drain-0" { 1 } else { 0 });
+    let (status, sent) = a
+        .process
+        .api
+        .post(&format!("/v1/sessions/{}/messages", moving[0]), json!({"to": to, "text": "after the move"}))
+        .await;
+    assert!(status == 200 || status == 201 || status == 202, "send after the move: {status} {sent}");
+}
