@@ -66,12 +66,18 @@ pub fn finish(generated: OpenApi, guarded: &[String]) -> String {
         { "name": "operations", "description": "Health, metrics, this document" },
         { "name": "console", "description": "The operators' web page" },
         { "name": "compat", "description": "The ERPNext app's Node service API (docs/compat.md)" },
+        { "name": "cloud", "description": "Meta's WhatsApp Cloud API over a linked-device session (docs/cloud-api.md)" },
         { "name": "sandbox", "description": "Only in `wagate sandbox`: the simulated phone and contact" },
     ]);
     if !document["components"].is_object() {
         document["components"] = json!({});
     }
     document["components"]["securitySchemes"] = json!({
+        "cloudToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The access_token of PUT /v1/sessions/{id}/cloud-api, for the phone number id the call names. Required from every caller.",
+        },
         "apiKey": {
             "type": "http",
             "scheme": "bearer",
@@ -80,6 +86,10 @@ pub fn finish(generated: OpenApi, guarded: &[String]) -> String {
     });
     if let Some(paths) = document["paths"].as_object_mut() {
         for (path, item) in paths.iter_mut() {
+            // Meta's Cloud API: its own token, Graph errors, no cross-site screen (cloud/mod.rs).
+            if path.starts_with("/cloud/") {
+                continue;
+            }
             let behind_key = guarded.iter().any(|g| g == path);
             for (method, operation) in item.as_object_mut().into_iter().flatten() {
                 add_common_answers(method, operation, behind_key);
