@@ -293,6 +293,7 @@ fn is_version(segment: &str) -> bool {
     (status = 200, description = "The Graph API answer", content((Object = "application/json"))),
     (status = 400, description = "A Graph error (`{\"error\": {\"message\", \"type\", \"code\", ...}}`)", content((Object = "application/json"))),
     (status = 401, description = "A Graph error: not this phone number's access token (code 190)", content((Object = "application/json"))),
+    (status = "default", description = "Another Graph error (404 unknown path, 429 rate limit, 502/503 WhatsApp or the session)", content((Object = "application/json"))),
 ))]
 async fn graph_get(State(state): State<Arc<AppState>>, request: Request) -> Response {
     dispatch(state, request).await.unwrap_or_else(IntoResponse::into_response)
@@ -306,6 +307,7 @@ async fn graph_get(State(state): State<Arc<AppState>>, request: Request) -> Resp
     (status = 200, description = "The Graph API answer", content((Object = "application/json"))),
     (status = 400, description = "A Graph error", content((Object = "application/json"))),
     (status = 401, description = "A Graph error: not this phone number's access token (code 190)", content((Object = "application/json"))),
+    (status = "default", description = "Another Graph error (404 unknown path, 429 rate limit, 502/503 WhatsApp or the session)", content((Object = "application/json"))),
 ))]
 async fn graph_post(State(state): State<Arc<AppState>>, request: Request) -> Response {
     dispatch(state, request).await.unwrap_or_else(IntoResponse::into_response)
@@ -318,6 +320,7 @@ async fn graph_post(State(state): State<Arc<AppState>>, request: Request) -> Res
     (status = 200, description = "The Graph API answer", content((Object = "application/json"))),
     (status = 400, description = "A Graph error", content((Object = "application/json"))),
     (status = 401, description = "A Graph error: not this phone number's access token (code 190)", content((Object = "application/json"))),
+    (status = "default", description = "Another Graph error (404 unknown path, 429 rate limit, 502/503 WhatsApp or the session)", content((Object = "application/json"))),
 ))]
 async fn graph_delete(State(state): State<Arc<AppState>>, request: Request) -> Response {
     dispatch(state, request).await.unwrap_or_else(IntoResponse::into_response)
