@@ -434,6 +434,24 @@ impl Store {
         .await
     }
 
+    /// Forgets what is older than `before_ms`: notes of sends (their statuses then no longer
+    /// become Cloud webhooks), uploaded files and upload sessions (Meta keeps media 30
+    /// days too), interactive options. Returns how many rows went.
+    pub fn prune_cloud(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.write_blocking(move |db| {
+            let mut pruned = 0;
+            for (table, column) in [
+                ("cloud_sent", "created_ms"),
+                ("cloud_media", "created_ms"),
+                ("cloud_uploads", "created_ms"),
+                ("cloud_interactive", "sent_ms"),
+            ] {
+                pruned += db.execute(&format!("DELETE FROM {table} WHERE {column} < ?1"), params![before_ms as i64])?;
+            }
+            Ok(pruned)
+        })
+    }
+
     /// Remembers the options of the interactive message just sent to `contact`.
     pub async fn set_cloud_interactive(
         &self,
@@ -521,6 +539,9 @@ mod tests {
         store.set_cloud_interactive("A", "1555", "button", "[]".into(), 7).await.unwrap();
         store.set_cloud_interactive("A", "1555", "list", "[1]".into(), 8).await.unwrap();
         assert_eq!(store.cloud_interactive("A", "1555").unwrap().unwrap().kind, "list");
+        assert_eq!(store.prune_cloud(2).unwrap(), 1, "the note of M1");
+        assert!(store.cloud_interactive("A", "1555").unwrap().is_some());
+        store.note_cloud_send("A", "M1", "1555", 1).await.unwrap();
         store.write(|db| delete_session_rows(db, "A")).await.unwrap();
         assert!(store.cloud_number_of_session("A").unwrap().is_none());
     }

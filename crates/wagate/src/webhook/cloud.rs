@@ -341,6 +341,13 @@ mod tests {
             shown["entry"][0]["changes"][0]["value"]["statuses"][0],
             json!({ "id": wamid("1555@s.whatsapp.net", "", "S1"), "status": "delivered", "timestamp": "1700000000", "recipient_id": "1555" })
         );
+        let failed =
+            json!({ "id": "S1", "chat": "1555@s.whatsapp.net", "status": "failed", "timestamp_ms": 1700000001000u64 });
+        let shown = body(&store, "A", "message.status", &failed).unwrap();
+        let status = &shown["entry"][0]["changes"][0]["value"]["statuses"][0];
+        assert_eq!((&status["status"], &status["errors"][0]["code"]), (&json!("failed"), &json!(131000)));
+        let queued = json!({ "id": "S1", "chat": "1555@s.whatsapp.net", "status": "queued", "timestamp_ms": 1 });
+        assert!(body(&store, "A", "message.status", &queued).is_none(), "the Cloud API has no queued status");
         assert!(body(&store, "A", "connection.update", &json!({})).is_none());
         assert!(body(&store, "B", "messages.upsert", &text).is_none(), "a session that is no Cloud number");
     }

@@ -271,6 +271,12 @@ fn prune(outbox: &Outbox) {
         Ok(count) => info!("forgot {count} received messages older than 30 days"),
         Err(e) => warn!("could not prune received messages: {e}"),
     }
+    // The Cloud API face: notes of sends, uploaded files, upload sessions (docs/cloud-api.md).
+    match outbox.store().prune_cloud(before) {
+        Ok(0) => {}
+        Ok(count) => info!("forgot {count} Cloud API records older than 30 days"),
+        Err(e) => warn!("could not prune Cloud API records: {e}"),
+    }
 }
 
 const RECEIVED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
