@@ -165,7 +165,8 @@ async fn content(
     to: &str,
 ) -> Result<(Content, Interactive), GraphError> {
     let object = &request[kind];
-    if !object.is_object() && !(kind == "contacts" && object.is_array()) {
+    let given = object.is_object() || (kind == "contacts" && object.is_array());
+    if !given {
         return Err(GraphError::invalid(format!("(#100) The parameter {kind} is required for type \"{kind}\".")));
     }
     let content = match kind {

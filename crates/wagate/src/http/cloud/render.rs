@@ -74,7 +74,7 @@ fn fill(text: &str, parameters: &[Value], what: &str) -> Result<String, RenderEr
     Ok(out)
 }
 
-fn parameters<'a>(component: Option<&'a Value>) -> &'a [Value] {
+fn parameters(component: Option<&Value>) -> &[Value] {
     component.and_then(|c| c["parameters"].as_array()).map(Vec::as_slice).unwrap_or(&[])
 }
 
