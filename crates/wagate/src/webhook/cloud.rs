@@ -348,6 +348,20 @@ mod tests {
         assert_eq!((&status["status"], &status["errors"][0]["code"]), (&json!("failed"), &json!(131000)));
         let queued = json!({ "id": "S1", "chat": "1555@s.whatsapp.net", "status": "queued", "timestamp_ms": 1 });
         assert!(body(&store, "A", "message.status", &queued).is_none(), "the Cloud API has no queued status");
+        // A numbered answer to a list within 24 h is a list reply; other texts stay texts.
+        let rows =
+            json!([{ "id": "r1", "title": "Monday", "description": "9-12" }, { "id": "r2", "title": "Tuesday" }]);
+        store.set_cloud_interactive("A", "1555", "list", rows.to_string(), crate::webhook::now_ms()).await.unwrap();
+        let mut answer = text.clone();
+        answer["text"] = json!("1");
+        let shown = body(&store, "A", "messages.upsert", &answer).unwrap();
+        assert_eq!(
+            shown["entry"][0]["changes"][0]["value"]["messages"][0]["interactive"],
+            json!({ "type": "list_reply", "list_reply": { "id": "r1", "title": "Monday", "description": "9-12" } })
+        );
+        answer["text"] = json!("3");
+        let shown = body(&store, "A", "messages.upsert", &answer).unwrap();
+        assert_eq!(shown["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"], "3", "no third option");
         assert!(body(&store, "A", "connection.update", &json!({})).is_none());
         assert!(body(&store, "B", "messages.upsert", &text).is_none(), "a session that is no Cloud number");
     }
