@@ -281,6 +281,9 @@ pub trait Connection: Send + Sync {
     /// most `cap` bytes (see [`MediaRef::download_cap`]); refuses a reference that is not
     /// safe to fetch ([`EngineError::UnsafeMedia`]).
     async fn download(&self, media: &MediaRef, cap: u64) -> Result<Downloaded, EngineError>;
+    /// Sends read receipts for received messages of `chat` (`sender`: the author, for a
+    /// group).
+    async fn mark_read(&self, chat: &str, sender: Option<&str>, ids: &[String]) -> Result<(), EngineError>;
     /// Asks WhatsApp which of these phone numbers (digits) have an account.
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError>;
     /// Whether a phone number (digits) is on WhatsApp, with its about text and picture.

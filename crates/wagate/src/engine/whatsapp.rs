@@ -457,6 +457,15 @@ impl Connection for WhatsAppConnection {
         Ok(Downloaded { file, len })
     }
 
+    async fn mark_read(&self, chat: &str, sender: Option<&str>, ids: &[String]) -> Result<(), EngineError> {
+        let chat: wacore_binary::Jid = chat.parse().map_err(|_| EngineError::BadRecipient(chat.to_string()))?;
+        let sender = sender
+            .map(|s| s.parse::<wacore_binary::Jid>().map_err(|_| EngineError::BadRecipient(s.to_string())))
+            .transpose()?;
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.client.mark_as_read(&chat, sender.as_ref(), &ids).await.map_err(|e| EngineError::Send(format!("{e:#}")))
+    }
+
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, EngineError> {
         let jids: Vec<wacore_binary::Jid> = phones.iter().map(|p| wacore_binary::Jid::pn(p.as_str())).collect();
         let found =

@@ -2,6 +2,7 @@
 //! root, `/metrics`, and the operators' web page at `/console`.
 
 mod auth;
+mod cloud;
 mod compat;
 mod console;
 pub mod error;
@@ -103,7 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// The router and its OpenAPI document, as `GET /v1/openapi.json` serves it.
 pub fn documented_router(state: Arc<AppState>) -> (Router, Arc<String>) {
-    let api = v1::routes().merge(compat::routes()).routes(routes!(metrics));
+    let api = v1::routes().merge(cloud::config_routes()).merge(compat::routes()).routes(routes!(metrics));
     #[cfg(feature = "sandbox")]
     let api = if state.sandbox.is_some() { api.merge(sandbox::routes()) } else { api };
     // Behind the key check: a request is admitted here before it is sent on to the node that
@@ -116,6 +117,8 @@ pub fn documented_router(state: Arc<AppState>) -> (Router, Arc<String>) {
         .merge(guarded)
         .merge(console::routes(state.clone()))
         .merge(health::routes())
+        // Meta's Cloud API: its own token on every call instead of the key rule of /v1.
+        .merge(cloud::routes())
         // The document holds nothing secret; the console links to it without the key.
         .routes(routes!(openapi::document))
         .split_for_parts();

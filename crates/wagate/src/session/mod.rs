@@ -528,14 +528,30 @@ impl SessionManager {
         idempotency_key: Option<&str>,
         may_queue: bool,
     ) -> Result<SentMessage, SessionError> {
+        self.send_as(id, to, message, idempotency_key, may_queue, None).await
+    }
+
+    /// [`SessionManager::send`] under a message id chosen by the caller (made with
+    /// [`crate::engine::new_message_id`]), so that it can note the id before the message
+    /// goes; with an idempotency key already used, the answer names the first message.
+    pub async fn send_as(
+        self: &Arc<Self>,
+        id: &str,
+        to: &str,
+        message: Outgoing,
+        idempotency_key: Option<&str>,
+        may_queue: bool,
+        message_id: Option<String>,
+    ) -> Result<SentMessage, SessionError> {
         if self.get(id).is_none() {
             return Err(SessionError::NotFound);
         }
+        let new_id = || message_id.clone().unwrap_or_else(crate::engine::new_message_id);
         let Some(key) = idempotency_key else {
-            return self.send_or_queue(id, to, &message, None, may_queue, crate::engine::new_message_id()).await;
+            return self.send_or_queue(id, to, &message, None, may_queue, new_id()).await;
         };
         for _ in 0..3 {
-            let fresh_id = crate::engine::new_message_id();
+            let fresh_id = new_id();
             let now = crate::webhook::now_ms();
             match self.store.claim_idempotency_key(id, key, &fresh_id, &self.run, now).await? {
                 KeyClaim::Claimed => return self.send_keyed(id, to, message, key, fresh_id, may_queue).await,
@@ -691,6 +707,24 @@ impl SessionManager {
         let conn = self.connection(id).await?;
         let file = conn.download(&media.location, cap).await.map_err(engine_failure)?;
         Ok((file, media))
+    }
+
+    /// Sends a read receipt for a received message of `chat` (`sender`: its author, for a
+    /// group).
+    pub async fn mark_read(
+        &self,
+        id: &str,
+        chat: &str,
+        sender: Option<&str>,
+        message_id: &str,
+    ) -> Result<(), SessionError> {
+        let conn = self.connection(id).await?;
+        conn.mark_read(chat, sender, &[message_id.to_string()]).await.map_err(engine_failure)
+    }
+
+    /// Where callers reach this gateway (`http://host:port`), for links to it.
+    pub fn public_url(&self) -> &str {
+        &self.config.public_url
     }
 
     /// Which of these phone numbers are on WhatsApp.

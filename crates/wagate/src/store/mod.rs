@@ -15,6 +15,7 @@ use crate::session::state::LastState;
 use crate::session::validate_id;
 use sql::{Db, Row, ToValue, Value};
 
+pub mod cloud;
 pub mod lock;
 mod messages;
 mod outbox;
@@ -89,6 +90,8 @@ pub enum WebhookFormat {
     #[default]
     Native,
     Compat,
+    /// Meta's Cloud API webhooks; set by `PUT /v1/sessions/{id}/cloud-api` only.
+    Cloud,
 }
 
 impl WebhookConfig {
@@ -199,6 +202,8 @@ const MIGRATIONS: &[&str] = &[
     // The hourly pruning finds old rows by age instead of reading both tables whole.
     "CREATE INDEX sent_messages_age ON sent_messages (created_ms);
     CREATE INDEX idempotency_keys_age ON idempotency_keys (created_ms);",
+    // The Cloud API face of sessions (docs/cloud-api.md).
+    cloud::MIGRATION,
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` once migrated).
@@ -509,6 +514,7 @@ impl Store {
                 ] {
                     db.execute(&format!("DELETE FROM {table} WHERE session = ?1"), args![id])?;
                 }
+                cloud::delete_session_rows(db, &id)?;
                 // Events still to deliver (the logout among them) go out; the history goes.
                 db.execute("DELETE FROM webhook_events WHERE session = ?1 AND status != 'pending'", args![id])?;
                 Ok(db.execute("DELETE FROM sessions WHERE id = ?1", args![id])? == 1)

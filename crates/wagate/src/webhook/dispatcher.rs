@@ -272,6 +272,12 @@ fn prune(outbox: &Outbox) {
         Ok(count) => info!("forgot {count} received messages older than 30 days"),
         Err(e) => warn!("could not prune received messages: {e}"),
     }
+    // The Cloud API face: notes of sends, uploaded files, upload sessions (docs/cloud-api.md).
+    match outbox.store().prune_cloud(before) {
+        Ok(0) => {}
+        Ok(count) => info!("forgot {count} Cloud API records older than 30 days"),
+        Err(e) => warn!("could not prune Cloud API records: {e}"),
+    }
 }
 
 const RECEIVED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -292,8 +298,15 @@ async fn post(client: &reqwest::Client, endpoint: &WebhookConfig, id: &str, body
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string());
-    if let Some(secret) = endpoint.secret.as_deref().filter(|s| !s.is_empty()) {
-        request = request.header("webhook-signature", signature(secret, id, timestamp, body.as_bytes()));
+    match endpoint.secret.as_deref().filter(|s| !s.is_empty()) {
+        // Meta's signature, and only it: Cloud API clients check this header.
+        Some(secret) if endpoint.format == WebhookFormat::Cloud => {
+            request = request.header("X-Hub-Signature-256", super::signing::hub_signature(secret, body.as_bytes()));
+        }
+        Some(secret) => {
+            request = request.header("webhook-signature", signature(secret, id, timestamp, body.as_bytes()));
+        }
+        None => {}
     }
     if let Some(token) = endpoint.token.as_deref() {
         request = request.header("X-Webhook-Token", token);

@@ -2,6 +2,7 @@
 //! before anything is sent; one dispatcher delivers them, in order per session, signed,
 //! with retries and a dead letter.
 
+pub mod cloud;
 pub mod compat;
 mod dispatcher;
 pub mod envelope;
@@ -135,7 +136,7 @@ impl Outbox {
         }
         let now = now_ms();
         let id = envelope::new_event_id(now);
-        let Some(body) = body(&endpoint, &id, session, event, now, data) else {
+        let Some(body) = body(&self.store, &endpoint, &id, session, event, now, data) else {
             return Ok(None);
         };
         Ok(Some(NewEvent {
@@ -153,7 +154,7 @@ impl Outbox {
         let Some(endpoint) = self.endpoint(&prepared.session)? else {
             return Ok(None);
         };
-        Ok(body(&endpoint, &prepared.id, &prepared.session, &prepared.event, prepared.created_ms, data))
+        Ok(body(&self.store, &endpoint, &prepared.id, &prepared.session, &prepared.event, prepared.created_ms, data))
     }
 
     /// Records an event for delivery (when the session has a webhook that wants it) and
@@ -197,6 +198,7 @@ impl Outbox {
 }
 
 fn body(
+    store: &Store,
     endpoint: &WebhookConfig,
     id: &str,
     session: &str,
@@ -209,6 +211,7 @@ fn body(
             serde_json::to_string(&envelope::Envelope { id, event, session, timestamp_ms, data, v: 1 })
         }
         WebhookFormat::Compat => serde_json::to_string(&compat::body(session, event, data)?),
+        WebhookFormat::Cloud => serde_json::to_string(&cloud::body(store, session, event, data)?),
     };
     Some(body.expect("bodies serialize"))
 }

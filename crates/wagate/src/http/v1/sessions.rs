@@ -65,6 +65,11 @@ fn checked_proxy(url: &str) -> ApiResult<String> {
 async fn create(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody<CreateSession>) -> ApiResult<Response> {
     if let Some(webhook) = &body.webhook {
         validate_webhook_url(&webhook.url)?;
+        if webhook.format == crate::store::WebhookFormat::Cloud {
+            return Err(ApiError::bad_request(
+                "format 'cloud' is set by PUT /v1/sessions/{id}/cloud-api (docs/cloud-api.md)",
+            ));
+        }
     }
     if let Some(proxy) = &body.proxy {
         checked_proxy(proxy)?;

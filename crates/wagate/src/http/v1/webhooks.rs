@@ -81,6 +81,11 @@ async fn replace(
     JsonBody(webhook): JsonBody<WebhookConfig>,
 ) -> ApiResult<Json<WebhookView>> {
     validate_webhook_url(&webhook.url)?;
+    if webhook.format == crate::store::WebhookFormat::Cloud {
+        return Err(ApiError::bad_request(
+            "format 'cloud' is set by PUT /v1/sessions/{id}/cloud-api (docs/cloud-api.md)",
+        ));
+    }
     if webhook.events.as_ref().is_some_and(|events| events.is_empty()) {
         return Err(ApiError::bad_request("events, when given, must name at least one event"));
     }
