@@ -6,7 +6,8 @@
 //! Portable SQL only (`?n` placeholders, `ON CONFLICT ... DO`, no rowid, no PRAGMA): the
 //! same statements are meant to run on PostgreSQL.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{Db, Row};
+use crate::args;
 
 use super::{Store, StoreError};
 
@@ -66,6 +67,65 @@ pub const MIGRATION: &str = "CREATE TABLE cloud_numbers (
         kind TEXT NOT NULL,
         options TEXT NOT NULL,
         sent_ms INTEGER NOT NULL,
+        PRIMARY KEY (session, contact)
+    );";
+
+/// The same tables on PostgreSQL (appended to `store::postgres::MIGRATIONS`).
+pub const POSTGRES_MIGRATION: &str = "CREATE TABLE cloud_numbers (
+        session TEXT PRIMARY KEY,
+        phone_number_id TEXT NOT NULL UNIQUE,
+        waba_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        token_sha256 BYTEA NOT NULL,
+        include_all BIGINT NOT NULL DEFAULT 0,
+        rate_per_minute BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE INDEX cloud_numbers_waba ON cloud_numbers (waba_id);
+    CREATE INDEX cloud_numbers_app ON cloud_numbers (app_id);
+    CREATE TABLE cloud_sent (
+        session TEXT NOT NULL,
+        id TEXT NOT NULL,
+        wa_id TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (session, id)
+    );
+    CREATE INDEX cloud_sent_age ON cloud_sent (created_ms);
+    CREATE TABLE cloud_media (
+        id TEXT PRIMARY KEY,
+        session TEXT NOT NULL,
+        mime_type TEXT NOT NULL,
+        filename TEXT,
+        sha256 TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE INDEX cloud_media_age ON cloud_media (created_ms);
+    CREATE TABLE cloud_templates (
+        id TEXT PRIMARY KEY,
+        waba_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        language TEXT NOT NULL,
+        category TEXT NOT NULL,
+        components TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        UNIQUE (waba_id, name, language)
+    );
+    CREATE TABLE cloud_uploads (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        file_type TEXT NOT NULL,
+        file_length BIGINT NOT NULL,
+        handle TEXT,
+        data BYTEA,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE cloud_interactive (
+        session TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        options TEXT NOT NULL,
+        sent_ms BIGINT NOT NULL,
         PRIMARY KEY (session, contact)
     );";
 
@@ -132,31 +192,29 @@ pub struct CloudInteractive {
 const NUMBER_COLUMNS: &str =
     "session, phone_number_id, waba_id, app_id, token_sha256, include_all, rate_per_minute, created_ms";
 
-fn number_of(row: &Row<'_>) -> rusqlite::Result<CloudNumber> {
+fn number_of(row: &Row) -> Result<CloudNumber, StoreError> {
     Ok(CloudNumber {
         session: row.get(0)?,
         phone_number_id: row.get(1)?,
         waba_id: row.get(2)?,
         app_id: row.get(3)?,
         token_sha256: row.get(4)?,
-        include_all: row.get::<_, i64>(5)? != 0,
-        rate_per_minute: u32::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
-        created_ms: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
+        include_all: row.get::<i64>(5)? != 0,
+        rate_per_minute: u32::try_from(row.get::<i64>(6)?).unwrap_or(0),
+        created_ms: u64::try_from(row.get::<i64>(7)?).unwrap_or(0),
     })
 }
 
-fn template_of(row: &Row<'_>) -> rusqlite::Result<(CloudTemplate, String)> {
-    Ok((
-        CloudTemplate {
-            id: row.get(0)?,
-            waba_id: row.get(1)?,
-            name: row.get(2)?,
-            language: row.get(3)?,
-            category: row.get(4)?,
-            components: serde_json::Value::Null,
-        },
-        row.get(5)?,
-    ))
+fn template_of(row: &Row) -> Result<CloudTemplate, StoreError> {
+    let template = CloudTemplate {
+        id: row.get(0)?,
+        waba_id: row.get(1)?,
+        name: row.get(2)?,
+        language: row.get(3)?,
+        category: row.get(4)?,
+        components: serde_json::Value::Null,
+    };
+    parse_template((template, row.get(5)?))
 }
 
 fn parse_template((mut template, components): (CloudTemplate, String)) -> Result<CloudTemplate, StoreError> {
@@ -168,18 +226,17 @@ fn parse_template((mut template, components): (CloudTemplate, String)) -> Result
 const TEMPLATE_COLUMNS: &str = "id, waba_id, name, language, category, components";
 
 /// Whether a message was sent through the Cloud API (and to whom), inside a transaction
-/// or on the read connection.
-pub fn cloud_sent_to(db: &Connection, session: &str, id: &str) -> Result<Option<String>, StoreError> {
-    Ok(db
-        .prepare_cached("SELECT wa_id FROM cloud_sent WHERE session = ?1 AND id = ?2")?
-        .query_row(params![session, id], |row| row.get(0))
-        .optional()?)
+/// or on a reading connection.
+pub fn cloud_sent_to(db: &dyn Db, session: &str, id: &str) -> Result<Option<String>, StoreError> {
+    db.query_opt("SELECT wa_id FROM cloud_sent WHERE session = ?1 AND id = ?2", args![session, id])?
+        .map(|row| row.get(0))
+        .transpose()
 }
 
 /// Deletes a session's Cloud API rows inside the caller's transaction.
-pub fn delete_session_rows(db: &Connection, session: &str) -> Result<(), StoreError> {
+pub fn delete_session_rows(db: &dyn Db, session: &str) -> Result<(), StoreError> {
     for table in ["cloud_numbers", "cloud_sent", "cloud_media", "cloud_interactive"] {
-        db.execute(&format!("DELETE FROM {table} WHERE session = ?1"), params![session])?;
+        db.execute(&format!("DELETE FROM {table} WHERE session = ?1"), args![session])?;
     }
     Ok(())
 }
@@ -194,7 +251,7 @@ impl Store {
                  rate_per_minute, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (session) DO UPDATE SET phone_number_id = ?2, waba_id = ?3, app_id = ?4,
                  token_sha256 = ?5, include_all = ?6, rate_per_minute = ?7",
-                params![
+                args![
                     number.session,
                     number.phone_number_id,
                     number.waba_id,
@@ -213,41 +270,40 @@ impl Store {
     /// Removes a session's mapping; false when it had none.
     pub async fn remove_cloud_number(&self, session: &str) -> Result<bool, StoreError> {
         let session = session.to_string();
-        self.write(move |db| Ok(db.execute("DELETE FROM cloud_numbers WHERE session = ?1", params![session])? == 1))
-            .await
+        self.write(move |db| Ok(db.execute("DELETE FROM cloud_numbers WHERE session = ?1", args![session])? == 1)).await
     }
 
     pub fn cloud_number_of_session(&self, session: &str) -> Result<Option<CloudNumber>, StoreError> {
-        let db = self.db();
-        let sql = format!("SELECT {NUMBER_COLUMNS} FROM cloud_numbers WHERE session = ?1");
-        let row = db.prepare_cached(&sql)?.query_row(params![session], number_of).optional()?;
-        Ok(row)
+        self.cloud_number_where("session", session)
     }
 
     pub fn cloud_number(&self, phone_number_id: &str) -> Result<Option<CloudNumber>, StoreError> {
-        let db = self.db();
-        let sql = format!("SELECT {NUMBER_COLUMNS} FROM cloud_numbers WHERE phone_number_id = ?1");
-        let row = db.prepare_cached(&sql)?.query_row(params![phone_number_id], number_of).optional()?;
-        Ok(row)
+        self.cloud_number_where("phone_number_id", phone_number_id)
+    }
+
+    fn cloud_number_where(&self, column: &'static str, value: &str) -> Result<Option<CloudNumber>, StoreError> {
+        let value = value.to_string();
+        self.read(move |db| {
+            let sql = format!("SELECT {NUMBER_COLUMNS} FROM cloud_numbers WHERE {column} = ?1");
+            db.query_opt(&sql, args![value])?.as_ref().map(number_of).transpose()
+        })
     }
 
     /// The numbers of a WhatsApp Business Account id (or, with `by_app`, of an app id).
     pub fn cloud_numbers_of(&self, id: &str, by_app: bool) -> Result<Vec<CloudNumber>, StoreError> {
-        let db = self.db();
+        let id = id.to_string();
         let column = if by_app { "app_id" } else { "waba_id" };
-        let sql = format!("SELECT {NUMBER_COLUMNS} FROM cloud_numbers WHERE {column} = ?1 ORDER BY session");
-        let mut statement = db.prepare_cached(&sql)?;
-        let rows = statement.query_map(params![id], number_of)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(move |db| {
+            let sql = format!("SELECT {NUMBER_COLUMNS} FROM cloud_numbers WHERE {column} = ?1 ORDER BY session");
+            db.query_map(&sql, args![id], number_of)
+        })
     }
 
     /// Every mapping (for token checks on objects that name no number).
     pub fn cloud_numbers(&self) -> Result<Vec<CloudNumber>, StoreError> {
-        let db = self.db();
-        let sql = format!("SELECT {NUMBER_COLUMNS} FROM cloud_numbers ORDER BY session");
-        let mut statement = db.prepare_cached(&sql)?;
-        let rows = statement.query_map([], number_of)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query_map(&format!("SELECT {NUMBER_COLUMNS} FROM cloud_numbers ORDER BY session"), args![], number_of)
+        })
     }
 
     /// Notes, before it is sent, that message `id` goes out through the Cloud API to `wa_id`.
@@ -256,7 +312,7 @@ impl Store {
         self.write(move |db| {
             db.execute(
                 "INSERT INTO cloud_sent (session, id, wa_id, created_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![session, id, wa_id, now_ms as i64],
+                args![session, id, wa_id, now_ms as i64],
             )?;
             Ok(())
         })
@@ -264,7 +320,8 @@ impl Store {
     }
 
     pub fn cloud_sent_to(&self, session: &str, id: &str) -> Result<Option<String>, StoreError> {
-        cloud_sent_to(&self.db(), session, id)
+        let (session, id) = (session.to_string(), id.to_string());
+        self.read(move |db| cloud_sent_to(db, &session, &id))
     }
 
     pub async fn add_cloud_media(&self, media: CloudMedia, now_ms: u64) -> Result<(), StoreError> {
@@ -272,7 +329,7 @@ impl Store {
             db.execute(
                 "INSERT INTO cloud_media (id, session, mime_type, filename, sha256, data, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+                args![
                     media.id,
                     media.session,
                     media.mime_type,
@@ -288,10 +345,13 @@ impl Store {
     }
 
     pub fn cloud_media(&self, id: &str) -> Result<Option<CloudMedia>, StoreError> {
-        let db = self.db();
-        let row = db
-            .prepare_cached("SELECT id, session, mime_type, filename, sha256, data FROM cloud_media WHERE id = ?1")?
-            .query_row(params![id], |row| {
+        let id = id.to_string();
+        self.read(move |db| {
+            db.query_opt(
+                "SELECT id, session, mime_type, filename, sha256, data FROM cloud_media WHERE id = ?1",
+                args![id],
+            )?
+            .map(|row| {
                 Ok(CloudMedia {
                     id: row.get(0)?,
                     session: row.get(1)?,
@@ -301,13 +361,13 @@ impl Store {
                     data: row.get(5)?,
                 })
             })
-            .optional()?;
-        Ok(row)
+            .transpose()
+        })
     }
 
     pub async fn delete_cloud_media(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |db| Ok(db.execute("DELETE FROM cloud_media WHERE id = ?1", params![id])? == 1)).await
+        self.write(move |db| Ok(db.execute("DELETE FROM cloud_media WHERE id = ?1", args![id])? == 1)).await
     }
 
     /// Adds a template; false when the account has one of that name and language already.
@@ -316,7 +376,7 @@ impl Store {
             let inserted = db.execute(
                 "INSERT INTO cloud_templates (id, waba_id, name, language, category, components, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                params![
+                args![
                     template.id,
                     template.waba_id,
                     template.name,
@@ -341,9 +401,9 @@ impl Store {
         let id = id.to_string();
         self.write(move |db| {
             let changed = db.execute(
-                "UPDATE cloud_templates SET category = COALESCE(?2, category), components = COALESCE(?3, components)
-                 WHERE id = ?1",
-                params![id, category, components.map(|c| c.to_string())],
+                "UPDATE cloud_templates SET category = COALESCE(CAST(?2 AS TEXT), category),
+                 components = COALESCE(CAST(?3 AS TEXT), components) WHERE id = ?1",
+                args![id, category, components.map(|c| c.to_string())],
             )?;
             Ok(changed == 1)
         })
@@ -359,27 +419,30 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let (waba_id, name, id) = (waba_id.to_string(), name.map(str::to_string), id.map(str::to_string));
         self.write(move |db| {
-            Ok(db.execute(
-                "DELETE FROM cloud_templates WHERE waba_id = ?1 AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR id = ?3)",
-                params![waba_id, name, id],
-            )?)
+            db.execute(
+                "DELETE FROM cloud_templates WHERE waba_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR name = ?2)
+                 AND (CAST(?3 AS TEXT) IS NULL OR id = ?3)",
+                args![waba_id, name, id],
+            )
         })
         .await
     }
 
     pub fn cloud_templates(&self, waba_id: &str) -> Result<Vec<CloudTemplate>, StoreError> {
-        let db = self.db();
-        let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM cloud_templates WHERE waba_id = ?1 ORDER BY name, language");
-        let mut statement = db.prepare_cached(&sql)?;
-        let rows = statement.query_map(params![waba_id], template_of)?.collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(parse_template).collect()
+        let waba_id = waba_id.to_string();
+        self.read(move |db| {
+            let sql =
+                format!("SELECT {TEMPLATE_COLUMNS} FROM cloud_templates WHERE waba_id = ?1 ORDER BY name, language");
+            db.query_map(&sql, args![waba_id], template_of)
+        })
     }
 
     pub fn cloud_template(&self, id: &str) -> Result<Option<CloudTemplate>, StoreError> {
-        let db = self.db();
-        let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM cloud_templates WHERE id = ?1");
-        let row = db.prepare_cached(&sql)?.query_row(params![id], template_of).optional()?;
-        row.map(parse_template).transpose()
+        let id = id.to_string();
+        self.read(move |db| {
+            let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM cloud_templates WHERE id = ?1");
+            db.query_opt(&sql, args![id])?.as_ref().map(template_of).transpose()
+        })
     }
 
     pub fn cloud_template_named(
@@ -388,19 +451,20 @@ impl Store {
         name: &str,
         language: &str,
     ) -> Result<Option<CloudTemplate>, StoreError> {
-        let db = self.db();
-        let sql = format!(
-            "SELECT {TEMPLATE_COLUMNS} FROM cloud_templates WHERE waba_id = ?1 AND name = ?2 AND language = ?3"
-        );
-        let row = db.prepare_cached(&sql)?.query_row(params![waba_id, name, language], template_of).optional()?;
-        row.map(parse_template).transpose()
+        let (waba_id, name, language) = (waba_id.to_string(), name.to_string(), language.to_string());
+        self.read(move |db| {
+            let sql = format!(
+                "SELECT {TEMPLATE_COLUMNS} FROM cloud_templates WHERE waba_id = ?1 AND name = ?2 AND language = ?3"
+            );
+            db.query_opt(&sql, args![waba_id, name, language])?.as_ref().map(template_of).transpose()
+        })
     }
 
     pub async fn add_cloud_upload(&self, upload: CloudUpload, now_ms: u64) -> Result<(), StoreError> {
         self.write(move |db| {
             db.execute(
                 "INSERT INTO cloud_uploads (id, app_id, file_type, file_length, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![upload.id, upload.app_id, upload.file_type, upload.file_length as i64, now_ms as i64],
+                args![upload.id, upload.app_id, upload.file_type, upload.file_length as i64, now_ms as i64],
             )?;
             Ok(())
         })
@@ -408,27 +472,30 @@ impl Store {
     }
 
     pub fn cloud_upload(&self, id: &str) -> Result<Option<CloudUpload>, StoreError> {
-        let db = self.db();
-        let row = db
-            .prepare_cached("SELECT id, app_id, file_type, file_length, handle FROM cloud_uploads WHERE id = ?1")?
-            .query_row(params![id], |row| {
+        let id = id.to_string();
+        self.read(move |db| {
+            db.query_opt(
+                "SELECT id, app_id, file_type, file_length, handle FROM cloud_uploads WHERE id = ?1",
+                args![id],
+            )?
+            .map(|row| {
                 Ok(CloudUpload {
                     id: row.get(0)?,
                     app_id: row.get(1)?,
                     file_type: row.get(2)?,
-                    file_length: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                    file_length: u64::try_from(row.get::<i64>(3)?).unwrap_or(0),
                     handle: row.get(4)?,
                 })
             })
-            .optional()?;
-        Ok(row)
+            .transpose()
+        })
     }
 
     /// Stores an upload's bytes and the handle that names them.
     pub async fn finish_cloud_upload(&self, id: &str, handle: &str, data: Vec<u8>) -> Result<(), StoreError> {
         let (id, handle) = (id.to_string(), handle.to_string());
         self.write(move |db| {
-            db.execute("UPDATE cloud_uploads SET handle = ?2, data = ?3 WHERE id = ?1", params![id, handle, data])?;
+            db.execute("UPDATE cloud_uploads SET handle = ?2, data = ?3 WHERE id = ?1", args![id, handle, data])?;
             Ok(())
         })
         .await
@@ -446,7 +513,7 @@ impl Store {
                 ("cloud_uploads", "created_ms"),
                 ("cloud_interactive", "sent_ms"),
             ] {
-                pruned += db.execute(&format!("DELETE FROM {table} WHERE {column} < ?1"), params![before_ms as i64])?;
+                pruned += db.execute(&format!("DELETE FROM {table} WHERE {column} < ?1"), args![before_ms as i64])?;
             }
             Ok(pruned)
         })
@@ -466,7 +533,7 @@ impl Store {
             db.execute(
                 "INSERT INTO cloud_interactive (session, contact, kind, options, sent_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (session, contact) DO UPDATE SET kind = ?3, options = ?4, sent_ms = ?5",
-                params![session, contact, kind, options, now_ms as i64],
+                args![session, contact, kind, options, now_ms as i64],
             )?;
             Ok(())
         })
@@ -474,18 +541,21 @@ impl Store {
     }
 
     pub fn cloud_interactive(&self, session: &str, contact: &str) -> Result<Option<CloudInteractive>, StoreError> {
-        let db = self.db();
-        let row = db
-            .prepare_cached("SELECT kind, options, sent_ms FROM cloud_interactive WHERE session = ?1 AND contact = ?2")?
-            .query_row(params![session, contact], |row| {
+        let (session, contact) = (session.to_string(), contact.to_string());
+        self.read(move |db| {
+            db.query_opt(
+                "SELECT kind, options, sent_ms FROM cloud_interactive WHERE session = ?1 AND contact = ?2",
+                args![session, contact],
+            )?
+            .map(|row| {
                 Ok(CloudInteractive {
                     kind: row.get(0)?,
                     options: row.get(1)?,
-                    sent_ms: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                    sent_ms: u64::try_from(row.get::<i64>(2)?).unwrap_or(0),
                 })
             })
-            .optional()?;
-        Ok(row)
+            .transpose()
+        })
     }
 }
 
@@ -495,8 +565,13 @@ mod tests {
 
     #[tokio::test]
     async fn numbers_templates_media_and_sends_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        for test in crate::store::testing::both().await {
+            eprintln!("on {}", test.name);
+            numbers_templates_media_and_sends_round_trip_on(test.store()).await;
+        }
+    }
+
+    async fn numbers_templates_media_and_sends_round_trip_on(store: &Store) {
         let number = CloudNumber {
             session: "A".into(),
             phone_number_id: "100".into(),

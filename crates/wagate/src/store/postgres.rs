@@ -100,6 +100,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX inbound_keys_age ON inbound_keys (received_ms);",
     // Several nodes: who runs which session (see `cluster`).
     crate::cluster::leases::SCHEMA,
+    super::cloud::POSTGRES_MIGRATION,
 ];
 
 /// The advisory lock every wagate migration of a database runs under, so that nodes
