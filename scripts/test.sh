@@ -126,6 +126,11 @@ if [ -z "${CHROMIUM_BIN:-}" ]; then
   fi
 fi
 
+# --- PostgreSQL: the store's and the cluster's tests (each makes its own database) --------
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  note "PostgreSQL does not answer on 127.0.0.1:5432 (user postgres, trust auth); the PostgreSQL store and cluster tests will fail"
+fi
+
 if [ ${#problems[@]} -gt 0 ]; then
   echo "scripts/test.sh: setup incomplete, running the tests anyway:" >&2
   printf '  - %s\n' "${problems[@]}" >&2
@@ -135,5 +140,20 @@ fi
 # --no-fail-fast: every test binary runs even when an earlier one fails, so one failure
 # never hides another; cargo's summary at the end lists every binary that failed.
 selection=("$@")
-[ ${#selection[@]} -gt 0 ] || selection=(--workspace)
-exec cargo test --all-features --no-fail-fast "${selection[@]}"
+if [ ${#selection[@]} -gt 0 ]; then
+  exec cargo test --all-features --no-fail-fast "${selection[@]}"
+fi
+status=0
+cargo test --all-features --no-fail-fast --workspace || status=$?
+
+# The same gateway tests again with the store in PostgreSQL (one database per data
+# directory, wagate_tdir_*, dropped afterwards): linking, restarts, webhooks, messages.
+echo "scripts/test.sh: linking, restarts, webhooks and messages again, on PostgreSQL" >&2
+WAGATE_TEST_STORE=postgres cargo test --all-features --no-fail-fast -p wagate \
+  --test linking --test restarts --test webhooks --test messages || status=$?
+if command -v psql >/dev/null; then
+  psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
+    "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'wagate\\_tdir\\_%'" |
+    psql -h 127.0.0.1 -U postgres -d postgres -q >/dev/null || true
+fi
+exit $status

@@ -114,13 +114,16 @@ impl Gateway {
             sessions.public_url = format!("http://{host}");
         }
         let manager = SessionManager::new(engine, outbox, sessions);
-        if let Some(database) = &config.database {
-            let cluster = Cluster::join(cluster_config(database, addr, config.sessions.max_sessions))
-                .await
-                .context("joining the other nodes on the database")?;
-            manager.join_cluster(cluster);
-        }
-        let restored = manager.restore().context("restoring the sessions of the data directory")?;
+        let restored = match &config.database {
+            Some(database) => {
+                let cluster = Cluster::join(cluster_config(database, addr, config.sessions.max_sessions))
+                    .await
+                    .context("joining the other nodes on the database")?;
+                manager.join_cluster(cluster.clone());
+                cluster.take_share().await
+            }
+            None => manager.restore().context("restoring the sessions of the data directory")?,
+        };
         let state = Arc::new(AppState {
             manager: manager.clone(),
             access: config.access.clone(),

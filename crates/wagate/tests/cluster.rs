@@ -22,15 +22,33 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+/// A failed test shows the end of each node's log.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self._dir.path().join("gateway.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the end of {}'s log:", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 fn spawn_node(sim: &Simulator, database: &TestDatabase, name: &str, ttl_secs: u64, webhook: &str) -> Node {
+    spawn_node_via(sim, &database.url(), name, ttl_secs, webhook)
+}
+
+/// A node that reaches the database at `url` (through a proxy the test controls, say).
+fn spawn_node_via(sim: &Simulator, url: &str, name: &str, ttl_secs: u64, webhook: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let ttl = ttl_secs.to_string();
-    let url = database.url();
     let process = GatewayProcess::spawn_with(
         sim,
         dir.path(),
         free_port(),
-        &["--database", &url, "--node-id", name, "--lease-ttl", &ttl, "--webhook-url", webhook],
+        &["--database", url, "--node-id", name, "--lease-ttl", &ttl, "--webhook-url", webhook],
     );
     Node { name: name.to_string(), process, _dir: dir }
 }
@@ -49,10 +67,12 @@ fn phone_of(prefix: &str, n: usize) -> String {
     format!("4930{:07}", n + prefix.len() * 1000)
 }
 
-/// Links `count` sessions named `prefix-<n>`, each created through node `n % nodes`.
-async fn link_many(nodes: &[&Api], sim: &Api, prefix: &str, count: usize) -> Vec<String> {
+/// Links `count` sessions named `prefix-<n>`, each created through node `n % nodes`,
+/// `together` at a time (new sessions go to the node with the most room: a burst created
+/// together lands on the same one).
+async fn link_many(nodes: &[&Api], sim: &Api, prefix: &str, count: usize, together: usize) -> Vec<String> {
     let ids: Vec<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
-    for chunk in ids.chunks(10).enumerate().map(|(c, ids)| (c * 10, ids)) {
+    for chunk in ids.chunks(together).enumerate().map(|(c, ids)| (c * together, ids)) {
         let (offset, ids) = chunk;
         let links = ids.iter().enumerate().map(|(i, id)| {
             let node = nodes[(offset + i) % nodes.len()];
@@ -129,12 +149,12 @@ async fn a_killed_nodes_sessions_come_back_on_the_others_without_a_qr_and_never_
     let sim_api = Api::sim(&sim);
     let receiver = Receiver::start().await;
     let nodes: Vec<Node> =
-        ["node-a", "node-b", "node-c"].iter().map(|name| spawn_node(&sim, &database, name, 3, &receiver.url)).collect();
+        ["node-a", "node-b", "node-c"].iter().map(|name| spawn_node(&sim, &database, name, 6, &receiver.url)).collect();
     for node in &nodes {
         node.process.ready().await;
     }
     let apis: Vec<&Api> = nodes.iter().map(|n| &n.process.api).collect();
-    let ids = link_many(&apis, &sim_api, "WA-Fail", 60).await;
+    let ids = link_many(&apis, &sim_api, "WA-Fail", 60, 10).await;
 
     let before = owners(&database);
     assert_eq!(before.len(), 60, "every session has an owner: {before:?}");
@@ -147,8 +167,9 @@ async fn a_killed_nodes_sessions_come_back_on_the_others_without_a_qr_and_never_
     assert_eq!(simultaneous, 0, "no account had two sockets while linking: {totals}");
 
     let mut nodes = nodes;
-    let killed = nodes.pop().unwrap();
-    killed.process.kill_9();
+    let mut killed = nodes.pop().unwrap();
+    killed.process.child.kill().expect("SIGKILL");
+    let _ = killed.process.child.wait();
 
     // Once its leases lapse, the two others take its sessions and reconnect them.
     let survivors: Vec<&Api> = nodes.iter().map(|n| &n.process.api).collect();
@@ -200,7 +221,7 @@ async fn a_stopping_node_hands_its_sessions_over_long_before_its_leases_could_la
     let b = spawn_node(&sim, &database, "node-b", 120, &receiver.url);
     a.process.ready().await;
     b.process.ready().await;
-    link_many(&[&a.process.api, &b.process.api], &sim_api, "WA-Drain", 10).await;
+    link_many(&[&a.process.api, &b.process.api], &sim_api, "WA-Drain", 10, 1).await;
     let moving: Vec<String> =
         owners(&database).into_iter().filter(|(_, owner)| owner == "node-b").map(|(s, _)| s).collect();
     assert!(!moving.is_empty(), "node-b runs some sessions");
@@ -232,4 +253,116 @@ async fn a_stopping_node_hands_its_sessions_over_long_before_its_leases_could_la
         .post(&format!("/v1/sessions/{}/messages", moving[0]), json!({"to": to, "text": "after the move"}))
         .await;
     assert!(status == 200 || status == 201 || status == 202, "send after the move: {status} {sent}");
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can pause: while paused, nothing passes
+/// either way (the node's connections stay open but go silent, as across a partition).
+struct PausableProxy {
+    port: u16,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl PausableProxy {
+    async fn start(upstream: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (paused, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pipe(client_read, server_write, watch.clone()));
+                tokio::spawn(pipe(server_read, client_write, watch.clone()));
+            }
+        });
+        Self { port, paused }
+    }
+
+    fn url(&self, database: &TestDatabase) -> String {
+        database.url().replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+}
+
+/// Copies one direction, holding the bytes while paused.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else { return };
+        if read == 0 {
+            return;
+        }
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// When node `name` last renewed its heartbeat, by the database's clock (microseconds).
+fn heartbeat_of(database: &TestDatabase, name: &str) -> i64 {
+    database.query(&format!(
+        "SELECT (EXTRACT(EPOCH FROM heartbeat_at) * 1000000)::bigint FROM wagate_nodes WHERE id = '{name}'"
+    ))[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_database_stops_its_sessions_before_another_takes_them() {
+    let database = TestDatabase::create();
+    let sim = start_sim().await;
+    let sim_api = Api::sim(&sim);
+    let receiver = Receiver::start().await;
+    let proxy = PausableProxy::start("127.0.0.1:5432").await;
+    let a = spawn_node_via(&sim, &proxy.url(&database), "node-a", 6, &receiver.url);
+    a.process.ready().await;
+    // Linked while node-a is alone: they are all node-a's.
+    let ids = link_many(&[&a.process.api], &sim_api, "WA-Cut", 4, 4).await;
+    let b = spawn_node(&sim, &database, "node-b", 6, &receiver.url);
+    b.process.ready().await;
+    assert!(owners(&database).values().all(|owner| owner == "node-a"));
+    let simultaneous = sim_totals(&sim_api).await["simultaneous_logins"].clone();
+
+    proxy.pause(true);
+    for id in &ids {
+        wait_owner(&database, id, "node-b", TAKEOVER_WAIT).await;
+        b.process
+            .api
+            .wait_for_within(&format!("/v1/sessions/{id}"), &format!("{id} on node-b"), TAKEOVER_WAIT, |v| {
+                v["state"] == "connected"
+            })
+            .await;
+    }
+    assert_eq!(
+        sim_totals(&sim_api).await["simultaneous_logins"],
+        simultaneous,
+        "node-a closed its sockets before node-b opened its own"
+    );
+
+    // Back on the database, node-a renews its heartbeat again, and leaves the sessions alone.
+    let cut_at = heartbeat_of(&database, "node-a");
+    proxy.pause(false);
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    while heartbeat_of(&database, "node-a") == cut_at {
+        assert!(tokio::time::Instant::now() < deadline, "node-a never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, a_view) = a.process.api.get(&format!("/v1/sessions/{}", ids[0])).await;
+    assert_eq!(a_view["state"], "connected", "answered for node-b, through node-a: {a_view}");
+    assert!(owners(&database).values().all(|owner| owner == "node-b"), "{:?}", owners(&database));
+    assert_eq!(sim_totals(&sim_api).await["simultaneous_logins"], simultaneous, "node-a did not reconnect them");
 }

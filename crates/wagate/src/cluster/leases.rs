@@ -71,10 +71,15 @@ fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
 }
 
-/// Records this node (again) as alive, not draining.
+/// Records this node (again) as alive, not draining, and lets go of the leases an earlier run
+/// under the same name left (it is gone: node names are unique), so that they are taken at
+/// once instead of when they lapse.
 pub async fn join(pool: &Pool, node: &str, advertise_url: &str, max_sessions: i64) -> Result<(), LeaseError> {
-    pool.get()
-        .await?
+    let client = pool.get().await?;
+    client
+        .execute("UPDATE wagate_leases SET expires_at = now() WHERE owner = $1 AND expires_at > now()", &[&node])
+        .await?;
+    client
         .execute(
             "INSERT INTO wagate_nodes (id, advertise_url, max_sessions) VALUES ($1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET advertise_url = excluded.advertise_url, max_sessions = excluded.max_sessions,
@@ -106,12 +111,14 @@ pub async fn renew(
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Takes the lease of `session` if it is free or has lapsed (or is this node's already);
-/// returns the new generation, `None` when another node holds it.
+/// Takes the lease of `session` if it is free or has lapsed; returns the new generation,
+/// `None` when another node holds it, or when a write of its former holder still has the
+/// lease row locked (tried again at the next look).
 pub async fn claim(pool: &Pool, node: &str, session: &str, ttl: Duration) -> Result<Option<i64>, LeaseError> {
-    let row = pool
-        .get()
-        .await?
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
+    let claimed = tx
         .query_opt(
             "INSERT INTO wagate_leases (session, owner, generation, expires_at)
              VALUES ($1, $2, 1, now() + make_interval(secs => $3))
@@ -121,8 +128,15 @@ pub async fn claim(pool: &Pool, node: &str, session: &str, ttl: Duration) -> Res
              RETURNING generation",
             &[&session, &node, &seconds(ttl)],
         )
-        .await?;
-    Ok(row.map(|row| row.get(0)))
+        .await;
+    match claimed {
+        Ok(row) => {
+            tx.commit().await?;
+            Ok(row.map(|row| row.get(0)))
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Sessions of the registry without a live lease, oldest first, at most `limit`.

@@ -66,11 +66,13 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Connects and records this node as alive.
     pub async fn join(config: ClusterConfig) -> Result<Arc<Self>, LeaseError> {
-        let pg: tokio_postgres::Config = config.database_url.parse().map_err(LeaseError::Database)?;
+        let mut pg: tokio_postgres::Config = config.database_url.parse().map_err(LeaseError::Database)?;
+        pg.options(crate::store::postgres::SESSION_OPTIONS);
         let manager =
             Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        // Renewals, take-overs and the owner lookups of forwarded requests.
         let pool = Pool::builder(manager)
-            .max_size(2)
+            .max_size(6)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.lease_ttl / 3))
             .create_timeout(Some(config.lease_ttl / 3))
@@ -115,6 +117,40 @@ impl Cluster {
         let _ = self.manager.set(Arc::downgrade(manager));
         *self.renewed_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         tokio::spawn(Self::heartbeat(Arc::downgrade(self)));
+        tokio::spawn(Self::watchdog(Arc::downgrade(self)));
+    }
+
+    /// Stops every session when the leases can no longer be trusted; a task of its own, so
+    /// that a heartbeat stuck on an unanswering database cannot delay it.
+    async fn watchdog(this: Weak<Self>) {
+        let Some(ttl) = this.upgrade().map(|c| c.config.lease_ttl) else { return };
+        let every = (ttl / 15).clamp(Duration::from_millis(100), Duration::from_millis(500));
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(cluster) = this.upgrade() else { return };
+            if cluster.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            cluster.stop_if_unsure().await;
+        }
+    }
+
+    /// No renewal has succeeded for two thirds of the lease time.
+    fn unsure(&self) -> bool {
+        self.renewed_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= self.config.lease_ttl * 2 / 3
+    }
+
+    /// Takes this node's share of the free sessions now (at start, before the API answers,
+    /// so that what it will run is known to it from the first request).
+    /// Returns how many of them were linked (and reconnect).
+    pub async fn take_share(&self) -> usize {
+        match self.take_over().await {
+            Ok(linked) => linked,
+            Err(e) => {
+                warn!("could not take sessions at start; the heartbeat tries again: {e}");
+                0
+            }
+        }
     }
 
     fn manager(&self) -> Option<Arc<SessionManager>> {
@@ -199,9 +235,21 @@ impl Cluster {
             }
             if Instant::now() >= next_renewal {
                 next_renewal = Instant::now() + renew_every;
-                cluster.renew().await;
+                // A lost renewal is only a missed one: bounded, so that a database that stops
+                // answering does not hold the loop.
+                let renewed = match tokio::time::timeout(renew_every, cluster.renew()).await {
+                    Ok(renewed) => renewed,
+                    Err(_) => {
+                        warn!("renewing this node's leases took longer than {renew_every:?}");
+                        false
+                    }
+                };
+                if !renewed {
+                    // Tried again soon: one failure must not cost the sessions.
+                    next_renewal = Instant::now() + look_every;
+                }
             }
-            if cluster.stop_if_unsure().await {
+            if cluster.unsure() {
                 continue;
             }
             if let Err(e) = cluster.take_over().await {
@@ -210,7 +258,8 @@ impl Cluster {
         }
     }
 
-    async fn renew(&self) {
+    /// Renews the held leases; false when the database could not be asked.
+    async fn renew(&self) -> bool {
         let sent = Instant::now();
         // Only what was held when the renewal was sent can be found lost by its answer: a
         // lease taken meanwhile is not in it.
@@ -232,18 +281,22 @@ impl Cluster {
                     warn!("lost the lease of {} sessions ({}): stopping them here", lost.len(), lost.join(", "));
                     self.stop_locally(&lost).await;
                 }
+                true
             }
-            Err(e) => warn!("could not renew this node's leases: {e}"),
+            Err(e) => {
+                warn!("could not renew this node's leases: {e}");
+                false
+            }
         }
     }
 
     /// Stops every session when no renewal succeeded for two thirds of the lease time: the
     /// leases could soon pass to another node, which must find the sockets closed.
-    async fn stop_if_unsure(&self) -> bool {
-        let since = self.renewed_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-        if since < self.config.lease_ttl * 2 / 3 {
-            return false;
+    async fn stop_if_unsure(&self) {
+        if !self.unsure() {
+            return;
         }
+        let since = self.renewed_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
         let sessions: Vec<String> = self.held().keys().cloned().collect();
         if !sessions.is_empty() {
             error!(
@@ -254,7 +307,6 @@ impl Cluster {
             );
             self.stop_locally(&sessions).await;
         }
-        true
     }
 
     async fn stop_locally(&self, sessions: &[String]) {
@@ -269,24 +321,29 @@ impl Cluster {
         }
     }
 
-    /// Takes lapsed leases, up to this node's share.
-    async fn take_over(&self) -> Result<(), LeaseError> {
+    /// Takes lapsed leases, up to this node's share; returns how many linked sessions it
+    /// started.
+    async fn take_over(&self) -> Result<usize, LeaseError> {
         let ttl = self.config.lease_ttl;
         let share = leases::fair_share(&self.pool, &self.config.node_id, self.config.max_sessions as i64, ttl).await?;
         let room = share - self.held().len() as i64;
+        let mut linked = 0;
         if room <= 0 {
-            return Ok(());
+            return Ok(linked);
         }
         for session in leases::unowned(&self.pool, room).await? {
-            let Some(manager) = self.manager() else { return Ok(()) };
+            let Some(manager) = self.manager() else { return Ok(linked) };
             let Some(generation) = self.claim(&session).await? else { continue };
             info!(session = %session, generation, "took the session over");
-            if let Err(e) = manager.adopt(&session, generation).await {
-                warn!(session = %session, "could not run the session taken over; letting it go: {e}");
-                self.held().remove(&session);
-                leases::release(&self.pool, &self.config.node_id, std::slice::from_ref(&session)).await?;
+            match manager.adopt(&session, generation).await {
+                Ok(started) => linked += usize::from(started),
+                Err(e) => {
+                    warn!(session = %session, "could not run the session taken over; letting it go: {e}");
+                    self.held().remove(&session);
+                    leases::release(&self.pool, &self.config.node_id, std::slice::from_ref(&session)).await?;
+                }
             }
         }
-        Ok(())
+        Ok(linked)
     }
 }

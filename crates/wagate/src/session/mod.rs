@@ -245,8 +245,8 @@ impl SessionManager {
     }
 
     /// Runs a session whose lease this node has just taken (a take-over, a move): starts
-    /// it at once if it was linked.
-    pub async fn adopt(&self, id: &str, generation: i64) -> Result<(), SessionError> {
+    /// it at once if it was linked (then true).
+    pub async fn adopt(&self, id: &str, generation: i64) -> Result<bool, SessionError> {
         let record = self.store.session(id)?.ok_or(SessionError::NotFound)?;
         debug_assert_eq!(self.cluster.get().and_then(|c| c.generation(id)), Some(generation));
         let linked = record.me.is_some();
@@ -256,7 +256,7 @@ impl SessionManager {
         if linked {
             self.command(id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
         }
-        Ok(())
+        Ok(linked)
     }
 
     /// Closes the session here without recording anything: another node runs it now.

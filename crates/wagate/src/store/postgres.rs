@@ -128,8 +128,14 @@ pub fn config(url: &str) -> Result<::postgres::Config, StoreError> {
     }
     config.keepalives(true).keepalives_idle(Duration::from_secs(5));
     config.tcp_user_timeout(NETWORK_TIMEOUT);
+    config.options(SESSION_OPTIONS);
     Ok(config)
 }
+
+/// Set on every connection wagate opens: a transaction left open by a node that was cut
+/// off is ended by the server, so the row locks it held (a session's lease, share-locked by
+/// a fenced write) never keep another node from taking the session over.
+pub const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=5000";
 
 /// A new connection.
 pub fn connect(config: &::postgres::Config) -> Result<::postgres::Client, StoreError> {

@@ -46,7 +46,12 @@ pub fn gateway_config(sim: &Simulator, data_dir: &Path) -> Config {
         webhooks: WebhookSettings::default(),
         proxy: None,
         limits: Default::default(),
-        database: None,
+        database: postgres::for_data_dir(data_dir).map(|url| wagate::config::DatabaseSettings {
+            url,
+            node_id: Some(postgres::TEST_NODE.into()),
+            advertise_url: None,
+            lease_ttl: Duration::from_secs(15),
+        }),
     }
 }
 
@@ -185,6 +190,14 @@ impl GatewayProcess {
             .arg("--log-file")
             .arg(data_dir.join("gateway.log"))
             .args(["--wa-url", &sim.endpoints.ws_url])
+            .args(
+                // A test that names its own database (the cluster's) keeps it.
+                postgres::for_data_dir(data_dir)
+                    .filter(|_| !extra.contains(&"--database"))
+                    .map(|url| ["--database".to_string(), url, "--node-id".into(), postgres::TEST_NODE.into()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -5,6 +5,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
 
+/// With `WAGATE_TEST_STORE=postgres`, the gateways of the tests keep their store in
+/// PostgreSQL: one database per data directory (a restart on the same directory finds its
+/// sessions), named `wagate_tdir_*` (dropped by `scripts/test.sh` after the run).
+pub const STORE_VARIABLE: &str = "WAGATE_TEST_STORE";
+/// The node name of a test's gateway on PostgreSQL (the same across its restarts).
+pub const TEST_NODE: &str = "test-node";
+
+/// The database of a data directory when the tests run on PostgreSQL, created if need be.
+pub fn for_data_dir(data_dir: &std::path::Path) -> Option<String> {
+    if std::env::var(STORE_VARIABLE).ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    let path = data_dir.to_string_lossy();
+    let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let name = format!("wagate_tdir_{hash:016x}");
+    if let Err(e) = admin(&format!("CREATE DATABASE \"{name}\"")) {
+        let exists = e.as_db_error().is_some_and(|db| db.code() == &postgres::error::SqlState::DUPLICATE_DATABASE);
+        assert!(exists, "creating the test database {name}: {e}");
+    }
+    Some(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+}
+
 pub struct TestDatabase {
     name: String,
 }

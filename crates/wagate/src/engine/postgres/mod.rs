@@ -88,7 +88,8 @@ pub struct PgEngine {
 impl PgEngine {
     /// Connects (pool of at most `max_connections`) and runs this module's migrations.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, PgEngineError> {
-        let config: tokio_postgres::Config = url.parse().map_err(PgEngineError::BadUrl)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(PgEngineError::BadUrl)?;
+        config.options(crate::store::postgres::SESSION_OPTIONS);
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
