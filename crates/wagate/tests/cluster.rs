@@ -366,3 +366,47 @@ async fn a_node_cut_off_from_the_database_stops_its_sessions_before_another_take
     assert!(owners(&database).values().all(|owner| owner == "node-b"), "{:?}", owners(&database));
     assert_eq!(sim_totals(&sim_api).await["simultaneous_logins"], simultaneous, "node-a did not reconnect them");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erpnext_links_sends_and_hears_back_through_a_node_that_does_not_run_its_session() {
+    let database = TestDatabase::create();
+    let sim = start_sim().await;
+    let sim_api = Api::sim(&sim);
+    let erp = Receiver::start().await;
+    let a = spawn_node(&sim, &database, "node-a", 15, &erp.url);
+    let b = spawn_node(&sim, &database, "node-b", 15, &erp.url);
+    a.process.ready().await;
+    b.process.ready().await;
+    // ERPNext only ever talks to node-b; with both nodes empty, the new session goes to
+    // node-a (the roomiest, first by name).
+    let via_b = &b.process.api;
+    let start = json!({ "sessionId": "WA-Erp", "webhookUrl": erp.url, "webhookToken": "tok-b" });
+    let (status, answer) = via_b.post("/sessions/start", start.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(owners(&database).get("WA-Erp").map(String::as_str), Some("node-a"), "placed on node-a");
+    let view = via_b.wait_for("/v1/sessions/WA-Erp", "a QR code, through node-b", |v| v["qr"].is_string()).await;
+    assert!(
+        via_b.post("/sessions/start", start.clone()).await.1["qr"]
+            .as_str()
+            .is_some_and(|qr| qr.starts_with("data:image/png")),
+        "the compat start answers with the QR image through node-b"
+    );
+    let (status, _) = sim_api.post("/control/scan", json!({ "qr": view["qr"], "phone": "4930111000" })).await;
+    assert_eq!(status, 200);
+    via_b.wait_for("/sessions/WA-Erp/status", "Connected through node-b", |v| v["status"] == "Connected").await;
+    assert_eq!(owners(&database).get("WA-Erp").map(String::as_str), Some("node-a"), "still run by node-a");
+
+    // A contact to write to, and the message sent through node-b.
+    common::link(via_b, &sim_api, "WA-Contact", "4930111001").await;
+    let (status, sent) = via_b
+        .post("/sessions/send", json!({ "sessionId": "WA-Erp", "receiver": "4930111001", "message": "Invoice 42" }))
+        .await;
+    assert_eq!((status, sent["status"].as_str()), (200, Some("sent")), "{sent}");
+    let received = erp
+        .wait_for("the Connected webhook of WA-Erp", TAKEOVER_WAIT, |r| {
+            r.iter().any(|x| x.json["sessionId"] == "WA-Erp" && x.json["status"] == "Connected")
+        })
+        .await;
+    let connected = received.iter().find(|x| x.json["sessionId"] == "WA-Erp").unwrap();
+    assert_eq!(connected.header("x-webhook-token"), Some("tok-b"), "the compat webhook, with ERPNext's token");
+}
