@@ -261,13 +261,3 @@ pub async fn roomiest(pool: &Pool, except: Option<&str>, ttl: Duration) -> Resul
     nodes.retain(|n| room(n) > 0);
     Ok(nodes.into_iter().max_by_key(|n| (room(n), std::cmp::Reverse(n.id.clone()))))
 }
-
-/// The largest difference between this node's clock and the database's, in seconds.
-pub async fn clock_skew(pool: &Pool) -> Result<f64, LeaseError> {
-    let before = chrono::Utc::now();
-    let row = pool.get().await?.query_one("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8", &[]).await?;
-    let after = chrono::Utc::now();
-    let database: f64 = row.get(0);
-    let local = (before.timestamp_micros() + after.timestamp_micros()) as f64 / 2e6;
-    Ok(database - local)
-}
