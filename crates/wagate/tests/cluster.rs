@@ -7,6 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::cli::wagate;
 use common::postgres::TestDatabase;
 use common::receiver::Receiver;
 use common::{free_port, start_sim, Api, GatewayProcess};
@@ -409,4 +410,130 @@ async fn erpnext_links_sends_and_hears_back_through_a_node_that_does_not_run_its
         .await;
     let connected = received.iter().find(|x| x.json["sessionId"] == "WA-Erp").unwrap();
     assert_eq!(connected.header("x-webhook-token"), Some("tok-b"), "the compat webhook, with ERPNext's token");
+}
+
+/// The sessions that `node` holds the live lease of.
+fn sessions_of(database: &TestDatabase, node: &str) -> Vec<String> {
+    owners(database).into_iter().filter(|(_, owner)| owner == node).map(|(session, _)| session).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_every_node_move_a_session_and_drain_a_node_from_any_node() {
+    let database = TestDatabase::create();
+    let sim = start_sim().await;
+    let sim_api = Api::sim(&sim);
+    let receiver = Receiver::start().await;
+    // Two minutes: nothing below may wait for a lease to lapse.
+    let nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|name| spawn_node(&sim, &database, name, 120, &receiver.url))
+        .collect();
+    for node in &nodes {
+        node.process.ready().await;
+    }
+    let (a, b, c) = (&nodes[0].process.api, &nodes[1].process.api, &nodes[2].process.api);
+    let ids = link_many(&[a, b, c], &sim_api, "WA-Ops", 6, 1).await;
+    let owned = owners(&database);
+    let before = sim_totals(&sim_api).await;
+
+    // Every node lists every node, with its leases as the database has them.
+    let (status, listed) = b.get("/v1/nodes").await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed.as_array().expect("a list").clone();
+    let names: Vec<&str> = listed.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(names, ["node-a", "node-b", "node-c"]);
+    for node in &listed {
+        let name = node["id"].as_str().unwrap();
+        assert_eq!(node["this"], name == "node-b", "{node}");
+        assert_eq!(node["alive"], true, "{node}");
+        let leases: Vec<String> = serde_json::from_value(node["leases"].clone()).unwrap();
+        assert_eq!(leases, sessions_of(&database, name), "{node}");
+        assert_eq!(node["sessions"], leases.len(), "{node}");
+    }
+
+    // Any node lists every session with its node; /health counts the whole cluster.
+    let (_, sessions) = c.get("/v1/sessions").await;
+    let sessions = sessions.as_array().expect("a list").clone();
+    assert_eq!(sessions.len(), 6, "{sessions:?}");
+    for session in &sessions {
+        let id = session["id"].as_str().unwrap();
+        assert_eq!(session["node"].as_str(), owned.get(id).map(String::as_str), "{session}");
+        assert_eq!(session["state"], "connected", "{session}");
+    }
+    let (_, health) = a.get("/health").await;
+    assert_eq!(
+        (health["node"].as_str(), health["sessions"]["connected"].as_u64()),
+        (Some("node-a"), Some(6)),
+        "{health}"
+    );
+    let lines = health["sessionList"].as_array().expect("the list, for a caller on this machine");
+    assert!(lines.iter().all(|l| l["node"].as_str() == owned.get(l["id"].as_str().unwrap()).map(String::as_str)));
+
+    // A move, asked of a node that does not run the session, with the operator command.
+    let moving = sessions_of(&database, "node-a")[0].clone();
+    let run = wagate(&["sessions", "move", &moving, "--to", "node-c", "--url", &b.base]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("moved from node-a to node-c"), "{run}");
+    assert_eq!(owners(&database).get(&moving).map(String::as_str), Some("node-c"), "node-c holds it once answered");
+    c.wait_for_within(&format!("/v1/sessions/{moving}"), "the moved session connected", TAKEOVER_WAIT, |v| {
+        v["state"] == "connected"
+    })
+    .await;
+    let run = wagate(&["sessions", "move", &moving, "--to", "node-c", "--url", &a.base]).await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("already runs on node 'node-c'") && run.stderr.contains("409"), "{run}");
+    let (status, answer) = a.post(&format!("/v1/sessions/{moving}/move"), json!({ "node": "node-z" })).await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("no node 'node-z'"), "{answer}");
+    let (status, answer) = a.post(&format!("/v1/sessions/{moving}/move"), json!({ "to": "node-b" })).await;
+    assert_eq!(status, 400, "{answer}");
+
+    // A drain of node-a asked of node-a itself: its sessions go to the others at once.
+    let leaving = sessions_of(&database, "node-a");
+    assert!(!leaving.is_empty(), "node-a still runs sessions: {:?}", owners(&database));
+    let run = wagate(&["drain", "--url", &a.base]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains(&format!("handed {} sessions over", leaving.len())), "{run}");
+    for session in &leaving {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !matches!(owners(&database).get(session).map(String::as_str), Some("node-b" | "node-c")) {
+            assert!(tokio::time::Instant::now() < deadline, "{session} was not taken from the drained node");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        a.wait_for_within(&format!("/v1/sessions/{session}"), "connected elsewhere", TAKEOVER_WAIT, |v| {
+            v["state"] == "connected"
+        })
+        .await;
+    }
+    let (_, listed) = c.get("/v1/nodes").await;
+    let drained = listed.as_array().unwrap().iter().find(|n| n["id"] == "node-a").unwrap().clone();
+    assert_eq!((drained["draining"].as_bool(), drained["sessions"].as_i64()), (Some(true), Some(0)), "{drained}");
+    // A new session asked of the drained node goes elsewhere.
+    common::link(a, &sim_api, "WA-Ops-new", "4930222000").await;
+    assert!(matches!(owners(&database).get("WA-Ops-new").map(String::as_str), Some("node-b" | "node-c")));
+    // `status` shows the nodes, and the node of each session.
+    let run = wagate(&["status", "--url", &b.base]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.line_with(&["node-a", "draining", "0"]).is_some(), "{run}");
+    assert!(run.line_with(&[&moving, "node-c", "connected"]).is_some(), "{run}");
+
+    // The drain ends, asked of another node (sent on to node-a).
+    let run = wagate(&["drain", "--resume", "--node", "node-a", "--url", &c.base]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let (_, listed) = b.get("/v1/nodes").await;
+    assert!(listed.as_array().unwrap().iter().any(|n| n["id"] == "node-a" && n["draining"] == false), "{listed}");
+
+    // doctor, on the cluster's database.
+    let run =
+        wagate(&["doctor", "--database", &database.url(), "--url", &b.base, "--wa-url", &sim.endpoints.ws_url]).await;
+    assert!(run.line_with(&["OK", "the database answers"]).is_some(), "{run}");
+    assert!(run.line_with(&["OK", "schema of the store tables"]).is_some(), "{run}");
+    assert!(run.line_with(&["OK", "this machine's clock", "the database's"]).is_some(), "{run}");
+    assert!(run.line_with(&["OK", "node node-c", "last heartbeat"]).is_some(), "{run}");
+    assert!(run.line_with(&["OK", "every one of the 7 sessions has a live lease"]).is_some(), "{run}");
+
+    let after = sim_totals(&sim_api).await;
+    assert_eq!(after["pairings"].as_u64(), before["pairings"].as_u64().map(|p| p + 1), "only the new session scanned");
+    assert_eq!(after["simultaneous_logins"], before["simultaneous_logins"], "never two sockets for one account");
+    assert_every_event_in_order(&receiver, &database, &ids).await;
 }

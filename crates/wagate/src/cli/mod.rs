@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod client;
 mod doctor;
+mod drain;
 mod link;
 mod logging;
 mod restore;
@@ -40,6 +41,8 @@ enum Command {
     /// List, log out or delete sessions through the running gateway.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
+    /// On a cluster: hand every session of a node over to the other nodes (before stopping it).
+    Drain(drain::DrainArgs),
     /// Link a session: show its QR code here (or a pairing code) and wait until it is connected.
     Link(link::LinkArgs),
     /// Try wagate offline: a WhatsApp simulator, a simulated phone and a contact that answers,
@@ -90,6 +93,7 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Restore(args) => restore::run(args).map(|()| exit::OK),
         Command::Sessions(command) => block_on(sessions::run(command)),
         Command::Link(args) => block_on(link::run(args)),
+        Command::Drain(args) => block_on(drain::run(args)),
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).map(|()| exit::OK),
     }

@@ -1,4 +1,4 @@
-//! `wagate sessions list|logout ID|delete ID`, through the running gateway: it owns the
+//! `wagate sessions list|logout ID|delete ID|move ID --to NODE`, through the running gateway: it owns the
 //! WhatsApp connections, so logging out or deleting without it would leave the device
 //! linked on the phone. Only `list` can fall back to the registry on disk.
 
@@ -19,6 +19,19 @@ pub enum SessionsCommand {
     Logout(WithId),
     /// Log a session out and forget it entirely.
     Delete(WithId),
+    /// On a cluster: move a session to another node (it reconnects there without a QR code).
+    Move(MoveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MoveArgs {
+    /// The session's id.
+    id: String,
+    /// The node to run it from now on (`wagate status` lists the nodes).
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args, Debug)]
@@ -57,6 +70,19 @@ pub async fn run(command: SessionsCommand) -> anyhow::Result<i32> {
             let path = format!("/v1/sessions/{id}");
             change(&common, Method::DELETE, &path, |_| format!("{id} logged out and deleted")).await
         }
+        SessionsCommand::Move(MoveArgs { id, to, common }) => {
+            let path = format!("/v1/sessions/{id}/move");
+            let body = serde_json::json!({ "node": to });
+            change_with(&common, Method::POST, &path, Some(body), |done| {
+                format!(
+                    "{id} moved from {} to {} in {} ms; it reconnects there without a QR code",
+                    done["from"].as_str().unwrap_or("?"),
+                    done["to"].as_str().unwrap_or("?"),
+                    done["took_ms"]
+                )
+            })
+            .await
+        }
     }
 }
 
@@ -82,8 +108,18 @@ async fn list(common: &Common) -> anyhow::Result<i32> {
 }
 
 async fn change(common: &Common, method: Method, path: &str, done: impl Fn(&Value) -> String) -> anyhow::Result<i32> {
+    change_with(common, method, path, None, done).await
+}
+
+async fn change_with(
+    common: &Common,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    done: impl Fn(&Value) -> String,
+) -> anyhow::Result<i32> {
     let client = common.client()?;
-    match client.call(method, path, None).await {
+    match client.call(method, path, body).await {
         Ok(view) => {
             println!("{}", done(&view));
             Ok(exit::OK)
@@ -91,7 +127,7 @@ async fn change(common: &Common, method: Method, path: &str, done: impl Fn(&Valu
         Err(ClientError::NotRunning { url, reason }) => {
             eprintln!(
                 "wagate: the gateway is not running at {url} ({reason}). It owns the WhatsApp connections, so it \
-                 must run to log a session out: start it (wagate serve, or scripts/start.sh), or pass --url."
+                 must run for this: start it (wagate serve, or scripts/start.sh), or pass --url."
             );
             Ok(exit::NOT_RUNNING)
         }

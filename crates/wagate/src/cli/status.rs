@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::client::{base_url, Client};
-use super::table::{duration_words, render, SessionRow};
+use super::table::{duration_words, render, render_nodes, SessionRow};
 use super::{exit, DataDirArg, GatewayArgs};
 use crate::store::lock::{self, LockOwner, LockState};
 use crate::store::Store;
@@ -78,6 +78,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
             Ok(other) => Err(format!("unexpected answer {other}")),
             Err(e) => Err(e.to_string()),
         };
+        // On a cluster: the nodes first (a gateway that runs alone answers 404).
+        if let Ok(Value::Array(nodes)) = client.get("/v1/nodes").await {
+            print!("\n{}", render_nodes(&nodes));
+        }
         match sessions {
             Ok(rows) => print!("\n{}", render(&rows, chrono::Utc::now())),
             Err(e) => {

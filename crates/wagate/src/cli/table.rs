@@ -20,6 +20,8 @@ pub struct SessionRow {
     /// `+<digits>` and the push name, once linked.
     pub number: Option<String>,
     pub push_name: Option<String>,
+    /// On a cluster: the node that runs it.
+    pub node: Option<String>,
 }
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
@@ -39,6 +41,7 @@ impl SessionRow {
             banned_until: text("banned_until"),
             number: view["me"]["phone"].as_str().map(|p| format!("+{p}")),
             push_name: view["me"]["push_name"].as_str().map(str::to_string),
+            node: text("node"),
         }
     }
 
@@ -54,6 +57,7 @@ impl SessionRow {
             banned_until: last.and_then(|l| l.banned_until.clone()),
             number: record.me.as_ref().and_then(|m| m.phone.as_ref()).map(|p| format!("+{p}")),
             push_name: record.me.as_ref().and_then(|m| m.push_name.clone()),
+            node: None,
         }
     }
 
@@ -124,28 +128,71 @@ pub fn render(rows: &[SessionRow], now: DateTime<Utc>) -> String {
     if rows.is_empty() {
         return "no sessions\n".to_string();
     }
-    let header = ["SESSION", "STATE", "SINCE", "NUMBER", "LAST REASON"].map(str::to_string);
-    let lines: Vec<[String; 5]> = rows
+    // The node column only on a cluster.
+    let with_node = rows.iter().any(|row| row.node.is_some());
+    let mut header: Vec<String> = ["SESSION", "STATE", "SINCE", "NUMBER", "LAST REASON"].map(str::to_string).into();
+    if with_node {
+        header.insert(1, "NODE".to_string());
+    }
+    let lines: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            [
+            let mut cells = vec![
                 row.id.clone(),
                 row.state_name().to_string(),
                 row.since.map_or_else(|| "-".to_string(), |t| ago(t, now)),
                 row.who(),
                 row.reason_text(),
+            ];
+            if with_node {
+                cells.insert(1, row.node.clone().unwrap_or_else(|| "-".to_string()));
+            }
+            cells
+        })
+        .collect();
+    aligned(&header, &lines)
+}
+
+/// The nodes of a cluster as `/v1/nodes` answers them, as an aligned table.
+pub fn render_nodes(nodes: &[Value]) -> String {
+    let header: Vec<String> = ["NODE", "STATE", "SESSIONS", "HEARTBEAT", "URL"].map(str::to_string).into();
+    let lines: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|node| {
+            let state = match (node["alive"].as_bool(), node["draining"].as_bool()) {
+                (Some(true), Some(true)) => "draining",
+                (Some(true), _) => "alive",
+                _ => "gone",
+            };
+            let this = if node["this"] == Value::Bool(true) { " (this)" } else { "" };
+            let sessions = match node["max_sessions"].as_i64() {
+                Some(max) if max > 0 => format!("{} of {max}", node["sessions"]),
+                _ => node["sessions"].to_string(),
+            };
+            let heartbeat = node["heartbeat_age_s"].as_f64().map_or("-".to_string(), |s| format!("{s:.1} s ago"));
+            vec![
+                format!("{}{this}", node["id"].as_str().unwrap_or("?")),
+                state.to_string(),
+                sessions,
+                heartbeat,
+                node["advertise_url"].as_str().unwrap_or("-").to_string(),
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for line in &lines {
+    aligned(&header, &lines)
+}
+
+/// Rows as columns padded to their widest cell.
+fn aligned(header: &[String], lines: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for line in lines {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for line in std::iter::once(&header).chain(&lines) {
-        let cells: Vec<String> = line.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+    for line in std::iter::once(header).chain(lines.iter().map(Vec::as_slice)) {
+        let cells: Vec<String> = line.iter().zip(&widths).map(|(cell, &width)| format!("{cell:<width$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -183,5 +230,20 @@ mod tests {
         assert!(lines[1].contains("3 min ago") && lines[1].contains("unlinked from the phone (401)"), "{table}");
         assert!(lines[1].contains("+15551234567 (Acme)"), "{table}");
         assert_eq!(lines[0].find("STATE"), lines[2].find("connected"), "columns line up:\n{table}");
+        assert!(!lines[0].contains("NODE"), "no node column off a cluster: {table}");
+    }
+
+    #[test]
+    fn a_cluster_shows_each_sessions_node() {
+        let now = Utc::now();
+        let rows = [
+            SessionRow::from_api(&serde_json::json!({ "id": "a", "state": "connected", "node": "node-b" })),
+            SessionRow::from_api(&serde_json::json!({ "id": "b", "state": "stopped", "reason": "no_node_runs_it" })),
+        ];
+        let table = render(&rows, now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("SESSION  NODE"), "{table}");
+        assert_eq!(lines[0].find("NODE"), lines[1].find("node-b"), "{table}");
+        assert!(lines[2].contains(" - ") && lines[2].contains("no node runs it now"), "{table}");
     }
 }

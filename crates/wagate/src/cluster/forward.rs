@@ -76,6 +76,9 @@ pub async fn forward_if_elsewhere(State(state): State<Arc<AppState>>, request: R
         }
         None => (request, None),
     };
+    if let Some(node) = node_of_path(&path) {
+        return forward_to_node(state.clone(), &cluster, node.to_string(), request, next).await;
+    }
     let Some(session) = session else { return next.run(request).await };
     if state.manager.get(&session).is_some() {
         return next.run(request).await;
@@ -104,6 +107,61 @@ pub async fn forward_if_elsewhere(State(state): State<Arc<AppState>>, request: R
         // Nobody runs it (its lease lapsed): this node takes it, if asked to.
         None => next.run(request).await,
     }
+}
+
+/// The node a `/v1/nodes/{id}/...` request is about (its drain), when it names one.
+fn node_of_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/nodes/")?;
+    let (id, tail) = rest.split_once('/')?;
+    (!id.is_empty() && !tail.is_empty()).then_some(id)
+}
+
+/// A request about another node goes to that node; one about this node, or a node nobody
+/// knows, is answered here.
+async fn forward_to_node(
+    state: Arc<AppState>,
+    cluster: &Arc<crate::cluster::Cluster>,
+    node: String,
+    request: Request,
+    next: Next,
+) -> Response {
+    if node == cluster.node_id() {
+        return next.run(request).await;
+    }
+    match cluster.nodes().await {
+        Ok(nodes) => match nodes.into_iter().find(|n| n.id == node) {
+            Some(row) => {
+                let key = state.access.api_key.clone();
+                forward(request, &row.advertise_url, cluster.node_id(), key.as_deref()).await
+            }
+            None => next.run(request).await,
+        },
+        Err(e) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the cluster's database: {e}")).into_response()
+        }
+    }
+}
+
+/// Asks another node for `path` (a GET, answered by that node alone) and reads its JSON
+/// answer, within `wait`.
+pub async fn ask<T: serde::de::DeserializeOwned>(
+    node_url: &str,
+    path: &str,
+    me: &str,
+    api_key: Option<&str>,
+    wait: Duration,
+) -> Result<T, String> {
+    let url = format!("{}{}", node_url.trim_end_matches('/'), path);
+    let mut request = CLIENT.get(&url).timeout(wait).header(FORWARDED_BY, me);
+    if let Some(key) = api_key {
+        request = request.bearer_auth(key);
+    }
+    let answer = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = answer.status();
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}"));
+    }
+    answer.json::<T>().await.map_err(|e| format!("{url}: {e}"))
 }
 
 /// Reads the body (within a bound) for its `sessionId`, and puts it back.
@@ -180,5 +238,14 @@ mod tests {
         assert_eq!(session_of_path("/v1/sessions"), None);
         assert_eq!(session_of_path("/v1/sessions/"), None);
         assert_eq!(session_of_path("/health"), None);
+    }
+
+    #[test]
+    fn a_node_is_found_in_the_paths_of_its_operations() {
+        use super::node_of_path;
+        assert_eq!(node_of_path("/v1/nodes/b/drain"), Some("b"));
+        assert_eq!(node_of_path("/v1/nodes"), None);
+        assert_eq!(node_of_path("/v1/nodes/b"), None, "no operation on a node itself");
+        assert_eq!(node_of_path("/v1/nodes//drain"), None);
     }
 }

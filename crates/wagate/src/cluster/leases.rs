@@ -27,6 +27,11 @@ pub const SCHEMA: &str = "CREATE TABLE wagate_nodes (
     );
     CREATE INDEX IF NOT EXISTS wagate_leases_owner ON wagate_leases (owner);";
 
+/// The second migration of the cluster's tables: a lease can be offered to one node (a
+/// move), and each node records how far its clock is from the database's (for `doctor`).
+pub const SCHEMA_OFFERS_AND_CLOCKS: &str = "ALTER TABLE wagate_leases ADD COLUMN offered_to TEXT;
+    ALTER TABLE wagate_nodes ADD COLUMN clock_offset_ms DOUBLE PRECISION NOT NULL DEFAULT 0;";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("no connection to the database: {0}")]
@@ -58,6 +63,10 @@ pub struct NodeRow {
     pub draining: bool,
     /// Seconds since its last heartbeat, by the database's clock.
     pub heartbeat_age_s: f64,
+    /// How far its clock was ahead of the database's (negative: behind) at its last
+    /// heartbeat, in milliseconds. Leases use the database's clock only; this matters for
+    /// logs and for the times in events.
+    pub clock_offset_ms: f64,
 }
 
 /// Who holds a session's lease now (a lapsed lease has no owner).
@@ -69,6 +78,11 @@ pub struct Owner {
 
 fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
+}
+
+/// This machine's clock, in milliseconds since 1970.
+fn unix_ms_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// Records this node (again) as alive, not draining, and lets go of the leases an earlier run
@@ -99,7 +113,13 @@ pub async fn renew(
     ttl: Duration,
 ) -> Result<Vec<(String, i64)>, LeaseError> {
     let client = pool.get().await?;
-    client.execute("UPDATE wagate_nodes SET heartbeat_at = now() WHERE id = $1", &[&node]).await?;
+    client
+        .execute(
+            "UPDATE wagate_nodes SET heartbeat_at = now(),
+             clock_offset_ms = $2 - EXTRACT(EPOCH FROM clock_timestamp())::float8 * 1000 WHERE id = $1",
+            &[&node, &unix_ms_now()],
+        )
+        .await?;
     let rows = client
         .query(
             "UPDATE wagate_leases SET expires_at = now() + make_interval(secs => $3)
@@ -111,9 +131,10 @@ pub async fn renew(
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Takes the lease of `session` if it is free or has lapsed; returns the new generation,
-/// `None` when another node holds it, or when a write of its former holder still has the
-/// lease row locked (tried again at the next look).
+/// Takes the lease of `session` if it is free or has lapsed (and is not offered to another
+/// node, or was offered more than a lease time ago); returns the new generation, `None` when
+/// another node holds it, or when a write of its former holder still has the lease row
+/// locked (tried again at the next look).
 pub async fn claim(pool: &Pool, node: &str, session: &str, ttl: Duration) -> Result<Option<i64>, LeaseError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -123,8 +144,10 @@ pub async fn claim(pool: &Pool, node: &str, session: &str, ttl: Duration) -> Res
             "INSERT INTO wagate_leases (session, owner, generation, expires_at)
              VALUES ($1, $2, 1, now() + make_interval(secs => $3))
              ON CONFLICT (session) DO UPDATE SET owner = excluded.owner, generation = wagate_leases.generation + 1,
-             expires_at = excluded.expires_at
+             expires_at = excluded.expires_at, offered_to = NULL
              WHERE wagate_leases.expires_at <= now()
+             AND (wagate_leases.offered_to IS NULL OR wagate_leases.offered_to = excluded.owner
+                  OR wagate_leases.expires_at <= now() - make_interval(secs => $3))
              RETURNING generation",
             &[&session, &node, &seconds(ttl)],
         )
@@ -139,18 +162,49 @@ pub async fn claim(pool: &Pool, node: &str, session: &str, ttl: Duration) -> Res
     }
 }
 
-/// Sessions of the registry without a live lease, oldest first, at most `limit`.
-pub async fn unowned(pool: &Pool, limit: i64) -> Result<Vec<String>, LeaseError> {
+/// Sessions of the registry without a live lease and not offered to a node, oldest first,
+/// at most `limit`.
+pub async fn unowned(pool: &Pool, limit: i64, ttl: Duration) -> Result<Vec<String>, LeaseError> {
     let rows = pool
         .get()
         .await?
         .query(
             "SELECT s.id FROM sessions s LEFT JOIN wagate_leases l ON l.session = s.id
-             WHERE l.session IS NULL OR l.expires_at <= now() ORDER BY s.created_at, s.id LIMIT $1",
-            &[&limit],
+             WHERE l.session IS NULL OR (l.expires_at <= now()
+                   AND (l.offered_to IS NULL OR l.expires_at <= now() - make_interval(secs => $2)))
+             ORDER BY s.created_at, s.id LIMIT $1",
+            &[&limit, &seconds(ttl)],
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Sessions offered to `node` (moved to it) that it has not taken yet.
+pub async fn offered(pool: &Pool, node: &str) -> Result<Vec<String>, LeaseError> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT session FROM wagate_leases WHERE offered_to = $1 AND expires_at <= now() ORDER BY session",
+            &[&node],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Lets go of the lease of `session` for `to` alone (a move): it lapses now, and only `to`
+/// may take it during the next lease time. False when `node` did not hold it.
+pub async fn offer(pool: &Pool, node: &str, session: &str, to: &str) -> Result<bool, LeaseError> {
+    let changed = pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE wagate_leases SET expires_at = now(), offered_to = $3
+             WHERE owner = $1 AND session = $2 AND expires_at > now()",
+            &[&node, &session, &to],
+        )
+        .await?;
+    Ok(changed == 1)
 }
 
 /// How many sessions this node should hold: an even share among the live nodes that are
@@ -226,14 +280,18 @@ pub async fn owners(pool: &Pool) -> Result<Vec<(String, String)>, LeaseError> {
 
 /// Every node that has joined, with its leases.
 pub async fn nodes(pool: &Pool, ttl: Duration) -> Result<Vec<NodeRow>, LeaseError> {
-    let rows = pool
-        .get()
-        .await?
+    let client = pool.get().await?;
+    Ok(nodes_with(&client, ttl).await?)
+}
+
+/// [`nodes`] on a connection of the caller's (`doctor` has no pool).
+pub async fn nodes_with(client: &tokio_postgres::Client, ttl: Duration) -> Result<Vec<NodeRow>, tokio_postgres::Error> {
+    let rows = client
         .query(
             "SELECT n.id, n.advertise_url, n.max_sessions,
                     (SELECT COUNT(*) FROM wagate_leases l WHERE l.owner = n.id AND l.expires_at > now()),
                     n.heartbeat_at > now() - make_interval(secs => $1), n.draining,
-                    EXTRACT(EPOCH FROM now() - n.heartbeat_at)::float8
+                    EXTRACT(EPOCH FROM now() - n.heartbeat_at)::float8, n.clock_offset_ms
              FROM wagate_nodes n ORDER BY n.id",
             &[&seconds(ttl)],
         )
@@ -248,6 +306,7 @@ pub async fn nodes(pool: &Pool, ttl: Duration) -> Result<Vec<NodeRow>, LeaseErro
             alive: row.get(4),
             draining: row.get(5),
             heartbeat_age_s: row.get(6),
+            clock_offset_ms: row.get(7),
         })
         .collect())
 }
@@ -260,4 +319,74 @@ pub async fn roomiest(pool: &Pool, except: Option<&str>, ttl: Duration) -> Resul
     let room = |n: &NodeRow| if n.max_sessions > 0 { n.max_sessions - n.sessions } else { i64::MAX - n.sessions };
     nodes.retain(|n| room(n) > 0);
     Ok(nodes.into_iter().max_by_key(|n| (room(n), std::cmp::Reverse(n.id.clone()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg_testing::TestDatabase;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    async fn cluster_tables() -> (TestDatabase, tempfile::TempDir, Pool) {
+        let database = TestDatabase::create().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_postgres(dir.path(), &database.url()).unwrap();
+        store.create_session("s1", None).unwrap();
+        let config: tokio_postgres::Config = database.url().parse().unwrap();
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        let pool = Pool::builder(manager).max_size(2).build().unwrap();
+        for node in ["a", "b", "c"] {
+            join(&pool, node, &format!("http://{node}"), 0).await.unwrap();
+        }
+        (database, dir, pool)
+    }
+
+    #[tokio::test]
+    async fn a_session_offered_to_a_node_is_taken_by_that_node_alone() {
+        let (_database, _dir, pool) = cluster_tables().await;
+        let first = claim(&pool, "a", "s1", TTL).await.unwrap().expect("free");
+        assert_eq!(claim(&pool, "b", "s1", TTL).await.unwrap(), None, "a holds it");
+        assert!(!offer(&pool, "b", "s1", "c").await.unwrap(), "only the holder offers");
+        assert!(offer(&pool, "a", "s1", "c").await.unwrap());
+
+        // Lapsed, yet not free for everyone: b neither finds nor takes it.
+        assert!(unowned(&pool, 10, TTL).await.unwrap().is_empty());
+        assert_eq!(claim(&pool, "b", "s1", TTL).await.unwrap(), None, "offered to c");
+        assert!(offered(&pool, "b").await.unwrap().is_empty());
+        assert_eq!(offered(&pool, "c").await.unwrap(), ["s1"]);
+        let taken = claim(&pool, "c", "s1", TTL).await.unwrap().expect("c takes what it was offered");
+        assert_eq!(taken, first + 1, "a new generation fences a's writes");
+        assert!(offered(&pool, "c").await.unwrap().is_empty(), "the offer ends when taken");
+        assert_eq!(owner(&pool, "s1").await.unwrap().map(|o| o.node), Some("c".to_string()));
+    }
+
+    #[tokio::test]
+    async fn an_offer_not_taken_within_a_lease_time_frees_the_session_for_any_node() {
+        let (_database, _dir, pool) = cluster_tables().await;
+        claim(&pool, "a", "s1", TTL).await.unwrap().expect("free");
+        assert!(offer(&pool, "a", "s1", "c").await.unwrap());
+        let short = Duration::from_millis(100);
+        // The database's clock decides; wait on it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while unowned(&pool, 10, short).await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the offer never lapsed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(claim(&pool, "b", "s1", short).await.unwrap().is_some(), "b takes it once the offer is old");
+    }
+
+    #[tokio::test]
+    async fn nodes_report_their_clock_against_the_databases() {
+        let (_database, _dir, pool) = cluster_tables().await;
+        let client = pool.get().await.unwrap();
+        client.execute("UPDATE wagate_nodes SET clock_offset_ms = 99999", &[]).await.unwrap();
+        renew(&pool, "a", &[], TTL).await.unwrap();
+        let nodes = nodes(&pool, TTL).await.unwrap();
+        let (a, b) = (nodes.iter().find(|n| n.id == "a").unwrap(), nodes.iter().find(|n| n.id == "b").unwrap());
+        // The same machine as the database: well within a second, once it has said so.
+        assert!(a.clock_offset_ms.abs() < 1_000.0, "{a:?}");
+        assert_eq!(b.clock_offset_ms, 99999.0, "b has not renewed since");
+        assert!(a.alive && !a.draining, "{a:?}");
+    }
 }

@@ -14,6 +14,7 @@
 
 pub mod forward;
 pub mod leases;
+pub mod overview;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -24,6 +25,38 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 pub use leases::{LeaseError, NodeRow, Owner};
+
+/// A session moved to another node.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    pub from: String,
+    pub to: String,
+    /// From closing it here to the other node holding its lease.
+    pub took: Duration,
+}
+
+/// Why a session was not moved.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("the session already runs on node '{0}'")]
+    AlreadyThere(String),
+    #[error("there is no node '{0}' (GET /v1/nodes lists them)")]
+    NoSuchNode(String),
+    #[error("node '{0}' is not alive (its last heartbeat was {1:.0} s ago)")]
+    NodeDown(String, f64),
+    #[error("node '{0}' is draining: it takes no sessions")]
+    NodeDraining(String),
+    #[error("node '{0}' is full (--max-sessions {1})")]
+    NodeFull(String, i64),
+    #[error("this node does not run session '{0}' (any more)")]
+    NotHere(String),
+    #[error(
+        "node '{0}' has not taken the session within {1:.1?}; it stays offered to it for one lease time, then any node takes it"
+    )]
+    NotTaken(String, Duration),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
 
 use crate::session::SessionManager;
 
@@ -128,9 +161,6 @@ impl Cluster {
         loop {
             tokio::time::sleep(every).await;
             let Some(cluster) = this.upgrade() else { return };
-            if cluster.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
             cluster.stop_if_unsure().await;
         }
     }
@@ -203,8 +233,8 @@ impl Cluster {
     }
 
     /// Hands every session over (SIGTERM, `wagate drain`): takes nothing more, closes each
-    /// session, then lets all their leases go at once.
-    pub async fn drain(&self) {
+    /// session, then lets all their leases go at once; returns how many it let go.
+    pub async fn drain(&self) -> u64 {
         self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = leases::set_draining(&self.pool, &self.config.node_id, true).await {
             warn!("could not mark this node as draining: {e}");
@@ -215,8 +245,74 @@ impl Cluster {
         }
         self.held().clear();
         match leases::release(&self.pool, &self.config.node_id, &sessions).await {
-            Ok(released) => info!("handed {released} sessions over to the other nodes"),
-            Err(e) => warn!("could not let the leases go; the other nodes take them when they lapse: {e}"),
+            Ok(released) => {
+                info!("handed {released} sessions over to the other nodes");
+                released
+            }
+            Err(e) => {
+                warn!("could not let the leases go; the other nodes take them when they lapse: {e}");
+                0
+            }
+        }
+    }
+
+    /// Takes sessions again after a drain (new ones, and lapsed leases up to its share; the
+    /// sessions it handed over stay where they went).
+    pub async fn resume(&self) -> Result<(), LeaseError> {
+        leases::set_draining(&self.pool, &self.config.node_id, false).await?;
+        self.draining.store(false, std::sync::atomic::Ordering::Relaxed);
+        info!("this node takes sessions again");
+        Ok(())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves one session this node runs to the node `to`: checks that `to` is alive and has
+    /// room, closes the session here, offers its lease to `to` alone, and waits (up to a
+    /// lease time and a bit) until `to` holds it.
+    pub async fn move_to(&self, session: &str, to: &str) -> Result<Moved, MoveError> {
+        let me = self.config.node_id.as_str();
+        if to == me {
+            return Err(MoveError::AlreadyThere(to.to_string()));
+        }
+        let nodes = self.nodes().await?;
+        let target = nodes.iter().find(|n| n.id == to).ok_or_else(|| MoveError::NoSuchNode(to.to_string()))?;
+        if !target.alive {
+            return Err(MoveError::NodeDown(to.to_string(), target.heartbeat_age_s));
+        }
+        if target.draining {
+            return Err(MoveError::NodeDraining(to.to_string()));
+        }
+        if target.max_sessions > 0 && target.sessions >= target.max_sessions {
+            return Err(MoveError::NodeFull(to.to_string(), target.max_sessions));
+        }
+        if self.generation(session).is_none() {
+            return Err(MoveError::NotHere(session.to_string()));
+        }
+        let started = Instant::now();
+        if let Some(manager) = self.manager() {
+            manager.release(session).await;
+        }
+        self.held().remove(session);
+        if !leases::offer(&self.pool, me, session, to).await? {
+            return Err(MoveError::NotHere(session.to_string()));
+        }
+        info!(session = %session, to = %to, "closed the session here and offered it to the other node");
+        // A live node looks for offers every second or less; beyond this something is wrong
+        // with it, and the caller hears so while the offer stands.
+        let deadline = started + self.config.lease_ttl.min(Duration::from_secs(30)) + Duration::from_secs(5);
+        loop {
+            if let Some(owner) = self.owner(session).await? {
+                if owner.node == to {
+                    return Ok(Moved { from: me.to_string(), to: to.to_string(), took: started.elapsed() });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(MoveError::NotTaken(to.to_string(), started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -230,9 +326,6 @@ impl Cluster {
         loop {
             tokio::time::sleep(look_every).await;
             let Some(cluster) = this.upgrade() else { return };
-            if cluster.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
             if Instant::now() >= next_renewal {
                 next_renewal = Instant::now() + renew_every;
                 // A lost renewal is only a missed one: bounded, so that a database that stops
@@ -249,7 +342,9 @@ impl Cluster {
                     next_renewal = Instant::now() + look_every;
                 }
             }
-            if cluster.unsure() {
+            // A draining node keeps its heartbeat (it is alive, and says it drains) but
+            // takes nothing.
+            if cluster.unsure() || cluster.is_draining() {
                 continue;
             }
             if let Err(e) = cluster.take_over().await {
@@ -321,29 +416,39 @@ impl Cluster {
         }
     }
 
-    /// Takes lapsed leases, up to this node's share; returns how many linked sessions it
-    /// started.
+    /// Takes the sessions moved to this node, then lapsed leases up to this node's share;
+    /// returns how many linked sessions it started.
     async fn take_over(&self) -> Result<usize, LeaseError> {
+        let mut linked = 0;
+        // A move was checked against this node's room by the node that offered it.
+        for session in leases::offered(&self.pool, &self.config.node_id).await? {
+            linked += self.take(&session, "took the session moved here").await?;
+        }
         let ttl = self.config.lease_ttl;
         let share = leases::fair_share(&self.pool, &self.config.node_id, self.config.max_sessions as i64, ttl).await?;
         let room = share - self.held().len() as i64;
-        let mut linked = 0;
         if room <= 0 {
             return Ok(linked);
         }
-        for session in leases::unowned(&self.pool, room).await? {
-            let Some(manager) = self.manager() else { return Ok(linked) };
-            let Some(generation) = self.claim(&session).await? else { continue };
-            info!(session = %session, generation, "took the session over");
-            match manager.adopt(&session, generation).await {
-                Ok(started) => linked += usize::from(started),
-                Err(e) => {
-                    warn!(session = %session, "could not run the session taken over; letting it go: {e}");
-                    self.held().remove(&session);
-                    leases::release(&self.pool, &self.config.node_id, std::slice::from_ref(&session)).await?;
-                }
-            }
+        for session in leases::unowned(&self.pool, room, ttl).await? {
+            linked += self.take(&session, "took the session over").await?;
         }
         Ok(linked)
+    }
+
+    /// Claims one session and runs it here; 1 when it was linked (and reconnects).
+    async fn take(&self, session: &str, what: &str) -> Result<usize, LeaseError> {
+        let Some(manager) = self.manager() else { return Ok(0) };
+        let Some(generation) = self.claim(session).await? else { return Ok(0) };
+        info!(session = %session, generation, "{what}");
+        match manager.adopt(session, generation).await {
+            Ok(started) => Ok(usize::from(started)),
+            Err(e) => {
+                warn!(session = %session, "could not run the session taken over; letting it go: {e}");
+                self.held().remove(session);
+                leases::release(&self.pool, &self.config.node_id, &[session.to_string()]).await?;
+                Ok(0)
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use super::trust::Caller;
 use super::AppState;
+use crate::cluster::overview::{self, NodeSession};
 use crate::engine::Me;
 use crate::session::state::timestamp;
 use crate::session::StateKind;
@@ -33,6 +34,9 @@ struct Health {
     version: &'static str,
     sessions: SessionCounts,
     timestamp: String,
+    /// On a cluster: the node that answered (the counts are the whole cluster's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
     /// The rest only for callers allowed on `/v1` (this machine, or with the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     started_at: Option<String>,
@@ -69,6 +73,9 @@ struct SessionLine {
     reason: Option<String>,
     since: String,
     me: Option<Me>,
+    /// On a cluster: the node that runs it (absent when none does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 /// What operators and monitors poll: the status and the session counts for everyone;
@@ -79,8 +86,14 @@ struct SessionLine {
 ))]
 async fn health(State(state): State<Arc<AppState>>, caller: Extension<Caller>, headers: HeaderMap) -> Json<Health> {
     let insider = state.access.authorize(caller.0, &headers).is_ok();
-    let sessions = state.manager.list();
-    let count = |kind: StateKind| sessions.iter().filter(|s| s.state == kind).count();
+    let cluster = state.manager.cluster();
+    // On a cluster the counts and the list are the cluster's (the other nodes are asked
+    // briefly; a node that does not answer shows its sessions as unreachable).
+    let sessions = match cluster {
+        Some(cluster) => overview::everywhere(&state.manager, cluster, state.access.api_key.as_deref()).await,
+        None => overview::local(&state.manager),
+    };
+    let count = |kind: StateKind| sessions.iter().filter(|s| s.view.state == kind).count();
     let connected = count(StateKind::Connected);
     let qr_pending = count(StateKind::AwaitingScan);
     let mut body = Health {
@@ -95,6 +108,7 @@ async fn health(State(state): State<Arc<AppState>>, caller: Extension<Caller>, h
             waiting_to_reconnect: state.manager.waiting_to_reconnect(),
         },
         timestamp: timestamp(chrono::Utc::now()),
+        node: cluster.map(|c| c.node_id().to_string()),
         started_at: None,
         pid: None,
         memory: None,
@@ -107,7 +121,14 @@ async fn health(State(state): State<Arc<AppState>>, caller: Extension<Caller>, h
         body.session_list = Some(
             sessions
                 .into_iter()
-                .map(|s| SessionLine { id: s.id, state: s.state, reason: s.reason, since: s.since, me: s.me })
+                .map(|NodeSession { view: s, node }| SessionLine {
+                    id: s.id,
+                    state: s.state,
+                    reason: s.reason,
+                    since: s.since,
+                    me: s.me,
+                    node,
+                })
                 .collect(),
         );
     }

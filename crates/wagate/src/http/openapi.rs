@@ -64,6 +64,7 @@ pub fn finish(generated: OpenApi, guarded: &[String]) -> String {
         { "name": "groups", "description": "The groups an account is in" },
         { "name": "webhooks", "description": "Where events go, and how their delivery went" },
         { "name": "operations", "description": "Health, metrics, this document" },
+        { "name": "cluster", "description": "Several nodes on one PostgreSQL: nodes, drains, moves (docs/cluster.md)" },
         { "name": "console", "description": "The operators' web page" },
         { "name": "compat", "description": "The ERPNext app's Node service API (docs/compat.md)" },
         { "name": "cloud", "description": "Meta's WhatsApp Cloud API over a linked-device session (docs/cloud-api.md)" },

@@ -66,11 +66,15 @@ pub mod reason {
     pub const LOGIN_FAILURE: &str = "login_failure";
     pub const STOPPED: &str = "stopped";
     pub const MOVED: &str = "moved_to_another_node";
+    /// On a cluster: no node holds the session's lease now.
+    pub const NO_NODE: &str = "no_node_runs_it";
+    /// On a cluster: the node that runs the session did not answer.
+    pub const NODE_UNREACHABLE: &str = "node_unreachable";
     pub const PAIRING_INCOMPLETE: &str = "pairing_incomplete";
 }
 
 /// What `GET /v1/sessions/{id}` answers, and what every `connection.update` carries.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SessionView {
     pub id: String,
     pub state: StateKind,
@@ -177,6 +181,8 @@ pub fn reason_words(why: &str, code: Option<u16>) -> String {
         (reason::LOGIN_FAILURE, _) => "login refused",
         (reason::STOPPED, _) => "stopped by the gateway",
         (reason::MOVED, _) => "another node of the cluster runs this session now",
+        (reason::NO_NODE, _) => "no node runs it now; a live node takes it within a lease time",
+        (reason::NODE_UNREACHABLE, _) => "the node that runs it did not answer",
         (reason::PAIRING_INCOMPLETE, _) => "unfinished pairing, linking anew",
         (other, _) => return with_code(other, code),
     };
@@ -212,6 +218,13 @@ pub fn needs_companion_hint(state: StateKind, why: Option<&str>) -> bool {
 /// The human explanation of a state (PROTOCOL.md section 8 in operator words).
 pub fn explain(state: StateKind, reason: Option<&str>, code: Option<u16>) -> String {
     let text = match (state, reason) {
+        (StateKind::Stopped, Some(reason::NO_NODE)) => {
+            "No node of the cluster runs this session right now (its node stopped or was cut off); a live node \
+             takes it within a lease time, without a new QR code."
+        }
+        (StateKind::Stopped, Some(reason::NODE_UNREACHABLE)) => {
+            "The node that runs this session did not answer; GET /v1/nodes shows whether it is alive."
+        }
         (StateKind::Stopped, _) => "Not connected. Start the session to connect (a new QR code appears if it is not linked).",
         (StateKind::Connecting, Some(reason::RESTART_REQUIRED)) => {
             "Linked. WhatsApp asked for the normal restart after pairing (515); reconnecting with the new credentials now."

@@ -101,7 +101,11 @@ const MIGRATIONS: &[&str] = &[
     // Several nodes: who runs which session (see `cluster`).
     crate::cluster::leases::SCHEMA,
     super::cloud::POSTGRES_MIGRATION,
+    crate::cluster::leases::SCHEMA_OFFERS_AND_CLOCKS,
 ];
+
+/// The version of wagate's own tables this build brings them to.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// The advisory lock every wagate migration of a database runs under, so that nodes
 /// starting together migrate one after the other.

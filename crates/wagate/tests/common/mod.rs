@@ -2,6 +2,7 @@
 //! process), and small helpers to call both and wait for states.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod footprint;
 pub mod node;
 pub mod postgres;

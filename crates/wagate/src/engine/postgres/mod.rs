@@ -26,7 +26,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 pub use device::PgDevice;
-pub use schema::MIGRATION_LOCK_KEY;
+pub use schema::{MIGRATION_LOCK_KEY, SCHEMA_VERSION};
 
 /// Fencing: only the holder of a session's lease, at this generation, may write the
 /// session's engine rows.

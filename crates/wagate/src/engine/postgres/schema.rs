@@ -18,6 +18,9 @@ const COMPONENT: &str = "engine";
 /// The migrations, in order: version `n` is `MIGRATIONS[n - 1]`. Append only.
 const MIGRATIONS: &[&str] = &[V1];
 
+/// The version of the engine's tables this build brings them to.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
 /// Every table with rows of a device (column `device`), children before the mapping they
 /// reference. Wipe deletes from each of these.
 pub(super) const DEVICE_TABLES: &[&str] = &[

@@ -3,6 +3,7 @@
 mod contacts;
 mod groups;
 mod messages;
+mod nodes;
 mod sessions;
 pub use sessions::{phone_digits, validate_webhook_url};
 mod webhooks;
@@ -19,4 +20,5 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(messages::routes())
         .merge(groups::routes())
         .merge(contacts::routes())
+        .merge(nodes::routes())
 }

@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::webhooks::WebhookView;
+use crate::cluster::overview::{self, NodeSession};
 use crate::http::error::{ApiError, ErrorBody, JsonBody};
 use crate::http::qr::{self, QrFormat};
 use crate::http::AppState;
@@ -89,12 +90,19 @@ pub fn validate_webhook_url(url: &str) -> ApiResult<()> {
     }
 }
 
-/// Every session, in the order they were created.
+/// Every session, in the order they were created; on a cluster, those of every node, each
+/// with its `node`.
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", responses(
-    (status = 200, description = "The sessions", body = Vec<SessionView>),
+    (status = 200, description = "The sessions", body = Vec<NodeSession>),
 ))]
-async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<SessionView>> {
-    Json(state.manager.list())
+async fn list(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Json<Vec<NodeSession>> {
+    // A node asked by another answers for itself alone.
+    match state.manager.cluster() {
+        Some(cluster) if !headers.contains_key(crate::cluster::forward::FORWARDED_BY) => {
+            Json(overview::everywhere(&state.manager, cluster, state.access.api_key.as_deref()).await)
+        }
+        _ => Json(overview::local(&state.manager)),
+    }
 }
 
 fn found(state: &AppState, id: &str) -> ApiResult<SessionView> {

@@ -1,6 +1,8 @@
 //! `wagate doctor`: checks what a working gateway needs, one line each (OK / WARN / FAIL),
 //! with what to do about every problem. Exit 1 if anything FAILs.
 
+mod cluster;
+
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -42,6 +44,14 @@ pub struct DoctorArgs {
     /// Outbound proxy to reach WhatsApp through, as `wagate serve --proxy` (else HTTPS_PROXY / ALL_PROXY).
     #[arg(long, env = "WAGATE_PROXY", hide_env_values = true)]
     proxy: Option<String>,
+    /// The cluster's PostgreSQL, as `wagate serve --database`: checks the database, the
+    /// nodes, the leases and the clocks instead of the data directory's registry.
+    #[arg(long, env = "WAGATE_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
+    /// The nodes' lease time in seconds, as `wagate serve --lease-ttl` (a node is alive
+    /// when its heartbeat is younger).
+    #[arg(long, env = "WAGATE_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
+    lease_ttl: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +100,18 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<i32> {
     check_wa_url(args.wa_url.as_deref())?;
     let mut report = Report::default();
     let dir = &args.data.data_dir;
-    let records = if data_dir(&mut report, dir) {
+    let on_disk = data_dir(&mut report, dir);
+    if on_disk {
         private_files(&mut report, dir);
-        registry(&mut report, dir)
-    } else {
-        None
+    }
+    // On a cluster the registry and the keys are in the database.
+    let records = match args.database.as_deref().filter(|url| !url.is_empty()) {
+        Some(url) => {
+            cluster::checks(&mut report, url, Duration::from_secs(args.lease_ttl)).await;
+            None
+        }
+        None if on_disk => registry(&mut report, dir),
+        None => None,
     };
     if let Some(records) = &records {
         engine_databases(&mut report, dir, records);
