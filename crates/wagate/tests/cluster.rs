@@ -8,99 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::cli::wagate;
+use common::cluster::{
+    link_many, owners, phone_of, sim_totals, spawn_node, spawn_node_via, wait_owner, Node, TAKEOVER_WAIT,
+};
 use common::postgres::TestDatabase;
 use common::receiver::Receiver;
-use common::{free_port, start_sim, Api, GatewayProcess};
+use common::{start_sim, Api};
 use serde_json::json;
-use wagate_sim::Simulator;
 
-/// Generous: nodes are child processes on a shared, noisy machine.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(90);
-
-struct Node {
-    name: String,
-    process: GatewayProcess,
-    _dir: tempfile::TempDir,
-}
-
-/// A failed test shows the end of each node's log.
-impl Drop for Node {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self._dir.path().join("gateway.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- the end of {}'s log:", self.name);
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-fn spawn_node(sim: &Simulator, database: &TestDatabase, name: &str, ttl_secs: u64, webhook: &str) -> Node {
-    spawn_node_via(sim, &database.url(), name, ttl_secs, webhook)
-}
-
-/// A node that reaches the database at `url` (through a proxy the test controls, say).
-fn spawn_node_via(sim: &Simulator, url: &str, name: &str, ttl_secs: u64, webhook: &str) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let ttl = ttl_secs.to_string();
-    let process = GatewayProcess::spawn_with(
-        sim,
-        dir.path(),
-        free_port(),
-        &["--database", url, "--node-id", name, "--lease-ttl", &ttl, "--webhook-url", webhook],
-    );
-    Node { name: name.to_string(), process, _dir: dir }
-}
-
-/// Which node holds each session's live lease, from the database.
-fn owners(database: &TestDatabase) -> BTreeMap<String, String> {
-    database
-        .query("SELECT session, owner FROM wagate_leases WHERE expires_at > now()")
-        .into_iter()
-        .map(|row| (row[0].clone().unwrap(), row[1].clone().unwrap()))
-        .collect()
-}
-
-/// The phone number session `n` of `prefix` is linked as.
-fn phone_of(prefix: &str, n: usize) -> String {
-    format!("4930{:07}", n + prefix.len() * 1000)
-}
-
-/// Links `count` sessions named `prefix-<n>`, each created through node `n % nodes`,
-/// `together` at a time (new sessions go to the node with the most room: a burst created
-/// together lands on the same one).
-async fn link_many(nodes: &[&Api], sim: &Api, prefix: &str, count: usize, together: usize) -> Vec<String> {
-    let ids: Vec<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
-    for chunk in ids.chunks(together).enumerate().map(|(c, ids)| (c * together, ids)) {
-        let (offset, ids) = chunk;
-        let links = ids.iter().enumerate().map(|(i, id)| {
-            let node = nodes[(offset + i) % nodes.len()];
-            let phone = phone_of(prefix, offset + i);
-            async move { common::link(node, sim, id, &phone).await }
-        });
-        futures_util::future::join_all(links).await;
-    }
-    ids
-}
-
-/// Waits until `node` holds the session's lease.
-async fn wait_owner(database: &TestDatabase, session: &str, node: &str, wait: Duration) {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let owner = owners(database).get(session).cloned();
-        if owner.as_deref() == Some(node) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{session} is still owned by {owner:?}, not {node}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn sim_totals(sim: &Api) -> serde_json::Value {
-    sim.get("/control/stats").await.1["totals"].clone()
-}
+/// One cluster at a time: each node opens up to 25 connections to PostgreSQL (the store's,
+/// the engine's pool, the leases'), and a few clusters at once would pass the server's
+/// `max_connections` (100 by default).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Every event the outbox holds for `session`, in its order (the ids).
 fn outbox_ids(database: &TestDatabase, session: &str) -> Vec<String> {
@@ -145,6 +64,7 @@ async fn assert_every_event_in_order(receiver: &Receiver, database: &TestDatabas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_sessions_come_back_on_the_others_without_a_qr_and_never_twice() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create();
     let sim = start_sim().await;
     let sim_api = Api::sim(&sim);
@@ -213,6 +133,7 @@ async fn a_killed_nodes_sessions_come_back_on_the_others_without_a_qr_and_never_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_node_hands_its_sessions_over_long_before_its_leases_could_lapse() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create();
     let sim = start_sim().await;
     let sim_api = Api::sim(&sim);
@@ -324,6 +245,7 @@ fn heartbeat_of(database: &TestDatabase, name: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_database_stops_its_sessions_before_another_takes_them() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create();
     let sim = start_sim().await;
     let sim_api = Api::sim(&sim);
@@ -370,6 +292,7 @@ async fn a_node_cut_off_from_the_database_stops_its_sessions_before_another_take
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erpnext_links_sends_and_hears_back_through_a_node_that_does_not_run_its_session() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create();
     let sim = start_sim().await;
     let sim_api = Api::sim(&sim);
@@ -419,6 +342,7 @@ fn sessions_of(database: &TestDatabase, node: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_every_node_move_a_session_and_drain_a_node_from_any_node() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create();
     let sim = start_sim().await;
     let sim_api = Api::sim(&sim);

@@ -190,6 +190,9 @@ pub struct SessionManager {
     /// Set when several nodes share a PostgreSQL database: a session runs here only while
     /// this node holds its lease.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// When the next linked session may reconnect: restored and taken-over sessions share
+    /// `--reconnect-rate`, so WhatsApp never sees a burst of logins from this node.
+    next_reconnect: Mutex<tokio::time::Instant>,
 }
 
 /// How long an API call waits for a supervisor's answer.
@@ -208,6 +211,7 @@ impl SessionManager {
             keyed_sends: Mutex::default(),
             registering: Mutex::default(),
             cluster: std::sync::OnceLock::new(),
+            next_reconnect: Mutex::new(tokio::time::Instant::now()),
         })
     }
 
@@ -246,15 +250,16 @@ impl SessionManager {
 
     /// Runs a session whose lease this node has just taken (a take-over, a move): starts
     /// it at once if it was linked (then true).
-    pub async fn adopt(&self, id: &str, generation: i64) -> Result<bool, SessionError> {
+    pub async fn adopt(self: &Arc<Self>, id: &str, generation: i64) -> Result<bool, SessionError> {
         let record = self.store.session(id)?.ok_or(SessionError::NotFound)?;
         debug_assert_eq!(self.cluster.get().and_then(|c| c.generation(id)), Some(generation));
         let linked = record.me.is_some();
-        self.spawn(id, record.me, record.link_confirmed, false, false)?;
+        self.spawn(id, record.me, record.link_confirmed, linked, false)?;
         // Its events go out from here now, from the oldest not yet delivered.
         self.outbox.wake_from_start(id);
         if linked {
-            self.command(id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await?;
+            // In its turn: a node taking a dead node's sessions must not log them all in at once.
+            tokio::spawn(Self::reconnect_in_turn(Arc::downgrade(self), id.to_string()));
         }
         Ok(linked)
     }
@@ -343,18 +348,9 @@ impl SessionManager {
         let Some(rate) = manager.upgrade().map(|m| m.config.reconnect_rate.max(1)) else { return };
         let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
         for id in linked {
-            let Some(this) = manager.upgrade() else { return };
-            if this.stopping.load(Ordering::Relaxed) {
+            if !Self::reconnect_in_turn(manager.clone(), id).await {
                 return;
             }
-            if !this.waiting_turn(&id) {
-                continue;
-            }
-            if let Err(e) = this.command(&id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await {
-                warn!(session = %id, "could not reconnect the restored session: {e}");
-            }
-            drop(this);
-            tokio::time::sleep(gap.mul_f64(1.0 + rand::random::<f64>() / 4.0)).await;
         }
         for id in unknown {
             let Some(this) = manager.upgrade() else { return };
@@ -368,6 +364,38 @@ impl SessionManager {
                 tokio::time::sleep(gap).await;
             }
         }
+    }
+
+    /// Reconnects a linked session waiting for its turn (restored at start, or taken over
+    /// from another node) once its turn comes; skipped when a caller needed it meanwhile
+    /// (it connected already) or it left this node. False once the gateway stops.
+    async fn reconnect_in_turn(manager: Weak<Self>, id: String) -> bool {
+        let Some(this) = manager.upgrade() else { return false };
+        if !this.waiting_turn(&id) {
+            return true;
+        }
+        let turn = this.take_reconnect_turn();
+        drop(this);
+        tokio::time::sleep_until(turn).await;
+        let Some(this) = manager.upgrade() else { return false };
+        if this.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        if this.waiting_turn(&id) {
+            if let Err(e) = this.command(&id, |reply| Command::Start { reason: state::reason::RESTORED, reply }).await {
+                warn!(session = %id, "could not reconnect the session: {e}");
+            }
+        }
+        true
+    }
+
+    /// The next free slot of `--reconnect-rate` (each gap up to a quarter longer, at random).
+    fn take_reconnect_turn(&self) -> tokio::time::Instant {
+        let gap = Duration::from_secs_f64(1.0 / f64::from(self.config.reconnect_rate.max(1)));
+        let mut next = self.next_reconnect.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = (*next).max(tokio::time::Instant::now());
+        *next = turn + gap.mul_f64(1.0 + rand::random::<f64>() / 4.0);
+        turn
     }
 
     /// Whether the session is still waiting for its turn to reconnect after the start.
