@@ -7,6 +7,7 @@ mod doctor;
 mod drain;
 mod link;
 mod logging;
+mod migrate;
 mod restore;
 #[cfg(feature = "sandbox")]
 mod sandbox;
@@ -38,6 +39,9 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Put an archive made by `wagate backup` back as the data directory (the gateway must be stopped).
     Restore(restore::RestoreArgs),
+    /// Copy a stopped gateway's data directory (sessions, keys, webhook outbox) into PostgreSQL,
+    /// for `wagate serve --database`: the sessions connect there without a new QR code.
+    Migrate(migrate::MigrateArgs),
     /// List, log out or delete sessions through the running gateway.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
@@ -57,6 +61,27 @@ struct DataDirArg {
     /// Data directory of the gateway (as given to `wagate serve`).
     #[arg(long, env = "WAGATE_DATA_DIR", default_value = "./sessions")]
     data_dir: PathBuf,
+}
+
+/// Takes the lock of a data directory no gateway runs on (held until dropped), or refuses,
+/// naming the gateway that runs there and how to stop it before `then`.
+fn lock_stopped(dir: &std::path::Path, then: &str) -> anyhow::Result<crate::store::lock::DataDirLock> {
+    use crate::store::lock::{self, DataDirLock, LockState};
+    let refuse = |pid: Option<u32>| {
+        let pid = pid.map_or("unknown".to_string(), |p| p.to_string());
+        anyhow::anyhow!(
+            "the gateway is running on {} (pid {pid}); stop it first (scripts/stop.sh, or SIGTERM to that pid), then {then}",
+            dir.display()
+        )
+    };
+    if let LockState::Held(owner) = lock::inspect(dir)? {
+        return Err(refuse(owner.map(|o| o.pid)));
+    }
+    match DataDirLock::acquire(dir) {
+        Ok(held) => Ok(held),
+        Err(lock::LockError::Held { owner, .. }) => Err(refuse(owner.map(|o| o.pid))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How an operator command reaches the running gateway.
@@ -91,6 +116,7 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Doctor(args) => block_on(doctor::run(args)),
         Command::Backup(args) => backup::run(args).map(|()| exit::OK),
         Command::Restore(args) => restore::run(args).map(|()| exit::OK),
+        Command::Migrate(args) => migrate::run(args).map(|()| exit::OK),
         Command::Sessions(command) => block_on(sessions::run(command)),
         Command::Link(args) => block_on(link::run(args)),
         Command::Drain(args) => block_on(drain::run(args)),

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::archive::{self, Manifest, TempDir, FORMAT, MANIFEST, READS};
 use super::DataDirArg;
-use crate::store::lock::{self, DataDirLock, LockState, LOCK_FILE};
+use crate::store::lock::{DataDirLock, LOCK_FILE};
 use crate::store::{integrity_check, private, schema_version, DB_FILE, SCHEMA_VERSION};
 
 #[derive(Args, Debug)]
@@ -98,21 +98,7 @@ fn claim(target: &Path) -> anyhow::Result<Option<DataDirLock>> {
     if !target.is_dir() {
         anyhow::bail!("{} exists and is not a directory", target.display());
     }
-    let refuse = |pid: Option<u32>| {
-        let pid = pid.map_or("unknown".to_string(), |p| p.to_string());
-        anyhow::anyhow!(
-            "the gateway is running on {} (pid {pid}); stop it first (scripts/stop.sh, or SIGTERM to that pid), then restore",
-            target.display()
-        )
-    };
-    if let LockState::Held(owner) = lock::inspect(target)? {
-        return Err(refuse(owner.map(|o| o.pid)));
-    }
-    match DataDirLock::acquire(target) {
-        Ok(held) => Ok(Some(held)),
-        Err(lock::LockError::Held { owner, .. }) => Err(refuse(owner.map(|o| o.pid))),
-        Err(e) => Err(e.into()),
-    }
+    super::lock_stopped(target, "restore").map(Some)
 }
 
 fn has_data(target: &Path) -> anyhow::Result<bool> {

@@ -4,6 +4,7 @@
 mod compose;
 mod content;
 mod media_http;
+pub mod migrate;
 mod normalize;
 pub use normalize::non_device;
 mod presence;

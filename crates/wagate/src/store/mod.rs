@@ -25,6 +25,7 @@ pub mod private;
 mod queue;
 mod received;
 pub mod sql;
+pub mod to_postgres;
 mod writer;
 pub use messages::{advance_status, record_sent, KeyClaim, SentMessage};
 pub use outbox::{insert_event, Delivery, DeliveryStatus, NewEvent, OutboxEvent, HELD};

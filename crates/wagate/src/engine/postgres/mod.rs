@@ -220,4 +220,4 @@ async fn device_of(client: &tokio_postgres::Client, session: &str) -> Result<Opt
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,8 +6,8 @@ use wacore::appstate::hash::HashState;
 use wacore::appstate::processor::AppStateMutationMAC;
 use wacore::store::error::StoreError;
 use wacore::store::traits::{
-    AppStateSyncKey, AppSyncStore, DeviceInfo, DeviceListRecord, DeviceStore, LidPnMappingEntry, MsgSecretEntry,
-    MsgSecretStore, PendingInboundKey, PendingInboundRow, ProtocolStore, SignalStore, TcTokenEntry,
+    AppStateSyncKey, AppSyncStore, Backend, DeviceInfo, DeviceListRecord, DeviceStore, LidPnMappingEntry,
+    MsgSecretEntry, MsgSecretStore, PendingInboundKey, PendingInboundRow, ProtocolStore, SignalStore, TcTokenEntry,
 };
 
 use super::*;
@@ -24,7 +24,7 @@ async fn open(engine: &PgEngine, session: &str) -> PgDevice {
 }
 
 /// Rows of `device` in each engine table.
-async fn rows_of(engine: &PgEngine, device: i64) -> HashMap<&'static str, i64> {
+pub(crate) async fn rows_of(engine: &PgEngine, device: i64) -> HashMap<&'static str, i64> {
     let client = engine.pool().get().await.unwrap();
     let mut counts = HashMap::new();
     for table in schema::DEVICE_TABLES {
@@ -71,8 +71,8 @@ fn device_list(user: &str, devices: &[u32], raw_id: Option<u32>) -> DeviceListRe
 }
 
 /// Writes a row through every write method family, so that every engine table holds rows of
-/// `device`; `seed` makes its values its own.
-async fn populate(device: &PgDevice, seed: u8) {
+/// `device` (of either store); `seed` makes its values its own.
+pub(crate) async fn populate(device: &impl Backend, seed: u8) {
     if !device.exists().await.unwrap() {
         device.create().await.unwrap();
     }
@@ -104,7 +104,7 @@ async fn populate(device: &PgDevice, seed: u8) {
 }
 
 /// Reads back what [`populate`] wrote with `seed`.
-async fn assert_populated(device: &PgDevice, seed: u8) {
+pub(crate) async fn assert_populated(device: &impl Backend, seed: u8) {
     assert_eq!(device.load_identity("15550001111@s.whatsapp.net").await.unwrap(), Some([seed; 32]));
     assert_eq!(device.get_session("15550001111@s.whatsapp.net").await.unwrap().as_deref(), Some(&[seed, 1][..]));
     assert_eq!(device.load_prekey(1).await.unwrap().as_deref(), Some(&[seed, 2][..]));
