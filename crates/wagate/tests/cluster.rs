@@ -335,6 +335,39 @@ async fn erpnext_links_sends_and_hears_back_through_a_node_that_does_not_run_its
     assert_eq!(connected.header("x-webhook-token"), Some("tok-b"), "the compat webhook, with ERPNext's token");
 }
 
+/// A session's event stream (`/v1/sessions/{id}/events`), read one state at a time.
+struct Events {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+async fn follow_events(api: &Api, session: &str) -> Events {
+    use futures_util::StreamExt;
+    let response = reqwest::get(format!("{}/v1/sessions/{session}/events", api.base)).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    Events { body: response.bytes_stream().boxed(), buffer: String::new() }
+}
+
+impl Events {
+    async fn next_state(&mut self) -> serde_json::Value {
+        use futures_util::StreamExt;
+        let next = async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let event: String = self.buffer.drain(..end + 2).collect();
+                    if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                        return serde_json::from_str(data).unwrap();
+                    }
+                    continue;
+                }
+                let chunk = self.body.next().await.expect("the stream goes on").unwrap();
+                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        };
+        tokio::time::timeout(TAKEOVER_WAIT, next).await.expect("a state event in time")
+    }
+}
+
 /// The sessions that `node` holds the live lease of.
 fn sessions_of(database: &TestDatabase, node: &str) -> Vec<String> {
     owners(database).into_iter().filter(|(_, owner)| owner == node).map(|(session, _)| session).collect()
@@ -395,10 +428,15 @@ async fn operators_see_every_node_move_a_session_and_drain_a_node_from_any_node(
 
     // A move, asked of a node that does not run the session, with the operator command.
     let moving = sessions_of(&database, "node-a")[0].clone();
+    // Its live events, followed through node-b, come from node-a until it lets it go.
+    let mut events = follow_events(b, &moving).await;
+    assert_eq!(events.next_state().await["state"], "connected", "the current state first, through node-b");
     let run = wagate(&["sessions", "move", &moving, "--to", "node-c", "--url", &b.base]).await;
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains("moved from node-a to node-c"), "{run}");
     assert_eq!(owners(&database).get(&moving).map(String::as_str), Some("node-c"), "node-c holds it once answered");
+    let left = events.next_state().await;
+    assert_eq!((left["state"].as_str(), left["reason"].as_str()), (Some("stopped"), Some("moved_to_another_node")));
     c.wait_for_within(&format!("/v1/sessions/{moving}"), "the moved session connected", TAKEOVER_WAIT, |v| {
         v["state"] == "connected"
     })

@@ -38,6 +38,8 @@ pub enum LeaseError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("the database: {}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Url(String),
 }
 
 /// What the server said, when it said something (the driver's own text is "db error").

@@ -99,10 +99,13 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Connects and records this node as alive.
     pub async fn join(config: ClusterConfig) -> Result<Arc<Self>, LeaseError> {
-        let mut pg: tokio_postgres::Config = config.database_url.parse().map_err(LeaseError::Database)?;
-        pg.options(crate::store::postgres::SESSION_OPTIONS);
-        let manager =
-            Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let settings = crate::store::postgres::Settings::parse(&config.database_url)
+            .map_err(|e| LeaseError::Url(e.to_string()))?;
+        let manager = Manager::from_config(
+            settings.config,
+            settings.tls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         // Renewals, take-overs and the owner lookups of forwarded requests.
         let pool = Pool::builder(manager)
             .max_size(6)

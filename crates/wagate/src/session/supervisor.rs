@@ -232,6 +232,7 @@ impl Supervisor {
                 command = inbox.recv() => match command {
                     Some(Command::Release { reply }) => {
                         self.close_connection().await;
+                        self.moved_away();
                         info!(session = %self.id, "closed here: another node runs the session now");
                         let _ = reply.send(());
                         return;
@@ -383,7 +384,7 @@ impl Supervisor {
             // Another node took the session over (this one lost its lease): never fight it
             // for the socket. The heartbeat closes the session here.
             warn!(session = %self.id, "replaced by the node that now holds the session's lease; not reconnecting");
-            self.set(StateKind::Stopped, Some(reason::MOVED), None).await;
+            self.moved_away();
             return;
         }
         self.bad_sessions = if close == (CloseReason::StreamError { code: 500 }) { self.bad_sessions + 1 } else { 0 };
@@ -639,6 +640,16 @@ impl Supervisor {
     async fn set(&mut self, state: StateKind, why: Option<&str>, code: Option<u16>) {
         let view = self.view_for(state, why, code);
         self.publish_view(view).await;
+    }
+
+    /// Tells this node's readers and event streams (those forwarded from other nodes too)
+    /// that the session left for another node. Neither the outbox nor the registry hears
+    /// it: they are shared, and the session's new node speaks for it there.
+    fn moved_away(&mut self) {
+        let view = self.view_for(StateKind::Stopped, Some(reason::MOVED), None);
+        self.view = view.clone();
+        let _ = self.changes.send(view.clone());
+        self.publish.send_replace(view);
     }
 
     /// Makes a state change visible: first recorded in the webhook outbox (so no receiver

@@ -20,6 +20,7 @@ pub mod lock;
 mod messages;
 mod outbox;
 mod pending_upserts;
+pub(crate) mod pg_settings;
 pub(crate) mod postgres;
 pub mod private;
 mod queue;

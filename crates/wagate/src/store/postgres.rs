@@ -6,10 +6,8 @@
 //! worker ever waits on the network inside the client, and the client's own runtime never
 //! meets the gateway's.
 
-use std::str::FromStr;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use super::sql::{Db, PgDb, PreparedStatements};
 use super::StoreError;
@@ -116,38 +114,23 @@ pub const MIGRATION_LOCK: i64 = 0x7761_6761_7465;
 pub const CREATE_MIGRATIONS_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS wagate_migrations (component TEXT PRIMARY KEY, version INTEGER NOT NULL)";
 
-/// How long a connection attempt or an unanswered request may take before the connection
-/// is given up (a node cut off from the database must notice, not hang).
-const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::pg_settings::Settings;
 
-/// The connection settings of `url`, with wagate's timeouts where the URL sets none.
-pub fn config(url: &str) -> Result<::postgres::Config, StoreError> {
-    let mut config = ::postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Database(format!("the database URL is not valid: {e}")))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(NETWORK_TIMEOUT);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("wagate");
-    }
-    config.keepalives(true).keepalives_idle(Duration::from_secs(5));
-    config.tcp_user_timeout(NETWORK_TIMEOUT);
-    config.options(SESSION_OPTIONS);
-    Ok(config)
+/// The connection settings of `url` (see `pg_settings`).
+pub fn config(url: &str) -> Result<Settings, StoreError> {
+    Settings::parse(url)
 }
 
-/// Set on every connection wagate opens: a transaction left open by a node that was cut
-/// off is ended by the server, so the row locks it held (a session's lease, share-locked by
-/// a fenced write) never keep another node from taking the session over.
-pub const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=5000";
-
 /// A new connection.
-pub fn connect(config: &::postgres::Config) -> Result<::postgres::Client, StoreError> {
-    config.connect(::postgres::NoTls).map_err(|e| StoreError::Database(format!("cannot reach the database: {e}")))
+pub fn connect(settings: &Settings) -> Result<::postgres::Client, StoreError> {
+    settings
+        .blocking()
+        .connect(settings.tls.clone())
+        .map_err(|e| StoreError::Database(format!("cannot reach the database: {e}")))
 }
 
 /// Brings wagate's tables to this build's schema (refusing a newer one).
-pub fn migrate(config: &::postgres::Config) -> Result<(), StoreError> {
+pub fn migrate(config: &Settings) -> Result<(), StoreError> {
     let mut client = connect(config)?;
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
@@ -188,7 +171,7 @@ pub struct Readers {
 }
 
 impl Readers {
-    pub fn spawn(config: ::postgres::Config) -> Self {
+    pub fn spawn(config: Settings) -> Self {
         let (jobs, queue) = mpsc::channel::<ReadJob>();
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..READERS {
@@ -216,7 +199,7 @@ impl Readers {
     }
 }
 
-fn read_loop(config: &::postgres::Config, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
+fn read_loop(config: &Settings, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
     let mut client: Option<::postgres::Client> = None;
     let mut prepared = PreparedStatements::default();
     loop {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{Report, STEP_TIMEOUT};
 use crate::cluster::leases::{self, NodeRow};
@@ -33,14 +33,14 @@ pub async fn checks(report: &mut Report, url: &str, lease_ttl: Duration) {
 }
 
 async fn connect(report: &mut Report, url: &str) -> Option<Client> {
-    let config: tokio_postgres::Config = match url.parse() {
-        Ok(config) => config,
+    let settings = match crate::store::postgres::Settings::parse(url) {
+        Ok(settings) => settings,
         Err(e) => {
-            report.fail(format!("the database URL cannot be read: {e}"), "use postgres://user:password@host:port/db");
+            report.fail(e.to_string(), "use postgres://user:password@host:port/db (docs/cluster.md)");
             return None;
         }
     };
-    let connected = tokio::time::timeout(STEP_TIMEOUT, config.connect(NoTls)).await;
+    let connected = tokio::time::timeout(STEP_TIMEOUT, settings.config.connect(settings.tls.clone())).await;
     let (client, connection) = match connected {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => {

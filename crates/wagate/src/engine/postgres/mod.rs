@@ -23,7 +23,6 @@ mod schema;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 pub use device::PgDevice;
 pub use schema::{MIGRATION_LOCK_KEY, SCHEMA_VERSION};
@@ -38,8 +37,9 @@ pub struct Fence {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgEngineError {
-    #[error("the PostgreSQL URL is not valid: {0}")]
-    BadUrl(#[source] tokio_postgres::Error),
+    /// The URL, or the TLS settings it names (`sslrootcert`).
+    #[error("{0}")]
+    BadUrl(String),
     #[error("the PostgreSQL connection pool cannot be set up: {0}")]
     PoolSetup(String),
     #[error("no PostgreSQL connection could be had: {0}")]
@@ -88,9 +88,13 @@ pub struct PgEngine {
 impl PgEngine {
     /// Connects (pool of at most `max_connections`) and runs this module's migrations.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, PgEngineError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(PgEngineError::BadUrl)?;
-        config.options(crate::store::postgres::SESSION_OPTIONS);
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let settings =
+            crate::store::postgres::Settings::parse(url).map_err(|e| PgEngineError::BadUrl(e.to_string()))?;
+        let manager = Manager::from_config(
+            settings.config,
+            settings.tls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .runtime(Runtime::Tokio1)
