@@ -70,8 +70,20 @@ impl Gateway {
             Some(database) => Store::connect_postgres(&config.data_dir, &database.url, ENGINE_CONNECTIONS)
                 .await
                 .context("opening the PostgreSQL database (--database)")?,
-            None => Store::open(&config.data_dir)
-                .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
+            None => {
+                let migrated = config.data_dir.join(crate::store::MIGRATED_MARKER);
+                if migrated.exists() {
+                    anyhow::bail!(
+                        "the sessions of {} were copied to PostgreSQL by `wagate migrate` ({}): run the gateway \
+                         with --database; on these SQLite files it would link them a second time. Delete that \
+                         file only if the PostgreSQL copy is gone for good",
+                        config.data_dir.display(),
+                        migrated.display()
+                    );
+                }
+                Store::open(&config.data_dir)
+                    .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?
+            }
         };
         let proxy = config.proxy.as_deref().map(Proxy::parse).transpose().context("--proxy / WAGATE_PROXY")?;
         if let Some(proxy) = &proxy {

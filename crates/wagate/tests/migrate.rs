@@ -180,6 +180,11 @@ async fn linked_sessions_move_to_postgres_and_reconnect_without_qr() {
     assert_ne!(pending[0][0].as_deref(), Some("0"), "A's undelivered events were copied:\n{output}");
     assert_signal_sessions_copied(data.path(), &database, "A").await;
     assert_signal_sessions_copied(data.path(), &database, "B").await;
+    // The SQLite files are not run again by mistake: that would link A and B twice.
+    let mut config = common::gateway_config(&sim, data.path());
+    config.database = None;
+    let refused = wagate::server::Gateway::start(config).await.err().expect("a gateway on the migrated SQLite files");
+    assert!(format!("{refused:#}").contains("copied to PostgreSQL by `wagate migrate`"), "{refused:#}");
 
     // On PostgreSQL: the same devices log in again, no new pairing.
     hooks_a.script(vec![], Answer::Status(200));

@@ -92,6 +92,17 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if registered != sessions {
         anyhow::bail!("after the copy the target has {} of the {} sessions", registered.len(), sessions.len());
     }
+    let marker = dir.join(crate::store::MIGRATED_MARKER);
+    std::fs::write(
+        &marker,
+        format!(
+            "wagate migrate copied the sessions of this data directory to {shown} at {}.\n\
+             They run from there now: start the gateway with --database. `wagate serve` refuses these SQLite \
+             files while this file exists, since a gateway on them would link the sessions a second time.\n",
+            chrono::Utc::now().to_rfc3339()
+        ),
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
     print_next_steps(dir, &args.to, &shown, sessions.len(), &copies);
     Ok(())
 }
@@ -149,9 +160,10 @@ fn print_next_steps(dir: &Path, url: &str, shown: &str, sessions: usize, copies:
     let database = if shown == url { url.to_string() } else { format!("'{shown}' (with its password)") };
     println!("Next: wagate serve --data-dir {} --database {database}", dir.display());
     println!(
-        "The SQLite files in {} are left as they were. Do not start `wagate serve` on them without --database \
-         again: two gateways with the same keys would take the WhatsApp connection from each other.",
-        dir.display()
+        "The SQLite files in {} are left as they were; `wagate serve` refuses them without --database from now \
+         on ({}): two gateways with the same keys would take the WhatsApp connection from each other.",
+        dir.display(),
+        crate::store::MIGRATED_MARKER
     );
 }
 

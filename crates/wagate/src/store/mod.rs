@@ -213,6 +213,10 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// The registry's file inside a data directory.
 pub const DB_FILE: &str = "wagate.db";
+/// Left in a data directory by `wagate migrate`: its sessions run from PostgreSQL now, and a
+/// gateway on its SQLite files would link them a second time (the two would take the
+/// WhatsApp connection from each other), so `wagate serve` without `--database` refuses it.
+pub const MIGRATED_MARKER: &str = "MIGRATED-TO-POSTGRESQL.txt";
 /// The folder of the sessions' engine databases inside a data directory.
 pub const ENGINE_DIR: &str = "engine";
 
