@@ -54,7 +54,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     println!("Copying {} into {shown}", dir.display());
     println!("  {} session(s) registered, {} with keys", sessions.len(), devices.len());
 
-    let config = postgres::config(&args.to)?;
+    let config = postgres::Settings::parse(&args.to)?;
     postgres::migrate(&config).context("preparing wagate's tables in the target database")?;
     let mut client = postgres::connect(&config)?;
     let taken = to_postgres::registered(&mut client, &sessions)?;

@@ -86,8 +86,7 @@ pub async fn forward_if_elsewhere(State(state): State<Arc<AppState>>, request: R
     let owner = match cluster.owner(&session).await {
         Ok(owner) => owner,
         Err(e) => {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the cluster's database: {e}"))
-                .into_response();
+            return ApiError::from(e).into_response();
         }
     };
     match owner {
@@ -136,9 +135,7 @@ async fn forward_to_node(
             }
             None => next.run(request).await,
         },
-        Err(e) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the cluster's database: {e}")).into_response()
-        }
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

@@ -29,7 +29,10 @@ pub const SCHEMA: &str = "CREATE TABLE wagate_nodes (
 
 /// The second migration of the cluster's tables: a lease can be offered to one node (a
 /// move), and each node records how far its clock is from the database's (for `doctor`).
+/// Every node looks for offers to it about once a second: the index holds the few rows
+/// that have one.
 pub const SCHEMA_OFFERS_AND_CLOCKS: &str = "ALTER TABLE wagate_leases ADD COLUMN offered_to TEXT;
+    CREATE INDEX wagate_leases_offered ON wagate_leases (offered_to) WHERE offered_to IS NOT NULL;
     ALTER TABLE wagate_nodes ADD COLUMN clock_offset_ms DOUBLE PRECISION NOT NULL DEFAULT 0;";
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,17 @@ pub struct NodeRow {
     pub clock_offset_ms: f64,
 }
 
+impl NodeRow {
+    /// How many more sessions it takes (`i64::MAX` less its sessions without a maximum).
+    pub fn room(&self) -> i64 {
+        if self.max_sessions > 0 {
+            self.max_sessions - self.sessions
+        } else {
+            i64::MAX - self.sessions
+        }
+    }
+}
+
 /// Who holds a session's lease now (a lapsed lease has no owner).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -80,11 +94,6 @@ pub struct Owner {
 
 fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
-}
-
-/// This machine's clock, in milliseconds since 1970.
-fn unix_ms_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// Records this node (again) as alive, not draining, and lets go of the leases an earlier run
@@ -119,7 +128,7 @@ pub async fn renew(
         .execute(
             "UPDATE wagate_nodes SET heartbeat_at = now(),
              clock_offset_ms = $2 - EXTRACT(EPOCH FROM clock_timestamp())::float8 * 1000 WHERE id = $1",
-            &[&node, &unix_ms_now()],
+            &[&node, &(crate::webhook::now_ms() as f64)],
         )
         .await?;
     let rows = client
@@ -318,9 +327,8 @@ pub async fn nodes_with(client: &tokio_postgres::Client, ttl: Duration) -> Resul
 pub async fn roomiest(pool: &Pool, except: Option<&str>, ttl: Duration) -> Result<Option<NodeRow>, LeaseError> {
     let mut nodes = nodes(pool, ttl).await?;
     nodes.retain(|n| n.alive && !n.draining && Some(n.id.as_str()) != except);
-    let room = |n: &NodeRow| if n.max_sessions > 0 { n.max_sessions - n.sessions } else { i64::MAX - n.sessions };
-    nodes.retain(|n| room(n) > 0);
-    Ok(nodes.into_iter().max_by_key(|n| (room(n), std::cmp::Reverse(n.id.clone()))))
+    nodes.retain(|n| n.room() > 0);
+    Ok(nodes.into_iter().max_by_key(|n| (n.room(), std::cmp::Reverse(n.id.clone()))))
 }
 
 #[cfg(test)]

@@ -288,7 +288,7 @@ impl Cluster {
         if target.draining {
             return Err(MoveError::NodeDraining(to.to_string()));
         }
-        if target.max_sessions > 0 && target.sessions >= target.max_sessions {
+        if target.room() <= 0 {
             return Err(MoveError::NodeFull(to.to_string(), target.max_sessions));
         }
         if self.generation(session).is_none() {

@@ -48,6 +48,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The cluster's database did not answer (503).
+impl From<crate::cluster::LeaseError> for ApiError {
+    fn from(error: crate::cluster::LeaseError) -> Self {
+        SessionError::Cluster(error.to_string()).into()
+    }
+}
+
 impl From<SessionError> for ApiError {
     fn from(error: SessionError) -> Self {
         let status = match &error {

@@ -647,9 +647,7 @@ impl Supervisor {
     /// it: they are shared, and the session's new node speaks for it there.
     fn moved_away(&mut self) {
         let view = self.view_for(StateKind::Stopped, Some(reason::MOVED), None);
-        self.view = view.clone();
-        let _ = self.changes.send(view.clone());
-        self.publish.send_replace(view);
+        self.show(view);
     }
 
     /// Makes a state change visible: first recorded in the webhook outbox (so no receiver
@@ -671,6 +669,11 @@ impl Supervisor {
                 warn!(session = %self.id, "could not record the session's state in the registry: {e}");
             }
         }
+        self.show(view);
+    }
+
+    /// The view API readers and event streams see from now on.
+    fn show(&mut self, view: SessionView) {
         self.view = view.clone();
         let _ = self.changes.send(view.clone());
         self.publish.send_replace(view);

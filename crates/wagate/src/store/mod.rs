@@ -277,7 +277,7 @@ impl Store {
     pub fn open_postgres(data_dir: &Path, url: &str) -> Result<Self, StoreError> {
         let create = |source| StoreError::CreateDir { path: data_dir.to_path_buf(), source };
         private::create_dir(data_dir).map_err(create)?;
-        let config = postgres::config(url)?;
+        let config = postgres::Settings::parse(url)?;
         // The blocking client runs a runtime of its own: never on an async worker's thread.
         let migrating = config.clone();
         std::thread::spawn(move || postgres::migrate(&migrating))

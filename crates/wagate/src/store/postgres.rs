@@ -116,11 +116,6 @@ pub const CREATE_MIGRATIONS_TABLE: &str =
 
 pub use super::pg_settings::Settings;
 
-/// The connection settings of `url` (see `pg_settings`).
-pub fn config(url: &str) -> Result<Settings, StoreError> {
-    Settings::parse(url)
-}
-
 /// A new connection.
 pub fn connect(settings: &Settings) -> Result<::postgres::Client, StoreError> {
     settings

@@ -198,7 +198,7 @@ mod tests {
         let path = dir.path().to_path_buf();
         tokio::task::spawn_blocking(move || {
             let source = source(&path);
-            let config = super::super::postgres::config(&url).unwrap();
+            let config = super::super::postgres::Settings::parse(&url).unwrap();
             super::super::postgres::migrate(&config).unwrap();
             let mut target = super::super::postgres::connect(&config).unwrap();
             // Another gateway's session already there, its event numbered like the source's.

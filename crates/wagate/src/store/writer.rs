@@ -216,7 +216,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_postgres_too_a_failing_job_rolls_back_alone() {
         let database = crate::pg_testing::TestDatabase::create().await;
-        let config = crate::store::postgres::config(&database.url()).unwrap();
+        let config = crate::store::postgres::Settings::parse(&database.url()).unwrap();
         let setup = config.clone();
         std::thread::spawn(move || {
             crate::store::postgres::connect(&setup).unwrap().batch_execute("CREATE TABLE t (x BIGINT UNIQUE)").unwrap()

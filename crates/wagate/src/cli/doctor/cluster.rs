@@ -86,16 +86,13 @@ async fn schema(report: &mut Report, client: &Client) {
     }
 }
 
-/// This machine's clock against the database's, and every node's as it last reported it.
+/// This machine's clock against the database's (the nodes' are in `nodes_alive`).
 async fn clock(report: &mut Report, client: &Client) {
-    let before = std::time::SystemTime::now();
+    let before = crate::webhook::now_ms() as f64;
     let Ok(row) = client.query_one("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 * 1000", &[]).await else {
         return;
     };
-    let after = std::time::SystemTime::now();
-    let unix_ms =
-        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    let here = (unix_ms(before) + unix_ms(after)) / 2.0;
+    let here = (before + crate::webhook::now_ms() as f64) / 2.0;
     let database: f64 = row.get(0);
     skew(report, "this machine's clock", here - database);
 }

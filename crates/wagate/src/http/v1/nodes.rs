@@ -33,10 +33,6 @@ fn cluster(state: &AppState) -> ApiResult<&Arc<Cluster>> {
     })
 }
 
-fn database(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the cluster's database: {e}"))
-}
-
 /// A node, its leases and its room.
 #[derive(Serialize, ToSchema)]
 struct NodeView {
@@ -56,9 +52,9 @@ struct NodeView {
 ))]
 async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<NodeView>>> {
     let cluster = cluster(&state)?;
-    let nodes = cluster.nodes().await.map_err(database)?;
+    let nodes = cluster.nodes().await?;
     let mut leases: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (session, owner) in cluster.owners().await.map_err(database)? {
+    for (session, owner) in cluster.owners().await? {
         leases.entry(owner).or_default().push(session);
     }
     for sessions in leases.values_mut() {
@@ -135,7 +131,7 @@ struct Resumed {
 ))]
 async fn resume(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Resumed>> {
     let cluster = this_node(&state, &id)?;
-    cluster.resume().await.map_err(database)?;
+    cluster.resume().await?;
     Ok(Json(Resumed { node: id, draining: false }))
 }
 

@@ -2,22 +2,22 @@
 
 use super::*;
 
+const UPSERT_CREDENTIALS: &str = "INSERT INTO wagate_engine_credentials (device, pn, data, updated_ms) \
+     VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (device) DO UPDATE SET pn = EXCLUDED.pn, data = EXCLUDED.data, updated_ms = EXCLUDED.updated_ms";
+
+/// Fails when the device has credentials already.
+const INSERT_CREDENTIALS: &str =
+    "INSERT INTO wagate_engine_credentials (device, pn, data, updated_ms) VALUES ($1, $2, $3, $4)";
+
 impl PgDevice {
-    async fn save_now(&self, device: &wacore::store::Device) -> Result<()> {
+    /// Writes `device` as this device's credentials with `sql` (an upsert, or an insert).
+    async fn write_credentials(&self, device: &wacore::store::Device, sql: &'static str) -> Result<()> {
         let data = serde_json::to_vec(device).map_err(serialization)?;
         let pn = device.pn.as_ref().map(|pn| pn.to_string());
         let now = chrono::Utc::now().timestamp_millis();
         writing!(self, |c| {
-            exec!(
-                c,
-                execute,
-                "INSERT INTO wagate_engine_credentials (device, pn, data, updated_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (device) DO UPDATE SET pn = EXCLUDED.pn, data = EXCLUDED.data, updated_ms = EXCLUDED.updated_ms",
-                &self.device,
-                &pn,
-                &data,
-                &now
-            );
+            exec!(c, execute, sql, &self.device, &pn, &data, &now);
         });
         Ok(())
     }
@@ -30,7 +30,7 @@ impl DeviceStore for PgDevice {
     /// the client is torn down, as it is by the 515 right after a pairing (see `shards`).
     async fn save(&self, device: &wacore::store::Device) -> Result<()> {
         let (this, device) = (self.clone(), device.clone());
-        let saving = tokio::spawn(async move { this.save_now(&device).await });
+        let saving = tokio::spawn(async move { this.write_credentials(&device, UPSERT_CREDENTIALS).await });
         saving.await.map_err(|e| StoreError::Database(Box::new(e)))?
     }
 
@@ -55,7 +55,7 @@ impl DeviceStore for PgDevice {
     /// Writes new credentials (the library's `Device::new()`) for this device and returns its
     /// id. Fails, changing nothing, when the device already has credentials.
     async fn create(&self) -> Result<i32> {
-        self.save_new(&wacore::store::Device::new()).await?;
+        self.write_credentials(&wacore::store::Device::new(), INSERT_CREDENTIALS).await?;
         Ok(self.id)
     }
 
@@ -68,25 +68,5 @@ impl DeviceStore for PgDevice {
     /// The data lives in the database, not in this process.
     async fn resource_report(&self) -> wacore::stats::StorageResourceReport {
         wacore::stats::StorageResourceReport { memory_bytes: Some(0), ..Default::default() }
-    }
-}
-
-impl PgDevice {
-    async fn save_new(&self, device: &wacore::store::Device) -> Result<()> {
-        let data = serde_json::to_vec(device).map_err(serialization)?;
-        let pn = device.pn.as_ref().map(|pn| pn.to_string());
-        let now = chrono::Utc::now().timestamp_millis();
-        writing!(self, |c| {
-            exec!(
-                c,
-                execute,
-                "INSERT INTO wagate_engine_credentials (device, pn, data, updated_ms) VALUES ($1, $2, $3, $4)",
-                &self.device,
-                &pn,
-                &data,
-                &now
-            );
-        });
-        Ok(())
     }
 }
